@@ -1,0 +1,120 @@
+"""The one entry point: the GUI by default, headless subcommands that reuse the core."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import __version__
+from .core.errors import DollyError
+from .core.logs import setup_logging
+from .core.params import RANGES, GenerationParams
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message}\n")
+
+
+def add_param_options(p: argparse.ArgumentParser) -> None:
+    """--max-new-tokens, --temperature, ... straight from the core's ranges."""
+    defaults = GenerationParams()
+    for name, r in RANGES.items():
+        default = getattr(defaults, name)
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int if r.integer else float,
+            default=default,
+            metavar="N" if r.integer else "X",
+            help=f"{r.label}, {r.low:g} to {r.high:g} (default: {default})",
+        )
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
+
+
+def params_from_args(a: argparse.Namespace) -> GenerationParams:
+    values = {name: getattr(a, name) for name in RANGES}
+    return GenerationParams(greedy=a.greedy, **values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dolly-desktop", description="Dolly 2.0 on your desktop, with OpenVINO.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--screenshot", metavar="PNG", help="GUI: run a scripted generation, save "
+                   "a picture of the window to PNG and quit")
+    p.add_argument("--model", help="GUI: load this model folder instead of the last one")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    g = sub.add_parser("generate", help="answer one instruction on the terminal")
+    g.add_argument("--model", required=True, help="OpenVINO model folder")
+    g.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
+    add_param_options(g)
+    g.add_argument("instruction", nargs="?", help="the instruction (default: read stdin)")
+
+    sub.add_parser("devices", help="list OpenVINO devices")
+    return p
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from .core.engine import Engine
+    from .core.prompt import build_prompt
+
+    params = params_from_args(a)
+    instruction = a.instruction if a.instruction not in (None, "-") else sys.stdin.read()
+    prompt = build_prompt(instruction)  # refuse bad input before the model loads
+    engine = Engine(a.model, a.device)
+
+    def out(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    try:
+        result = engine.generate_from_prompt(prompt, params, on_text=out)
+    except KeyboardInterrupt:
+        engine.cancel()
+        return EXIT_INTERRUPTED
+    sys.stdout.write("\n")
+    print(result.metrics_line(), file=sys.stderr)
+    return 0
+
+
+def cmd_devices(a: argparse.Namespace) -> int:
+    from .core.devices import list_devices
+
+    for d in list_devices():
+        print(f"{d.id}\t{d.name}")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "devices": cmd_devices}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(console=args.command is not None)
+    if args.command is None:
+        from .ui.app import run_gui
+
+        return run_gui(model=args.model, screenshot=args.screenshot)
+    try:
+        return COMMANDS[args.command](args)
+    except DollyError as e:
+        print(f"dolly-desktop: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # unexpected: one line here, the trace in the log file
+        logging.getLogger(__name__).exception("command %s failed", args.command)
+        print(f"dolly-desktop: unexpected error: {e} (details in the log)", file=sys.stderr)
+        return 1
+
+
+def gui_main() -> int:
+    return main([])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

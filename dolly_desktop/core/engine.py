@@ -1,0 +1,255 @@
+"""The generation engine: load a Dolly IR folder with openvino-genai and stream responses."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import openvino_genai as ov_genai
+
+from . import paths
+from .devices import check_device
+from .errors import DollyError
+from .modeldir import ModelDir, inspect_model_dir
+from .ov_tokenizer import convert_tokenizer_files
+from .params import GenerationParams
+from .prompt import build_prompt, clean_response, find_end_token_id
+
+log = logging.getLogger(__name__)
+
+TextCallback = Callable[[str], None]
+
+# Measured in bench/: see docs/benchmarks.md. Applied on CPU only; other devices keep theirs.
+CPU_DEFAULTS: dict[str, Any] = {}
+
+
+class StopReason(str, Enum):
+    END = "end"  # the model said `### End` (or EOS)
+    LENGTH = "length"  # max new tokens, or the context is full
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    input_tokens: int
+    stop_reason: StopReason
+    ttft_s: float  # submit to first token
+    total_s: float
+    tokens_per_s: float  # decode speed: tokens after the first over the time they took
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def metrics_line(self) -> str:
+        return (
+            f"{self.generated_tokens} tokens, {self.tokens_per_s:.1f} tok/s, "
+            f"first token {self.ttft_s * 1000:.0f} ms, prompt {self.input_tokens} tokens, "
+            f"stopped: {self.stop_reason.value}"
+        )
+
+
+class _Streamer(ov_genai.StreamerBase):
+    """Records token ids and times, hands text to the callback, and carries the cancel flag.
+
+    openvino-genai may call this from its own thread. Stop tokens are kept out of the text.
+    """
+
+    def __init__(
+        self,
+        tokenizer: ov_genai.Tokenizer,
+        on_text: TextCallback | None,
+        cancel: threading.Event,
+        stop_ids: set[int],
+    ) -> None:
+        super().__init__()
+        self.tokens: list[int] = []
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.cancel = cancel
+        self.stop_ids = stop_ids
+        self.hit_stop = False
+        self.on_text = on_text
+        self._text = ov_genai.TextStreamer(tokenizer, self._piece) if on_text else None
+
+    def _piece(self, piece: str) -> ov_genai.StreamingStatus:
+        self.on_text(piece)  # type: ignore[misc]
+        return ov_genai.StreamingStatus.RUNNING
+
+    def write(self, token: int | list[int]) -> ov_genai.StreamingStatus:
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+        self.last_at = now
+        for t in [token] if isinstance(token, int) else token:
+            if t in self.stop_ids:
+                self.hit_stop = True
+                return ov_genai.StreamingStatus.STOP
+            self.tokens.append(t)
+            if self._text is not None:
+                self._text.write(t)
+        if self.cancel.is_set():
+            return ov_genai.StreamingStatus.CANCEL
+        return ov_genai.StreamingStatus.RUNNING
+
+    def end(self) -> None:  # genai may call it more than once
+        if self._text is not None:
+            self._text.end()
+            self._text = None
+
+
+class Engine:
+    """One loaded model on one device. One generation at a time; cancel from any thread."""
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        device: str = "CPU",
+        cache_dir: Path | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        self.device = check_device(device)
+        self.info: ModelDir = inspect_model_dir(Path(model_dir))
+        self.model_dir = self.info.path
+        if not self.info.has_ov_tokenizer:
+            convert_tokenizer_files(self.model_dir)
+        cache = Path(cache_dir) if cache_dir else paths.compiled_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        props: dict[str, Any] = dict(CPU_DEFAULTS) if self.device == "CPU" else {}
+        props.update(properties or {})
+        props["CACHE_DIR"] = str(cache)
+        t0 = time.perf_counter()
+        try:
+            self.pipe = ov_genai.LLMPipeline(str(self.model_dir), self.device, **props)
+        except RuntimeError as e:
+            raise DollyError(
+                f"The model in {self.model_dir} could not be loaded on {self.device}: "
+                f"{_first_line(e)}"
+            ) from e
+        self.load_s = time.perf_counter() - t0
+        self.tokenizer = self.pipe.get_tokenizer()
+        self.eos_id: int = int(self.tokenizer.get_eos_token_id())
+        self.end_id = find_end_token_id(self.encode, self.eos_id)
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        log.info("loaded %s on %s in %.2f s", self.model_dir, self.device, self.load_s)
+
+    @property
+    def context_length(self) -> int:
+        return self.info.context_length
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text).input_ids.data
+        return [int(i) for i in ids[0]]
+
+    def cancel(self) -> None:
+        """Stop the running generation after the token being produced now."""
+        self._cancel.set()
+
+    def generate(
+        self,
+        instruction: str,
+        params: GenerationParams | None = None,
+        on_text: TextCallback | None = None,
+        stop_token_ids: set[int] | None = None,
+    ) -> GenerationResult:
+        """Answer an instruction with Dolly's template, streaming text to `on_text`."""
+        return self.generate_from_prompt(build_prompt(instruction), params, on_text, stop_token_ids)
+
+    def generate_from_prompt(
+        self,
+        prompt: str,
+        params: GenerationParams | None = None,
+        on_text: TextCallback | None = None,
+        stop_token_ids: set[int] | None = None,
+    ) -> GenerationResult:
+        params = params or GenerationParams()
+        if not self._lock.acquire(blocking=False):
+            raise DollyError("A response is already being generated: stop it first.")
+        try:
+            self._cancel.clear()
+            return self._run(prompt, params, on_text, stop_token_ids)
+        finally:
+            self._lock.release()
+
+    def _run(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        on_text: TextCallback | None,
+        extra_stops: set[int] | None,
+    ) -> GenerationResult:
+        t0 = time.perf_counter()
+        inputs = self.tokenizer.encode(prompt)
+        n_in = int(inputs.input_ids.shape[1])
+        room = self.context_length - n_in
+        if room < 1:
+            raise DollyError(
+                f"The prompt is {n_in} tokens; this model reads at most {self.context_length - 1}. "
+                "Shorten the instruction."
+            )
+        stops = {self.eos_id} | ({self.end_id} if self.end_id is not None else set())
+        stops |= extra_stops or set()
+        max_new = min(params.max_new_tokens, room)
+        cfg = self._config(params, max_new)
+        streamer = _Streamer(self.tokenizer, on_text, self._cancel, stops)
+        try:
+            self.pipe.generate(inputs, cfg, streamer)
+        except RuntimeError as e:
+            raise DollyError(f"Generation failed on {self.device}: {_first_line(e)}") from e
+        finally:
+            streamer.end()
+        t_end = time.perf_counter()
+        tokens = streamer.tokens
+        if streamer.hit_stop:
+            reason = StopReason.END
+        elif self._cancel.is_set():
+            reason = StopReason.CANCELLED
+        else:
+            reason = StopReason.LENGTH
+        first = streamer.first_at or t_end
+        last = streamer.last_at or t_end
+        decode_s = last - first
+        tps = (len(tokens) - 1) / decode_s if len(tokens) > 1 and decode_s > 0 else 0.0
+        return GenerationResult(
+            text=clean_response(self.tokenizer.decode(tokens)),
+            token_ids=tokens,
+            input_tokens=n_in,
+            stop_reason=reason,
+            ttft_s=first - t0,
+            total_s=t_end - t0,
+            tokens_per_s=tps,
+        )
+
+    def _config(self, params: GenerationParams, max_new: int) -> ov_genai.GenerationConfig:
+        cfg = self.pipe.get_generation_config()
+        cfg.max_new_tokens = max_new
+        # Stop tokens are handled by the streamer, so that their text never reaches the
+        # response and the reason for stopping is known exactly.
+        cfg.stop_token_ids = set()
+        cfg.ignore_eos = True
+        cfg.repetition_penalty = params.repetition_penalty
+        cfg.do_sample = not params.greedy
+        if not params.greedy:
+            cfg.temperature = params.temperature
+            cfg.top_p = params.top_p
+            cfg.top_k = params.top_k  # 0 = off in openvino-genai as in the notebook
+            cfg.rng_seed = params.seed if params.seed is not None else random.getrandbits(31)
+        return cfg
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # OpenVINO's messages start with a source location; the useful sentence is near the end.
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(e).__name__])[-1][:300]
