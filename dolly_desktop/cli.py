@@ -45,8 +45,11 @@ def params_from_args(a: argparse.Namespace) -> GenerationParams:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dolly-desktop", description="Dolly 2.0 on your desktop, with OpenVINO.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--screenshot", metavar="PNG", help="GUI: run a scripted generation, save "
-                   "a picture of the window to PNG and quit")
+    p.add_argument(
+        "--screenshot",
+        metavar="PNG",
+        help="GUI: run a scripted generation, save a picture of the window to PNG and quit",
+    )
     p.add_argument("--model", help="GUI: load this model folder instead of the last one")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 

@@ -10,9 +10,12 @@ from pathlib import Path
 
 # Dolly-v2-3b's exact architecture; "tiny" keeps its vocabulary and layout but not its size.
 SHAPES: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
-    "3b": dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32,
-               intermediate_size=10240),
+    "tiny": dict(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512
+    ),
+    "3b": dict(
+        hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, intermediate_size=10240
+    ),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

@@ -42,7 +42,9 @@ class Int4Options:
             raise DollyError(f"INT4 group size must be -1 or positive; got {self.group_size}.")
 
 
-def compress_ir(src: Path, dst: Path, precision: Precision, int4: Int4Options | None = None) -> None:
+def compress_ir(
+    src: Path, dst: Path, precision: Precision, int4: Int4Options | None = None
+) -> None:
     """Write a compressed copy of the IR folder `src` into the existing folder `dst`."""
     import nncf
     import openvino as ov

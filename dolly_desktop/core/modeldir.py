@@ -30,9 +30,7 @@ class ModelDir:
 
 def is_checkpoint(path: Path) -> bool:
     """A PyTorch/safetensors checkpoint folder (something to export, not to run)."""
-    return (path / "config.json").is_file() and any(
-        any(path.glob(p)) for p in CHECKPOINT_PATTERNS
-    )
+    return (path / "config.json").is_file() and any(any(path.glob(p)) for p in CHECKPOINT_PATTERNS)
 
 
 def read_config(path: Path) -> dict:
