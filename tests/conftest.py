@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny random Dolly-shaped model, exported once per session with the
+project's own export code, and an isolated app home for every test session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before any app module reads it: nothing a test does touches the real user's data.
+_HOME = Path(tempfile.mkdtemp(prefix="dolly-test-home-"))
+os.environ["DOLLY_DESKTOP_HOME"] = str(_HOME)
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the Hub
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOKENIZER_DIR = FIXTURES / "dolly-v2-tokenizer"
+# Exact arithmetic for parity checks: CPU otherwise runs bf16 (AMX) with a u8 KV cache.
+EXACT = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+
+_FIGURES: list[tuple[str, str]] = []
+
+
+@pytest.fixture(scope="session")
+def report_figure():
+    """Record a measured figure; all are printed at the end of the run."""
+
+    def add(name: str, value: str) -> None:
+        _FIGURES.append((name, value))
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures")
+        for name, value in _FIGURES:
+            terminalreporter.write_line(f"{name}: {value}")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from dolly_desktop.devtools import build_random_dolly
+
+    return build_random_dolly(tmp_path_factory.mktemp("ckpt") / "tiny-dolly", TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
+    """The tiny model as FP16, INT8 and INT4 IR folders, by precision name."""
+    from dolly_desktop.core.compress import Precision
+    from dolly_desktop.core.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("ir")
+    return {p.value: export_checkpoint(tiny_checkpoint, root / p.value, p) for p in Precision}
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16(tiny_models) -> Path:
+    return tiny_models["FP16"]
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_fp16):
+    """One exact-arithmetic engine on the FP16 tiny model, shared by the session."""
+    from dolly_desktop.core.engine import Engine
+
+    return Engine(tiny_fp16, "CPU", properties=EXACT)
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,248 @@
+"""The engine against the tiny real model: parity with PyTorch, stopping, cancel, bad input."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import pytest
+from conftest import EXACT, copy_model
+
+from dolly_desktop.core.engine import Engine, StopReason
+from dolly_desktop.core.errors import DollyError
+from dolly_desktop.core.params import GenerationParams
+from dolly_desktop.core.prompt import build_prompt
+
+PROMPTS = [
+    "Who is Dolly?",
+    "Give me recipe for pizza with pineapple",
+    "Name 3 advantages to be a cat",
+]
+GREEDY = GenerationParams(greedy=True, max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def torch_greedy(tiny_checkpoint):
+    """Greedy token ids from PyTorch transformers for each prompt (the reference)."""
+    import torch
+    from transformers import AutoTokenizer, GPTNeoXForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
+    model = GPTNeoXForCausalLM.from_pretrained(str(tiny_checkpoint)).eval()
+    out = {}
+    for text in PROMPTS:
+        ids = tok(build_prompt(text), return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=GREEDY.max_new_tokens,
+                eos_token_id=[0, 50277],
+                pad_token_id=0,
+            )
+        out[text] = gen[0, ids.shape[1] :].tolist()
+    return out
+
+
+def test_greedy_parity_with_pytorch_fp16(engine, torch_greedy):
+    for text in PROMPTS:
+        result = engine.generate(text, GREEDY)
+        assert result.token_ids == torch_greedy[text], text
+        assert result.stop_reason is StopReason.LENGTH
+        assert result.generated_tokens == GREEDY.max_new_tokens
+
+
+def test_int8_int4_agreement_with_pytorch(tiny_models, torch_greedy, report_figure):
+    for precision in ("INT8", "INT4"):
+        eng = Engine(tiny_models[precision], "CPU", properties=EXACT)
+        same = total = 0
+        for text in PROMPTS:
+            got = eng.generate(text, GREEDY).token_ids
+            ref = torch_greedy[text]
+            assert len(got) == len(ref)
+            # Agreement = length of the common prefix: after one different token the
+            # continuations are unrelated.
+            prefix = next(
+                (i for i, (a, b) in enumerate(zip(got, ref, strict=True)) if a != b), len(ref)
+            )
+            same += prefix
+            total += len(ref)
+        report_figure(
+            f"{precision} greedy agreement with PyTorch (common prefix)",
+            f"{same}/{total} tokens = {same / total:.0%}",
+        )
+
+
+def test_streamed_text_equals_result(engine):
+    pieces: list[str] = []
+    result = engine.generate(PROMPTS[0], GREEDY, on_text=pieces.append)
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == result.text
+    assert result.input_tokens == len(engine.encode(build_prompt(PROMPTS[0])))
+    assert result.ttft_s > 0 and result.tokens_per_s > 0
+
+
+def test_stops_at_stop_token_and_hides_it(engine):
+    ref = engine.generate(PROMPTS[0], GREEDY).token_ids
+    # A token from the model's own greedy output whose first appearance is a few steps in.
+    k = next(i for i in range(3, len(ref)) if ref[i] not in ref[:i])
+    stop = ref[k]
+    result = engine.generate(PROMPTS[0], GREEDY, stop_token_ids={stop})
+    assert result.token_ids == ref[:k]
+    assert result.stop_reason is StopReason.END
+    stop_text = engine.tokenizer.decode([stop]).strip()
+    full = engine.tokenizer.decode(ref[: k + 1])
+    assert result.text == engine.tokenizer.decode(ref[:k]).strip()
+    assert full.strip().endswith(stop_text) and len(result.text) < len(full.strip())
+
+
+def test_max_new_tokens_stop(engine):
+    result = engine.generate(PROMPTS[1], GenerationParams(max_new_tokens=5, seed=1))
+    assert result.generated_tokens == 5
+    assert result.stop_reason is StopReason.LENGTH
+
+
+def test_seed_makes_sampling_repeatable(engine):
+    p = GenerationParams(max_new_tokens=16, seed=42, temperature=1.5)
+    a = engine.generate(PROMPTS[2], p).token_ids
+    assert engine.generate(PROMPTS[2], p).token_ids == a
+    others = {
+        tuple(
+            engine.generate(
+                PROMPTS[2], GenerationParams(max_new_tokens=16, seed=s, temperature=1.5)
+            ).token_ids
+        )
+        for s in range(1, 4)
+    }
+    assert others != {tuple(a)}
+
+
+def test_cancel_from_another_thread_stops_within_one_token(engine):
+    ref = engine.generate(PROMPTS[0], GenerationParams(greedy=True, max_new_tokens=200)).token_ids
+    seen: list[str] = []
+    at_piece = threading.Event()
+    resume = threading.Event()
+
+    def on_text(piece: str) -> None:
+        seen.append(piece)
+        if len(seen) == 3:
+            at_piece.set()
+            resume.wait(10)  # hold generation here until the other thread has cancelled
+
+    def canceller() -> None:
+        at_piece.wait(10)
+        engine.cancel()
+        resume.set()
+
+    t = threading.Thread(target=canceller)
+    t.start()
+    result = engine.generate(PROMPTS[0], GenerationParams(greedy=True, max_new_tokens=200), on_text)
+    t.join()
+    assert result.stop_reason is StopReason.CANCELLED
+    assert result.token_ids == ref[: result.generated_tokens]
+    # The fewest tokens whose text holds what had been shown when Stop was pressed:
+    shown = "".join(seen)
+    needed = next(
+        n for n in range(1, len(ref)) if engine.tokenizer.decode(ref[:n]).startswith(shown)
+    )
+    assert needed <= result.generated_tokens <= needed + 1
+
+
+def test_second_generate_while_busy_is_refused(engine):
+    errors: list[str] = []
+    started = threading.Event()
+
+    def on_text(piece: str) -> None:
+        if not started.is_set():
+            started.set()
+            try:
+                engine.generate("again", GREEDY)
+            except DollyError as e:
+                errors.append(str(e))
+
+    engine.generate(PROMPTS[0], GREEDY, on_text)
+    assert errors and "already" in errors[0]
+
+
+def test_over_long_prompt_is_refused_not_cut(engine):
+    with pytest.raises(DollyError, match=r"prompt is \d+ tokens; this model reads at most 2047"):
+        engine.generate("word " * 2100, GREEDY)
+
+
+def test_generation_is_capped_by_context(engine):
+    n = len(engine.encode(build_prompt("word " * 2000)))
+    result = engine.generate("word " * 2000, GenerationParams(greedy=True, max_new_tokens=200))
+    assert result.generated_tokens == engine.context_length - n
+    assert result.stop_reason is StopReason.LENGTH
+
+
+@pytest.mark.parametrize("instruction", ["", "   "])
+def test_empty_instruction(engine, instruction):
+    with pytest.raises(DollyError, match="empty"):
+        engine.generate(instruction, GREEDY)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DollyError, match="no folder"):
+        Engine(tmp_path / "nope")
+
+
+def test_pytorch_checkpoint_folder(tiny_checkpoint):
+    with pytest.raises(DollyError, match="PyTorch checkpoint, not an OpenVINO model"):
+        Engine(tiny_checkpoint)
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DollyError, match="not an OpenVINO model folder"):
+        Engine(tmp_path)
+
+
+def test_truncated_weights(tiny_fp16, tmp_path):
+    broken = copy_model(tiny_fp16, tmp_path / "m")
+    bin_ = broken / "openvino_model.bin"
+    size = bin_.stat().st_size
+    with open(bin_, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(DollyError, match="truncated"):
+        Engine(broken)
+
+
+def test_corrupt_ir(tiny_fp16, tmp_path):
+    broken = copy_model(tiny_fp16, tmp_path / "m")
+    (broken / "openvino_model.xml").write_text("<net><layers><layer id='0' type='Nope'/>")
+    with pytest.raises(DollyError, match="could not be loaded on CPU"):
+        Engine(broken)
+
+
+def test_unknown_device(tiny_fp16):
+    with pytest.raises(DollyError, match="Unknown device 'XPU'"):
+        Engine(tiny_fp16, "XPU")
+
+
+def test_missing_ov_tokenizer_is_converted_on_first_load(tiny_fp16, tmp_path):
+    old = copy_model(tiny_fp16, tmp_path / "old-export")
+    for name in ("openvino_tokenizer", "openvino_detokenizer"):
+        for ext in (".xml", ".bin"):
+            (old / f"{name}{ext}").unlink()
+    eng = Engine(old, properties=EXACT)
+    assert (old / "openvino_tokenizer.xml").is_file()
+    assert (old / "openvino_detokenizer.xml").is_file()
+    ref = Engine(tiny_fp16, properties=EXACT).generate(PROMPTS[0], GREEDY)
+    assert eng.generate(PROMPTS[0], GREEDY).token_ids == ref.token_ids
+
+
+def test_compiled_model_cache_is_written(tiny_fp16, tmp_path):
+    cache = tmp_path / "cache"
+    Engine(tiny_fp16, cache_dir=cache)
+    assert any(cache.iterdir())
+
+
+def test_model_dir_left_unchanged_after_errors(tiny_fp16, tmp_path):
+    model = copy_model(tiny_fp16, tmp_path / "m")
+    before = sorted((p.name, p.stat().st_size) for p in model.iterdir())
+    with pytest.raises(DollyError):
+        Engine(model, "XPU")
+    assert sorted((p.name, p.stat().st_size) for p in model.iterdir()) == before
+    shutil.rmtree(model)
