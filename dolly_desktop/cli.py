@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
+from .commands import history, models
 from .core.errors import DollyError
 from .core.logs import setup_logging
 from .core.params import RANGES, GenerationParams
@@ -54,12 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     g = sub.add_parser("generate", help="answer one instruction on the terminal")
+    g.set_defaults(func=cmd_generate)
     g.add_argument("--model", required=True, help="OpenVINO model folder")
     g.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
     add_param_options(g)
     g.add_argument("instruction", nargs="?", help="the instruction (default: read stdin)")
 
-    sub.add_parser("devices", help="list OpenVINO devices")
+    sub.add_parser("devices", help="list OpenVINO devices").set_defaults(func=cmd_devices)
+    for family in (history, models):
+        family.register(sub)
     return p
 
 
@@ -94,9 +98,6 @@ def cmd_devices(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "devices": cmd_devices}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(console=args.command is not None)
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_gui(model=args.model, screenshot=args.screenshot)
     try:
-        return COMMANDS[args.command](args)
+        return args.func(args)
     except DollyError as e:
         print(f"dolly-desktop: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
