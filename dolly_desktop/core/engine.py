@@ -102,6 +102,14 @@ class _Streamer(ov_genai.StreamerBase):
             return ov_genai.StreamingStatus.CANCEL
         return ov_genai.StreamingStatus.RUNNING
 
+    def rate(self) -> float:
+        """Decode speed: tokens after the first over the time they took."""
+        n = len(self.tokens)
+        if n < 2 or self.first_at is None or self.last_at is None:
+            return 0.0
+        dt = self.last_at - self.first_at
+        return (n - 1) / dt if dt > 0 else 0.0
+
     def end(self) -> None:  # genai may call it more than once
         if self._text is not None:
             self._text.end()
@@ -142,6 +150,7 @@ class Engine:
         self.end_id = find_end_token_id(self.encode, self.eos_id)
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        self._streamer: _Streamer | None = None
         log.info("loaded %s on %s in %.2f s", self.model_dir, self.device, self.load_s)
 
     @property
@@ -151,6 +160,11 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text).input_ids.data
         return [int(i) for i in ids[0]]
+
+    def progress(self) -> tuple[int, float]:
+        """Tokens generated so far and their decode rate; safe to call from any thread."""
+        s = self._streamer
+        return (len(s.tokens), s.rate()) if s is not None else (0, 0.0)
 
     def cancel(self) -> None:
         """Stop the running generation after the token being produced now."""
@@ -202,13 +216,14 @@ class Engine:
         stops |= extra_stops or set()
         max_new = min(params.max_new_tokens, room)
         cfg = self._config(params, max_new)
-        streamer = _Streamer(self.tokenizer, on_text, self._cancel, stops)
+        streamer = self._streamer = _Streamer(self.tokenizer, on_text, self._cancel, stops)
         try:
             self.pipe.generate(inputs, cfg, streamer)
         except RuntimeError as e:
             raise DollyError(f"Generation failed on {self.device}: {_first_line(e)}") from e
         finally:
             streamer.end()
+            self._streamer = None
         t_end = time.perf_counter()
         tokens = streamer.tokens
         if streamer.hit_stop:
@@ -218,9 +233,6 @@ class Engine:
         else:
             reason = StopReason.LENGTH
         first = streamer.first_at or t_end
-        last = streamer.last_at or t_end
-        decode_s = last - first
-        tps = (len(tokens) - 1) / decode_s if len(tokens) > 1 and decode_s > 0 else 0.0
         return GenerationResult(
             text=clean_response(self.tokenizer.decode(tokens)),
             token_ids=tokens,
@@ -228,7 +240,7 @@ class Engine:
             stop_reason=reason,
             ttft_s=first - t0,
             total_s=t_end - t0,
-            tokens_per_s=tps,
+            tokens_per_s=streamer.rate(),
         )
 
     def _config(self, params: GenerationParams, max_new: int) -> ov_genai.GenerationConfig:

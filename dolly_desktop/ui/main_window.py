@@ -1,0 +1,498 @@
+"""The main window: an instruction in, the response streamed out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut, QTextCursor
+from PySide6.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import APP_NAME
+from ..core.devices import list_devices
+from ..core.engine import GenerationResult, StopReason
+from ..core.examples import EXAMPLES
+from ..core.logs import log_file
+from ..core.params import RANGES, GenerationParams
+from .settings import app_settings, load_params, save_params
+from .workers import EngineThread
+
+log = logging.getLogger(__name__)
+
+STOP_LABELS = {
+    StopReason.END: "finished",
+    StopReason.LENGTH: "reached max new tokens",
+    StopReason.CANCELLED: "stopped",
+}
+
+
+class InstructionEdit(QPlainTextEdit):
+    """Multi-line editor; Ctrl+Enter submits."""
+
+    submit = Signal()
+
+    def keyPressEvent(self, e) -> None:
+        if e.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and (
+            e.modifiers() & Qt.KeyboardModifier.ControlModifier
+        ):
+            self.submit.emit()
+            return
+        super().keyPressEvent(e)
+
+
+class MainWindow(QMainWindow):
+    # Requests to the engine thread: queued, so the GUI thread never waits on the engine.
+    request_load = Signal(str, str)
+    request_generate = Signal(str, object)
+    # Emitted on the GUI thread when a load or a generation has ended, however it ended.
+    load_done = Signal()
+    response_done = Signal()
+
+    def __init__(self, model: str | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle(APP_NAME)
+        self.settings = app_settings()
+        self.engine_thread = EngineThread()
+        self.worker = self.engine_thread.worker
+        self.model_dir: str | None = None
+        self.generating = False
+        self.loading = False
+        self.last_result: GenerationResult | None = None
+        self._response_text = ""
+        self._build()
+        self._connect()
+        self._restore(model)
+
+    # ---- building -------------------------------------------------------------------
+    def _build(self) -> None:
+        self._build_menus()
+        self.banner = QLabel(wordWrap=True, objectName="banner")
+        self.banner.setTextFormat(Qt.TextFormat.RichText)
+        self.banner.setOpenExternalLinks(False)
+        self.banner.hide()
+        self.open_button = QPushButton("Open model folder…")
+        self.open_button.hide()
+
+        self.examples = QListWidget(objectName="examples")
+        self.examples.addItems(EXAMPLES)
+        self.examples.setWordWrap(True)
+        self.examples.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.examples.setSpacing(2)
+        self.examples.setToolTip("Click an example to use it as the instruction")
+        examples_box = QGroupBox("Examples")
+        QVBoxLayout(examples_box).addWidget(self.examples)
+
+        self.instruction = InstructionEdit(objectName="instruction")
+        self.instruction.setPlaceholderText("Type an instruction for Dolly…  (Ctrl+Enter sends)")
+        self.submit_button = QPushButton("Submit")
+        self.submit_button.setDefault(True)
+        self.submit_button.setToolTip("Generate a response (Ctrl+Enter)")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop generating (Esc)")
+        self.stop_button.setEnabled(False)
+        self.clear_button = QPushButton("Clear")
+        self.copy_button = QPushButton("Copy response")
+        self.copy_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        for b in (self.submit_button, self.stop_button, self.clear_button):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        buttons.addWidget(self.copy_button)
+
+        self.response = QTextBrowser(objectName="response")
+        self.response.setOpenExternalLinks(True)
+        self.response.setPlaceholderText("The response appears here as Dolly writes it.")
+
+        editor = QWidget()
+        ev = QVBoxLayout(editor)
+        ev.setContentsMargins(0, 0, 0, 0)
+        ev.addWidget(QLabel("Instruction"))
+        ev.addWidget(self.instruction)
+        ev.addLayout(buttons)
+        responder = QWidget()
+        rv = QVBoxLayout(responder)
+        rv.setContentsMargins(0, 0, 0, 0)
+        rv.addWidget(QLabel("Response"))
+        rv.addWidget(self.response)
+        self.center = QSplitter(Qt.Orientation.Vertical)
+        self.center.addWidget(editor)
+        self.center.addWidget(responder)
+        self.center.setStretchFactor(0, 1)
+        self.center.setStretchFactor(1, 3)
+
+        side = QWidget()
+        sv = QVBoxLayout(side)
+        sv.setContentsMargins(0, 0, 0, 0)
+        sv.addWidget(examples_box, 1)
+        sv.addWidget(self._build_params())
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(side)
+        self.splitter.addWidget(self.center)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([300, 700])
+
+        root = QWidget()
+        lay = QVBoxLayout(root)
+        top = QHBoxLayout()
+        top.addWidget(self.banner, 1)
+        top.addWidget(self.open_button)
+        lay.addLayout(top)
+        lay.addWidget(self.splitter, 1)
+        self.setCentralWidget(root)
+
+        self.model_label = QLabel("No model")
+        self.stats_label = QLabel("")
+        self.busy = QProgressBar(maximumWidth=120, maximumHeight=14)
+        self.busy.setRange(0, 0)
+        self.busy.hide()
+        sb = self.statusBar()
+        sb.addWidget(self.stats_label, 1)
+        sb.addPermanentWidget(self.busy)
+        sb.addPermanentWidget(self.model_label)
+        self.live_timer = QTimer(self, interval=250)
+        self.resize(1100, 720)
+
+    def _build_params(self) -> QGroupBox:
+        box = QGroupBox("Parameters")
+        form = QFormLayout(box)
+        self.spins: dict[str, QSpinBox | QDoubleSpinBox] = {}
+        for name in ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty"):
+            r = RANGES[name]
+            spin: QSpinBox | QDoubleSpinBox = QSpinBox() if r.integer else QDoubleSpinBox()
+            if isinstance(spin, QDoubleSpinBox):
+                spin.setDecimals(2)
+            spin.setRange(r.low, r.high)
+            spin.setSingleStep(r.step)
+            spin.setObjectName(name)
+            spin.setToolTip(f"{r.label}: {r.low:g} to {r.high:g}")
+            self.spins[name] = spin
+            form.addRow(r.label.capitalize(), spin)
+        self.spins["top_k"].setSpecialValueText("off")
+        self.greedy = QCheckBox("Greedy (no sampling)", objectName="greedy")
+        form.addRow(self.greedy)
+        self.seed_check = QCheckBox("Fixed seed", objectName="seed_check")
+        self.seed = QSpinBox(objectName="seed")
+        self.seed.setRange(int(RANGES["seed"].low), int(RANGES["seed"].high))
+        form.addRow(self.seed_check, self.seed)
+        self.device = QComboBox(objectName="device")
+        for d in list_devices():
+            self.device.addItem(d.id, d.id)
+            self.device.setItemData(self.device.count() - 1, d.name, Qt.ItemDataRole.ToolTipRole)
+        form.addRow("Device", self.device)
+        return box
+
+    def _build_menus(self) -> None:
+        m = self.menuBar().addMenu("&File")
+        self.open_action = QAction("&Open model folder…", self, shortcut=QKeySequence.Open)
+        m.addAction(self.open_action)
+        m.addSeparator()
+        quit_action = QAction("&Quit", self, shortcut=QKeySequence.Quit)
+        quit_action.triggered.connect(self.close)
+        m.addAction(quit_action)
+        h = self.menuBar().addMenu("&Help")
+        self.about_action = QAction(f"&About {APP_NAME}", self)
+        h.addAction(self.about_action)
+
+    def _connect(self) -> None:
+        w = self.worker
+        q = Qt.ConnectionType.QueuedConnection
+        self.request_load.connect(w.load, q)
+        self.request_generate.connect(w.generate, q)
+        w.loading.connect(self._on_loading, q)
+        w.loaded.connect(self._on_loaded, q)
+        w.load_failed.connect(self._on_load_failed, q)
+        w.piece.connect(self._on_piece, q)
+        w.finished.connect(self._on_finished, q)
+        w.failed.connect(self._on_failed, q)
+        self.instruction.submit.connect(self.submit)
+        self.submit_button.clicked.connect(self.submit)
+        self.stop_button.clicked.connect(self.stop)
+        QShortcut(QKeySequence(Qt.Key.Key_Escape), self, activated=self.stop)
+        self.clear_button.clicked.connect(self.clear)
+        self.copy_button.clicked.connect(self.copy_response)
+        self.examples.itemClicked.connect(lambda item: self.use_example(item.text()))
+        self.open_action.triggered.connect(self.choose_model_folder)
+        self.open_button.clicked.connect(self.choose_model_folder)
+        self.about_action.triggered.connect(self.show_about)
+        self.greedy.toggled.connect(self._sync_sampling_controls)
+        self.seed_check.toggled.connect(self.seed.setEnabled)
+        self.device.activated.connect(lambda _i: self._reload())
+        self.live_timer.timeout.connect(self._show_live_stats)
+
+    # ---- state ------------------------------------------------------------------------
+    def _restore(self, model: str | None) -> None:
+        s = self.settings
+        geometry = s.value("window/geometry")
+        if isinstance(geometry, QByteArray):
+            self.restoreGeometry(geometry)
+        splitter = s.value("window/splitter")
+        if isinstance(splitter, QByteArray):
+            self.splitter.restoreState(splitter)
+        self.set_params(load_params(s))
+        device = str(s.value("model/device", "CPU"))
+        i = self.device.findData(device)
+        self.device.setCurrentIndex(i if i >= 0 else 0)
+        folder = model or s.value("model/folder")
+        if folder:
+            self.load_model(str(folder))
+        else:
+            self._show_no_model()
+        self._update_buttons()
+
+    def params(self) -> GenerationParams:
+        values = {name: spin.value() for name, spin in self.spins.items()}
+        values["max_new_tokens"] = int(values["max_new_tokens"])
+        values["top_k"] = int(values["top_k"])
+        seed = self.seed.value() if self.seed_check.isChecked() else None
+        return GenerationParams(greedy=self.greedy.isChecked(), seed=seed, **values)
+
+    def set_params(self, p: GenerationParams) -> None:
+        for name, spin in self.spins.items():
+            spin.setValue(getattr(p, name))
+        self.greedy.setChecked(p.greedy)
+        self.seed_check.setChecked(p.seed is not None)
+        self.seed.setValue(p.seed or 0)
+        self.seed.setEnabled(p.seed is not None)
+        self._sync_sampling_controls()
+
+    def _sync_sampling_controls(self) -> None:
+        sampling = not self.greedy.isChecked()
+        for name in ("temperature", "top_p", "top_k"):
+            self.spins[name].setEnabled(sampling)
+        self.seed_check.setEnabled(sampling)
+        self.seed.setEnabled(sampling and self.seed_check.isChecked())
+
+    def _update_buttons(self) -> None:
+        ready = self.model_dir is not None and not self.loading
+        self.submit_button.setEnabled(ready and not self.generating)
+        self.stop_button.setEnabled(self.generating)
+        self.device.setEnabled(not self.generating and not self.loading)
+        self.open_action.setEnabled(not self.generating)
+        self.copy_button.setEnabled(bool(self._response_text) and not self.generating)
+
+    # ---- model ------------------------------------------------------------------------
+    def load_model(self, folder: str) -> None:
+        self.loading = True
+        self.model_dir = None
+        self._update_buttons()
+        self.request_load.emit(folder, self.device.currentData())
+
+    def _reload(self) -> None:
+        folder = self.settings.value("model/folder")
+        self.settings.setValue("model/device", self.device.currentData())
+        if folder and not self.generating:
+            self.load_model(str(folder))
+
+    def choose_model_folder(self) -> None:
+        start = str(self.settings.value("model/folder") or Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Open an OpenVINO model folder", start)
+        if folder:
+            self.load_model(folder)
+
+    @Slot(str, str)
+    def _on_loading(self, folder: str, device: str) -> None:
+        self.busy.show()
+        self.model_label.setText(f"Loading {Path(folder).name} on {device}…")
+        self._hide_banner()
+
+    @Slot(str, str, float)
+    def _on_loaded(self, folder: str, device: str, seconds: float) -> None:
+        self.loading = False
+        self.model_dir = folder
+        self.busy.hide()
+        self.settings.setValue("model/folder", folder)
+        self.settings.setValue("model/device", device)
+        self.model_label.setText(f"{_model_name(folder)} · {device}")
+        self.model_label.setToolTip(folder)
+        self.stats_label.setText(f"Model loaded in {seconds:.1f} s")
+        self._update_buttons()
+        self.instruction.setFocus()
+        self.load_done.emit()
+
+    @Slot(str)
+    def _on_load_failed(self, message: str) -> None:
+        self.loading = False
+        self.model_dir = None
+        self.busy.hide()
+        self.model_label.setText("No model")
+        self._show_error(f"The model could not be loaded. {message}", offer_open=True)
+        self._update_buttons()
+        self.load_done.emit()
+
+    def _show_no_model(self) -> None:
+        self._show_banner(
+            "<b>No model yet.</b> Dolly Desktop runs a Dolly 2.0 model in OpenVINO format "
+            "(a folder with <tt>openvino_model.xml</tt>). Open one to start.",
+            offer_open=True,
+        )
+
+    # ---- generation -------------------------------------------------------------------
+    def submit(self) -> None:
+        if self.generating or self.loading or self.model_dir is None:
+            return
+        text = self.instruction.toPlainText()
+        try:
+            params = self.params()
+        except Exception as e:  # spinboxes keep values in range; this is a safety net
+            self._show_error(str(e))
+            return
+        if not text.strip():
+            self._show_error("The instruction is empty: type what you want Dolly to do.")
+            return
+        save_params(self.settings, params)
+        self._hide_banner()
+        self.generating = True
+        self.last_result = None
+        self._response_text = ""
+        self.response.clear()
+        self.stats_label.setText("Waiting for the first token…")
+        self._update_buttons()
+        self.live_timer.start()
+        self.request_generate.emit(text, params)
+
+    def stop(self) -> None:
+        if self.generating:
+            self.worker.cancel()  # thread-safe; the engine stops within one token
+            self.stats_label.setText("Stopping…")
+
+    @Slot(str)
+    def _on_piece(self, piece: str) -> None:
+        self._response_text += piece
+        bar = self.response.verticalScrollBar()
+        at_end = bar.value() >= bar.maximum() - 4
+        cursor = QTextCursor(self.response.document())
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        cursor.insertText(piece)
+        if at_end:  # follow the text unless the reader scrolled up
+            bar.setValue(bar.maximum())
+
+    def _show_live_stats(self) -> None:
+        n, tps = self.worker.progress()
+        if n:
+            self.stats_label.setText(f"{n} tokens · {tps:.1f} tokens/s")
+
+    @Slot(object)
+    def _on_finished(self, result: GenerationResult) -> None:
+        self._end_generation()
+        self.last_result = result
+        self._response_text = result.text
+        bar = self.response.verticalScrollBar()
+        was_at_end = bar.value() >= bar.maximum() - 4
+        self.response.setMarkdown(result.text)
+        if was_at_end:
+            bar.setValue(bar.maximum())
+        self.stats_label.setText(
+            f"{result.tokens_per_s:.1f} tokens/s · first token {result.ttft_s * 1000:.0f} ms · "
+            f"{result.generated_tokens} tokens · {STOP_LABELS[result.stop_reason]}"
+        )
+        self._update_buttons()
+
+    @Slot(str)
+    def _on_failed(self, message: str) -> None:
+        self._end_generation()
+        self.stats_label.setText("")
+        self._show_error(message)
+        self._update_buttons()
+
+    def _end_generation(self) -> None:
+        self.generating = False
+        self.live_timer.stop()
+        QTimer.singleShot(0, self.response_done.emit)  # after the caller updated the view
+
+    # ---- small actions ----------------------------------------------------------------
+    def use_example(self, text: str) -> None:
+        self.instruction.setPlainText(text)
+        self.instruction.setFocus()
+
+    def clear(self) -> None:
+        if self.generating:
+            return
+        self.instruction.clear()
+        self.response.clear()
+        self._response_text = ""
+        self.last_result = None
+        self.stats_label.setText("")
+        self._hide_banner()
+        self._update_buttons()
+
+    def copy_response(self) -> None:
+        QApplication.clipboard().setText(self._response_text)
+        self.statusBar().showMessage("Response copied", 3000)
+
+    def show_about(self) -> None:
+        from .about import show_about
+
+        show_about(self, self.model_dir)
+
+    def _show_banner(self, html: str, offer_open: bool = False, error: bool = False) -> None:
+        self.banner.setProperty("error", error)
+        self.banner.setStyleSheet(
+            "QLabel { padding: 8px; border-radius: 4px; background: %s; }"
+            % ("#fde7e9" if error else "#eef3fb")
+        )
+        self.banner.setText(html)
+        self.banner.show()
+        self.open_button.setVisible(offer_open)
+
+    def _show_error(self, message: str, offer_open: bool = False) -> None:
+        log.warning("shown to the user: %s", message)
+        self._show_banner(
+            f"{_escape(message)} <span style='color:#666'>(log: {_escape(log_file())})</span>",
+            offer_open=offer_open,
+            error=True,
+        )
+
+    def _hide_banner(self) -> None:
+        self.banner.hide()
+        self.open_button.hide()
+
+    def error_text(self) -> str:
+        """The sentence the banner shows, as plain text (tests read it)."""
+        return self.banner.text() if self.banner.isVisible() else ""
+
+    # ---- closing ----------------------------------------------------------------------
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/splitter", self.splitter.saveState())
+        try:
+            save_params(self.settings, self.params())
+        except Exception:
+            log.exception("parameters not saved")
+        self.settings.sync()
+        self.live_timer.stop()
+        self.hide()
+        # Cancel stops generation within one token; a load in progress is waited for.
+        if not self.engine_thread.stop():
+            log.error("engine thread did not stop in time")
+        event.accept()
+
+
+def _model_name(folder: str) -> str:
+    p = Path(folder)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,44 @@
+"""Persistent settings in one INI file under the app's data folder."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from PySide6.QtCore import QSettings
+
+from ..core import paths
+from ..core.errors import DollyError
+from ..core.params import GenerationParams
+
+log = logging.getLogger(__name__)
+
+
+def app_settings() -> QSettings:
+    return QSettings(str(paths.data_dir() / "settings.ini"), QSettings.Format.IniFormat)
+
+
+def load_params(s: QSettings) -> GenerationParams:
+    """Saved parameters, or the defaults when none are saved or they no longer validate."""
+    defaults = GenerationParams().to_dict()
+    values: dict[str, Any] = {}
+    for name, default in defaults.items():
+        raw = s.value(f"params/{name}")
+        if raw is None or raw == "":
+            values[name] = default
+        elif name == "greedy":
+            values[name] = str(raw).lower() in ("true", "1")
+        elif name == "seed":
+            values[name] = None if str(raw) == "none" else int(raw)
+        else:
+            values[name] = type(default)(raw)
+    try:
+        return GenerationParams(**values)
+    except (DollyError, ValueError) as e:
+        log.warning("saved parameters ignored: %s", e)
+        return GenerationParams()
+
+
+def save_params(s: QSettings, p: GenerationParams) -> None:
+    for name, value in p.to_dict().items():
+        s.setValue(f"params/{name}", "none" if value is None else value)

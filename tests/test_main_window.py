@@ -1,0 +1,191 @@
+"""The main window with pytest-qt against the tiny real model (offscreen)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import copy_model
+from PySide6.QtCore import Qt
+
+from dolly_desktop.core.engine import Engine, StopReason
+from dolly_desktop.core.examples import EXAMPLES
+from dolly_desktop.core.params import GenerationParams
+from dolly_desktop.ui.main_window import MainWindow
+
+LOAD_MS = 30_000
+GEN_MS = 60_000
+
+
+@pytest.fixture(autouse=True)
+def own_home(tmp_path, monkeypatch):
+    """Settings and logs of each test in a folder of its own."""
+    monkeypatch.setenv("DOLLY_DESKTOP_HOME", str(tmp_path / "home"))
+
+
+def open_window(qtbot, model=None) -> MainWindow:
+    w = MainWindow(model=str(model) if model else None)
+    qtbot.addWidget(w)
+    w.show()
+    if model:
+        with qtbot.waitSignal(w.load_done, timeout=LOAD_MS):
+            pass
+    return w
+
+
+@pytest.fixture
+def window(qtbot, tiny_fp16):
+    w = open_window(qtbot, tiny_fp16)
+    assert w.model_dir == str(tiny_fp16), w.error_text()
+    yield w
+    w.close()
+
+
+def run(qtbot, w: MainWindow, instruction: str, params: GenerationParams) -> None:
+    w.instruction.setPlainText(instruction)
+    w.set_params(params)
+    with qtbot.waitSignal(w.response_done, timeout=GEN_MS):
+        w.submit_button.click()
+
+
+def test_streams_in_several_updates_and_matches_engine(qtbot, window, tiny_fp16):
+    params = GenerationParams(greedy=True, max_new_tokens=40)
+    updates: list[str] = []
+    window.response.document().contentsChanged.connect(
+        lambda: updates.append(window.response.toPlainText())
+    )
+    assert window.submit_button.isEnabled()
+    run(qtbot, window, "Who is Dolly?", params)
+    expected = Engine(tiny_fp16).generate("Who is Dolly?", params)
+    result = window.last_result
+    assert result is not None and result.token_ids == expected.token_ids
+    assert window._response_text == expected.text
+    streamed = [u for u in updates if u]
+    assert len(set(streamed)) > 2  # text grew piece by piece before the final render
+    assert "tokens/s" in window.stats_label.text()
+    assert window.submit_button.isEnabled() and not window.stop_button.isEnabled()
+
+
+def test_submit_disabled_while_generating_and_stop(qtbot, window):
+    window.instruction.setPlainText(EXAMPLES[0])
+    window.set_params(GenerationParams(max_new_tokens=1000, seed=3))
+    window.submit_button.click()
+    assert not window.submit_button.isEnabled() and window.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: len(window._response_text) > 20, timeout=GEN_MS)
+    with qtbot.waitSignal(window.response_done, timeout=GEN_MS):
+        window.stop_button.click()
+    r = window.last_result
+    assert r.stop_reason is StopReason.CANCELLED and r.generated_tokens < 1000
+    assert "stopped" in window.stats_label.text()
+
+
+def test_escape_stops(qtbot, window):
+    window.instruction.setPlainText(EXAMPLES[1])
+    window.set_params(GenerationParams(max_new_tokens=1000, seed=4))
+    window.submit()
+    qtbot.waitUntil(lambda: len(window._response_text) > 10, timeout=GEN_MS)
+    with qtbot.waitSignal(window.response_done, timeout=GEN_MS):
+        qtbot.keyClick(window.instruction, Qt.Key.Key_Escape)
+    assert window.last_result.stop_reason is StopReason.CANCELLED
+
+
+def test_ctrl_enter_submits_and_params_reach_engine(qtbot, window):
+    window.instruction.setPlainText(EXAMPLES[7])
+    window.spins["max_new_tokens"].setValue(5)
+    window.seed_check.setChecked(True)
+    window.seed.setValue(11)
+    with qtbot.waitSignal(window.response_done, timeout=GEN_MS):
+        qtbot.keyClick(window.instruction, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert window.last_result.generated_tokens == 5
+    assert window.last_result.stop_reason is StopReason.LENGTH
+    first = window.last_result.token_ids
+    run(qtbot, window, EXAMPLES[7], window.params())  # same seed: same tokens
+    assert window.last_result.token_ids == first
+
+
+def test_example_click_and_clear(qtbot, window):
+    item = window.examples.item(3)
+    rect = window.examples.visualItemRect(item)
+    qtbot.mouseClick(window.examples.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert window.instruction.toPlainText() == EXAMPLES[3]
+    run(qtbot, window, EXAMPLES[3], GenerationParams(greedy=True, max_new_tokens=8))
+    assert window.response.toPlainText()
+    assert window.copy_button.isEnabled()
+    window.copy_button.click()
+    from PySide6.QtWidgets import QApplication
+
+    assert QApplication.clipboard().text() == window._response_text
+    window.clear_button.click()
+    assert window.instruction.toPlainText() == "" and window.response.toPlainText() == ""
+    assert not window.copy_button.isEnabled()
+
+
+def test_empty_instruction_is_one_sentence(qtbot, window):
+    window.instruction.setPlainText("   ")
+    window.submit_button.click()
+    assert "instruction is empty" in window.error_text()
+    assert not window.generating and window.submit_button.isEnabled()
+
+
+def test_broken_model_folder_shows_error_and_app_stays_usable(qtbot, tiny_fp16, tmp_path):
+    broken = copy_model(tiny_fp16, tmp_path / "broken")
+    bin_ = broken / "openvino_model.bin"
+    with open(bin_, "r+b") as f:
+        f.truncate(bin_.stat().st_size // 3)
+    w = open_window(qtbot, broken)
+    assert w.model_dir is None
+    assert "truncated" in w.error_text() and "could not be loaded" in w.error_text()
+    assert w.open_button.isVisible() and not w.submit_button.isEnabled()
+    with qtbot.waitSignal(w.load_done, timeout=LOAD_MS):
+        w.load_model(str(tiny_fp16))
+    assert w.error_text() == ""
+    run(qtbot, w, "Who is Dolly?", GenerationParams(greedy=True, max_new_tokens=4))
+    assert w.last_result.generated_tokens == 4
+    w.close()
+
+
+def test_no_model_says_so(qtbot):
+    w = open_window(qtbot)
+    assert "No model yet" in w.error_text()
+    assert w.open_button.isVisible() and not w.submit_button.isEnabled()
+    w.close()
+
+
+def test_close_during_generation_stops_cleanly(qtbot, tiny_fp16):
+    w = open_window(qtbot, tiny_fp16)
+    w.instruction.setPlainText(EXAMPLES[2])
+    w.set_params(GenerationParams(max_new_tokens=1000, seed=5))
+    w.submit()
+    qtbot.waitUntil(lambda: len(w._response_text) > 10, timeout=GEN_MS)
+    engine = w.worker.engine
+    w.close()
+    assert w.engine_thread.thread.isFinished()
+    assert engine.progress() == (0, 0.0)  # no generation left running
+    assert engine._lock.acquire(blocking=False)
+    engine._lock.release()
+
+
+def test_settings_persist_across_windows(qtbot, tiny_fp16):
+    w = open_window(qtbot, tiny_fp16)
+    w.set_params(
+        GenerationParams(
+            max_new_tokens=77, temperature=1.3, top_p=0.5, top_k=20, greedy=False, seed=99
+        )
+    )
+    w.resize(760, 560)
+    w.close()
+    w2 = open_window(qtbot)  # no model given: the last one loads by itself
+    with qtbot.waitSignal(w2.load_done, timeout=LOAD_MS):
+        pass
+    p = w2.params()
+    assert (p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.seed) == (77, 1.3, 0.5, 20, 99)
+    assert w2.model_dir == str(tiny_fp16)
+    assert (w2.width(), w2.height()) == (760, 560)
+    w2.close()
+
+
+def test_device_switch_reloads(qtbot, window):
+    auto = window.device.findData("AUTO")
+    window.device.setCurrentIndex(auto)
+    with qtbot.waitSignal(window.load_done, timeout=LOAD_MS):
+        window.device.activated.emit(auto)
+    assert window.worker.engine.device == "AUTO"
+    assert "AUTO" in window.model_label.text()
