@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", required=True, help="OpenVINO model folder")
     g.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
     add_param_options(g)
+    g.add_argument("--no-history", action="store_true", help="do not record this run")
     g.add_argument("instruction", nargs="?", help="the instruction (default: read stdin)")
 
     sub.add_parser("devices", help="list OpenVINO devices").set_defaults(func=cmd_devices)
@@ -69,22 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from .core.engine import Engine
+    from .core.history import History, ModelRef
     from .core.prompt import build_prompt
 
     params = params_from_args(a)
     instruction = a.instruction if a.instruction not in (None, "-") else sys.stdin.read()
     prompt = build_prompt(instruction)  # refuse bad input before the model loads
     engine = Engine(a.model, a.device)
+    history = History(enabled=not a.no_history)
+    model = ModelRef.from_folder(engine.model_dir)
 
-    def out(piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    # Leaving this block without finish() records the run as cancelled or failed.
+    with history.start_run(instruction, params, model, engine.device) as run:
 
-    try:
-        result = engine.generate_from_prompt(prompt, params, on_text=out)
-    except KeyboardInterrupt:
-        engine.cancel()
-        return EXIT_INTERRUPTED
+        def out(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            run.append(piece)  # after the print: what is saved was always shown
+
+        try:
+            result = engine.generate_from_prompt(prompt, params, on_text=out)
+        except KeyboardInterrupt:
+            engine.cancel()
+            return EXIT_INTERRUPTED
+        run.finish(result)
     sys.stdout.write("\n")
     print(result.metrics_line(), file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ from PySide6.QtCore import Qt
 
 from dolly_desktop.core.engine import Engine, StopReason
 from dolly_desktop.core.examples import EXAMPLES
+from dolly_desktop.core.history import History
 from dolly_desktop.core.params import GenerationParams
 from dolly_desktop.ui.main_window import MainWindow
 
@@ -189,3 +190,42 @@ def test_device_switch_reloads(qtbot, window):
         window.device.activated.emit(auto)
     assert window.worker.engine.device == "AUTO"
     assert "AUTO" in window.model_label.text()
+
+
+def test_history_select_restore_rerun_delete(qtbot, window):
+    panel = window.history_panel
+    run(qtbot, window, EXAMPLES[4], GenerationParams(greedy=True, max_new_tokens=6))
+    first_text = window._response_text
+    run(qtbot, window, EXAMPLES[5], GenerationParams(max_new_tokens=9, seed=2))
+    assert panel.list.count() == 2
+    window.clear_button.click()
+    panel.list.setCurrentRow(1)  # newest first: row 1 is the first run
+    assert window.instruction.toPlainText() == EXAMPLES[4]
+    assert window.params().greedy and window.params().max_new_tokens == 6
+    assert window._response_text == first_text
+    with qtbot.waitSignal(window.response_done, timeout=GEN_MS):
+        panel.rerun_button.click()
+    assert panel.list.count() == 3
+    assert window._response_text == first_text  # greedy: the same answer again
+    panel.search.setText("Androids")
+    panel.refresh()
+    assert panel.list.count() == 2
+    panel.search.clear()
+    panel.refresh()
+    panel.list.setCurrentRow(0)
+    panel.delete_current(confirm=False)
+    assert panel.list.count() == 2
+    assert window.history.count() == 2
+
+
+def test_history_off_writes_nothing(qtbot, tiny_fp16, tmp_path):
+    w = open_window(qtbot, tiny_fp16)
+    w.history_panel.keep.setChecked(False)
+    run(qtbot, w, EXAMPLES[0], GenerationParams(greedy=True, max_new_tokens=4))
+    assert w.history_panel.list.count() == 0
+    w.close()
+    db = tmp_path / "home" / "data" / "history.sqlite3"
+    assert not db.exists() or History(db).count() == 0
+    w2 = open_window(qtbot)
+    assert not w2.history_panel.keep.isChecked()  # the choice persists
+    w2.close()

@@ -1,9 +1,149 @@
-"""`dolly-desktop history ...` subcommands."""
+"""`dolly-desktop history ...` subcommands: list, show, search, export, import, delete, clear."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from ..core.errors import DollyError
+from ..core.history import Entry, History
+
+EXIT_NOTHING_FOUND = 1  # as grep: search ran fine and matched nothing
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `history` parser; set `func` on it (see dolly_desktop/cli.py)."""
+    p = sub.add_parser("history", help="list, search, export or clear past runs")
+    hs = p.add_subparsers(dest="history_command", required=True, parser_class=type(p))
+
+    ls = hs.add_parser("list", help="past runs, newest first")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    ls.set_defaults(func=cmd_list)
+
+    show = hs.add_parser("show", help="one run in full (Markdown)")
+    show.add_argument("id", type=int)
+    show.set_defaults(func=cmd_show)
+
+    search = hs.add_parser("search", help="runs whose instruction or response has these words")
+    search.add_argument("text", nargs="+")
+    search.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    search.set_defaults(func=cmd_search)
+
+    export = hs.add_parser("export", help="write runs as Markdown or JSON Lines")
+    export.add_argument("--format", choices=("md", "jsonl"), default="md")
+    export.add_argument("--id", type=int, action="append", help="only this run (repeatable)")
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    export.set_defaults(func=cmd_export)
+
+    imp = hs.add_parser("import", help="add runs from a JSON Lines export")
+    imp.add_argument("file", help="the .jsonl file, or - for stdin")
+    imp.set_defaults(func=cmd_import)
+
+    delete = hs.add_parser("delete", help="delete one run")
+    delete.add_argument("id", type=int)
+    delete.set_defaults(func=cmd_delete)
+
+    clear = hs.add_parser("clear", help="delete all runs")
+    clear.add_argument("--yes", action="store_true", help="do not ask")
+    clear.set_defaults(func=cmd_clear)
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    entries = History().list(limit=a.limit)
+    if not entries:
+        print("The history is empty.", file=sys.stderr)
+    _print_rows(entries)
+    return 0
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    text = " ".join(a.text)
+    found = History().list(limit=a.limit, query=text)
+    if not found:
+        print(f"Nothing in the history matches {text!r}.", file=sys.stderr)
+        return EXIT_NOTHING_FOUND
+    _print_rows(found)
+    return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    (entry,) = History().entries([a.id])
+    sys.stdout.write(entry.to_markdown())
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    history = History()
+    write = history.export_jsonl if a.format == "jsonl" else history.export_markdown
+    if a.output is None:
+        write(sys.stdout, a.id)
+        return 0
+    n = _write_atomically(Path(a.output), lambda out: write(out, a.id))
+    print(f"Exported {n} runs to {a.output}.", file=sys.stderr)
+    return 0
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    history = History()
+    if a.file == "-":
+        n = history.import_jsonl(sys.stdin)
+    else:
+        try:
+            with open(a.file, encoding="utf-8") as src:
+                n = history.import_jsonl(src)
+        except OSError as e:
+            raise DollyError(f"{a.file} cannot be read: {e.strerror}.") from e
+    print(f"Imported {n} runs.", file=sys.stderr)
+    return 0
+
+
+def cmd_delete(a: argparse.Namespace) -> int:
+    history = History()
+    history.entries([a.id])  # a clear error for an id that is not there
+    history.delete(a.id)
+    return 0
+
+
+def cmd_clear(a: argparse.Namespace) -> int:
+    history = History()
+    n = history.count()
+    if not a.yes:
+        if not sys.stdin.isatty():
+            raise DollyError(f"This deletes all {n} runs: add --yes to confirm.")
+        answer = input(f"Delete all {n} runs from the history? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return 1
+    history.clear()
+    print(f"Deleted {n} runs.", file=sys.stderr)
+    return 0
+
+
+def _print_rows(entries: list[Entry]) -> None:
+    for e in entries:
+        when = e.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        model = f"{e.model.name} {e.model.precision}".strip()
+        first = e.instruction.splitlines()[0] if e.instruction else ""
+        if len(first) > 60:
+            first = first[:59] + "…"
+        print(f"{e.id}\t{when}\t{e.stop_reason}\t{model}\t{first}")
+
+
+def _write_atomically(dest: Path, write: Callable[[TextIO], int]) -> int:
+    """Write to a temporary sibling and rename, so a failed export leaves no half file."""
+    dest = dest.expanduser()
+    if not dest.parent.is_dir():
+        raise DollyError(f"There is no folder {dest.parent} to write {dest.name} into.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            n = write(out)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QSplitter,
+    QTabWidget,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -33,8 +34,10 @@ from .. import APP_NAME
 from ..core.devices import list_devices
 from ..core.engine import GenerationResult, StopReason
 from ..core.examples import EXAMPLES
+from ..core.history import Entry, History
 from ..core.logs import log_file
 from ..core.params import RANGES, GenerationParams
+from .history_panel import HistoryPanel
 from .settings import app_settings, load_params, save_params
 from .workers import EngineThread
 
@@ -75,6 +78,9 @@ class MainWindow(QMainWindow):
         self.settings = app_settings()
         self.engine_thread = EngineThread()
         self.worker = self.engine_thread.worker
+        keep = str(self.settings.value("history/enabled", "true")).lower() == "true"
+        self.history = History(enabled=keep)
+        self.worker.history = self.history
         self.model_dir: str | None = None
         self.generating = False
         self.loading = False
@@ -100,8 +106,10 @@ class MainWindow(QMainWindow):
         self.examples.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.examples.setSpacing(2)
         self.examples.setToolTip("Click an example to use it as the instruction")
-        examples_box = QGroupBox("Examples")
-        QVBoxLayout(examples_box).addWidget(self.examples)
+        self.history_panel = HistoryPanel(self.history)
+        self.side_tabs = QTabWidget(objectName="side_tabs")
+        self.side_tabs.addTab(self.examples, "Examples")
+        self.side_tabs.addTab(self.history_panel, "History")
 
         self.instruction = InstructionEdit(objectName="instruction")
         self.instruction.setPlaceholderText("Type an instruction for Dolly…  (Ctrl+Enter sends)")
@@ -144,7 +152,7 @@ class MainWindow(QMainWindow):
         side = QWidget()
         sv = QVBoxLayout(side)
         sv.setContentsMargins(0, 0, 0, 0)
-        sv.addWidget(examples_box, 1)
+        sv.addWidget(self.side_tabs, 1)
         sv.addWidget(self._build_params())
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -240,6 +248,10 @@ class MainWindow(QMainWindow):
         self.seed_check.toggled.connect(self.seed.setEnabled)
         self.device.activated.connect(lambda _i: self._reload())
         self.live_timer.timeout.connect(self._show_live_stats)
+        self.history_panel.selected.connect(self.show_entry)
+        self.history_panel.rerun.connect(self.rerun_entry)
+        self.history_panel.enabled_changed.connect(self.set_history_enabled)
+        self.response_done.connect(self.history_panel.refresh)
 
     # ---- state ------------------------------------------------------------------------
     def _restore(self, model: str | None) -> None:
@@ -259,6 +271,8 @@ class MainWindow(QMainWindow):
             self.load_model(str(folder))
         else:
             self._show_no_model()
+        if self.history.notice:
+            self._show_error(self.history.notice)
         self._update_buttons()
 
     def params(self) -> GenerationParams:
@@ -420,6 +434,38 @@ class MainWindow(QMainWindow):
         self.generating = False
         self.live_timer.stop()
         QTimer.singleShot(0, self.response_done.emit)  # after the caller updated the view
+
+    # ---- history ----------------------------------------------------------------------
+    def show_entry(self, entry: Entry) -> None:
+        """Show a past run and restore its instruction and parameters."""
+        if self.generating:
+            return
+        self.instruction.setPlainText(entry.instruction)
+        self.set_params(entry.params)
+        self._response_text = entry.response
+        self.response.setMarkdown(entry.response)
+        self.last_result = None
+        if entry.tokens_per_s is not None:
+            self.stats_label.setText(
+                f"{entry.tokens_per_s:.1f} tokens/s · first token {(entry.ttft_s or 0) * 1000:.0f}"
+                f" ms · {entry.generated_tokens} tokens · {entry.stop_reason}"
+                f" · {entry.model.name} {entry.model.precision} on {entry.device}"
+            )
+        else:
+            self.stats_label.setText(f"{entry.stop_reason} · {entry.model.name}")
+        self._update_buttons()
+
+    def rerun_entry(self, entry: Entry) -> None:
+        self.show_entry(entry)
+        self.submit()
+
+    def set_history_enabled(self, keep: bool) -> None:
+        self.settings.setValue("history/enabled", "true" if keep else "false")
+        if self.generating:
+            return  # takes effect from the next window; the running recorder stays valid
+        self.history = History(enabled=keep)
+        self.worker.history = self.history
+        self.history_panel.set_history(self.history)
 
     # ---- small actions ----------------------------------------------------------------
     def use_example(self, text: str) -> None:

@@ -9,6 +9,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from ..core.engine import Engine, GenerationResult
 from ..core.errors import DollyError
+from ..core.history import History, ModelRef
 from ..core.params import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class EngineWorker(QObject):
     def __init__(self) -> None:
         super().__init__()
         self.engine: Engine | None = None
+        self.history = History(enabled=False)  # the window sets the real one
         self._closing = False
 
     @Slot(str, str)
@@ -59,9 +61,20 @@ class EngineWorker(QObject):
         if self.engine is None:
             self.failed.emit("No model is loaded: open a model folder first.")
             return
+        engine = self.engine
+        run = self.history.start_run(
+            instruction, params, ModelRef.from_folder(engine.model_dir), engine.device
+        )
+
+        def on_text(piece: str) -> None:
+            # May run on an openvino-genai thread: Qt queues the signal to the window.
+            self.piece.emit(piece)
+            run.append(piece)
+
         try:
-            # piece.emit may run on an openvino-genai thread: Qt queues it to the window.
-            result: GenerationResult = self.engine.generate(instruction, params, self.piece.emit)
+            with run:  # a run left without finish() is recorded as cancelled or failed
+                result: GenerationResult = engine.generate(instruction, params, on_text)
+                run.finish(result)
         except Exception as e:
             self.failed.emit(describe(e))
             return

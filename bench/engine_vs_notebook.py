@@ -1,0 +1,153 @@
+"""The app's engine against the notebook's way (optimum-intel OVModelForCausalLM +
+transformers generate + TextIteratorStreamer), side by side in one run, plus the memory
+bandwidth ceiling. Each measurement runs in a child process of its own so peak RSS and
+cold loads are honest.
+
+    .venv/bin/python -m bench.engine_vs_notebook [--shape 3b] [--precision INT4] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHORT = "Who is Dolly?"
+LONG = "Summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 48  # ~500 tok
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def child_app(model: str, cache: str, tokens: int) -> dict:
+    from dolly_desktop.core.engine import Engine
+    from dolly_desktop.core.params import GenerationParams
+
+    t0 = time.perf_counter()
+    engine = Engine(model, cache_dir=Path(cache))
+    load = time.perf_counter() - t0
+    p = GenerationParams(greedy=True, max_new_tokens=tokens)
+    noop = lambda s: None  # noqa: E731  (stream text as the app does)
+    engine.generate(SHORT, GenerationParams(greedy=True, max_new_tokens=4), noop)  # warm-up
+    short = engine.generate(SHORT, p, noop)
+    long = engine.generate(LONG, GenerationParams(greedy=True, max_new_tokens=8), noop)
+    return dict(load_s=load, tps=short.tokens_per_s, ttft_short_s=short.ttft_s,
+                ttft_long_s=long.ttft_s, long_prompt_tokens=long.input_tokens,
+                peak_rss_gb=_peak_rss_gb())
+
+
+def child_notebook(model: str, cache: str, tokens: int) -> dict:
+    from threading import Thread
+
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoTokenizer, TextIteratorStreamer
+
+    from dolly_desktop.core.prompt import build_prompt
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(model)
+    ov_model = OVModelForCausalLM.from_pretrained(model, device="CPU",
+                                                  ov_config={"CACHE_DIR": cache})
+    load = time.perf_counter() - t0
+
+    def run(instruction: str, n: int) -> tuple[float, float, int]:
+        ids = tok(build_prompt(instruction), return_tensors="pt")
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        kw = dict(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer)
+        start = time.perf_counter()
+        th = Thread(target=ov_model.generate, kwargs=kw)
+        th.start()
+        times = [time.perf_counter() for _ in streamer]
+        th.join()
+        # TextIteratorStreamer yields text pieces (roughly one per token): time per piece.
+        first = times[0] - start if times else 0.0
+        rate = (n - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+        return first, rate, ids["input_ids"].shape[1]
+
+    run(SHORT, 4)
+    ttft_short, tps, _ = run(SHORT, tokens)
+    ttft_long, _, n_long = run(LONG, 8)
+    return dict(load_s=load, tps=tps, ttft_short_s=ttft_short, ttft_long_s=ttft_long,
+                long_prompt_tokens=n_long, peak_rss_gb=_peak_rss_gb())
+
+
+def bandwidth_gbs() -> float:
+    import numpy as np
+
+    a = np.ones(2**28, dtype=np.float64)  # 2 GiB
+    a.sum()
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        a.sum()
+        best = max(best, a.nbytes / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def _spawn(kind: str, model: Path, cache: str, tokens: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.engine_vs_notebook", "--child", kind, "--model", str(model),
+         "--cache", cache, "--tokens", str(tokens)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="3b")
+    ap.add_argument("--precision", nargs="+", default=["INT4", "INT8"])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--child")
+    ap.add_argument("--model")
+    ap.add_argument("--cache")
+    a = ap.parse_args()
+    if a.child:
+        fn = child_app if a.child == "app" else child_notebook
+        print(json.dumps(fn(a.model, a.cache, a.tokens)))
+        return
+
+    from bench.models import ir, machine
+
+    print(f"machine: {machine()}")
+    bw = bandwidth_gbs()
+    print(f"memory read bandwidth (one thread, numpy sum): {bw:.1f} GB/s\n")
+    for precision in a.precision:
+        model = ir(a.shape, precision)
+        weights = (model / "openvino_model.bin").stat().st_size
+        rows: dict[str, dict[str, list[float]]] = {"app": {}, "notebook": {}}
+        for _ in range(a.runs):
+            for kind in ("app", "notebook"):  # interleaved: both see the same machine state
+                with tempfile.TemporaryDirectory() as cache:
+                    cold = _spawn(kind, model, cache, a.tokens)
+                    warm = _spawn(kind, model, cache, a.tokens)
+                warm["cold_load_s"] = cold["load_s"]
+                for k, v in warm.items():
+                    rows[kind].setdefault(k, []).append(v)
+        med = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in rows.items()}
+        app, nb = med["app"], med["notebook"]
+        ceiling = bw * 1e9 / weights
+        print(f"### {a.shape} {precision}: weights {weights / 1e9:.2f} GB, medians of {a.runs}")
+        print("| measure | app engine | notebook | app/notebook |")
+        print("|---|---|---|---|")
+        for key, label in [("tps", "decode tokens/s"), ("ttft_short_s", "TTFT short prompt (s)"),
+                           ("ttft_long_s", f"TTFT {app['long_prompt_tokens']:.0f}-token prompt (s)"),
+                           ("cold_load_s", "load, cold cache (s)"), ("load_s", "load, warm (s)"),
+                           ("peak_rss_gb", "peak RSS (GB)")]:
+            print(f"| {label} | {app[key]:.3f} | {nb[key]:.3f} | {app[key] / nb[key]:.2f} |")
+        print(f"ceiling (bandwidth / weight bytes): {ceiling:.1f} tok/s; app reaches "
+              f"{app['tps'] / ceiling:.0%}, notebook {nb['tps'] / ceiling:.0%}")
+        print(f"peak RSS / weights file: app {app['peak_rss_gb'] * 2**30 / weights:.2f}x, "
+              f"notebook {nb['peak_rss_gb'] * 2**30 / weights:.2f}x\n")
+
+
+if __name__ == "__main__":
+    main()

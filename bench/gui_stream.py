@@ -1,0 +1,93 @@
+"""The GUI path against the bare engine: the GUI thread's longest stall while a response
+streams, and tokens/s through the window vs the engine on the same model, side by side.
+
+    .venv/bin/python -m bench.gui_stream [--shape tiny|3b] [--precision INT4] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("DOLLY_DESKTOP_HOME", tempfile.mkdtemp(prefix="dolly-bench-"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="tiny")
+    ap.add_argument("--precision", default="INT4")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=200)
+    a = ap.parse_args()
+
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    from bench.models import ir, machine
+    from dolly_desktop.core.engine import Engine
+    from dolly_desktop.core.params import GenerationParams
+    from dolly_desktop.ui.app import make_app
+    from dolly_desktop.ui.main_window import MainWindow
+
+    model = ir(a.shape, a.precision)
+    params = GenerationParams(greedy=True, max_new_tokens=a.tokens)
+    instruction = "Write a love letter to my best friend"
+    app = make_app()
+
+    def wait(signal) -> None:
+        loop = QEventLoop()
+        signal.connect(loop.quit)
+        loop.exec()
+        signal.disconnect(loop.quit)
+
+    window = MainWindow(model=str(model))
+    window.show()
+    wait(window.load_done)
+    bare = Engine(model)
+
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer(interval=5)
+    timer.timeout.connect(tick)
+
+    gui_tps, bare_tps, stalls = [], [], []
+    for _ in range(a.runs):
+        bare_tps.append(bare.generate(instruction, params).tokens_per_s)
+        window.instruction.setPlainText(instruction)
+        window.set_params(params)
+        gaps.clear()
+        last[0] = time.perf_counter()
+        timer.start()
+        window.submit()
+        wait(window.response_done)
+        timer.stop()
+        gui_tps.append(window.last_result.tokens_per_s)
+        stalls.append(max(gaps) * 1000)
+    window.close()
+    app.processEvents()
+
+    g, b = statistics.median(gui_tps), statistics.median(bare_tps)
+    print(f"machine: {machine()}")
+    print(f"model: {a.shape} {a.precision}, {a.tokens} greedy tokens, {a.runs} runs each")
+    print("| path | tokens/s (median) |")
+    print("|---|---|")
+    print(f"| bare engine | {b:.1f} |")
+    print(f"| through the window | {g:.1f} |")
+    print(f"ratio window/engine: {g / b:.3f}")
+    print(
+        f"GUI thread longest stall while generating (5 ms timer, worst run): {max(stalls):.1f} ms;"
+        f" median run {statistics.median(stalls):.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
