@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="GUI: run a scripted generation, save a picture of the window to PNG and quit",
     )
     p.add_argument("--model", help="GUI: load this model folder instead of the last one")
+    p.add_argument(
+        "--self-test",
+        metavar="MODEL_DIR",
+        help="load MODEL_DIR, generate a few "
+        "tokens, print the metrics; exit non-zero on any failure",
+    )
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     g = sub.add_parser("generate", help="answer one instruction on the terminal")
@@ -99,6 +105,28 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def self_test(a: argparse.Namespace) -> int:
+    """Check an install (or a bundle) end to end: devices, model load, a few tokens."""
+    import time
+
+    import openvino
+
+    from .core.devices import list_devices
+    from .core.engine import Engine
+
+    t0 = time.perf_counter()
+    print(f"dolly-desktop {__version__}, OpenVINO {openvino.get_version()}")
+    print("devices: " + ", ".join(d.id for d in list_devices()))
+    engine = Engine(a.self_test, "CPU")
+    print(f"model loaded in {engine.load_s:.2f} s")
+    result = engine.generate("Who is Dolly?", GenerationParams(greedy=True, max_new_tokens=8))
+    if result.generated_tokens < 1:
+        raise DollyError("the model generated no tokens.")
+    print(result.metrics_line())
+    print(f"self-test passed in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
 def cmd_devices(a: argparse.Namespace) -> int:
     from .core.devices import list_devices
 
@@ -109,8 +137,10 @@ def cmd_devices(a: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(console=args.command is not None)
-    if args.command is None:
+    setup_logging(console=args.command is not None or args.self_test is not None)
+    if args.self_test:
+        args.func = self_test
+    elif args.command is None:
         from .ui.app import run_gui
 
         return run_gui(model=args.model, screenshot=args.screenshot)

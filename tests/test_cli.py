@@ -75,3 +75,11 @@ def test_devices_lists_cpu_and_auto():
     assert p.returncode == 0
     ids = [line.split("\t")[0] for line in p.stdout.splitlines()]
     assert "CPU" in ids and ids[-1] == "AUTO"
+
+
+def test_self_test(tiny_models, tmp_path):
+    ok = run("--self-test", str(tiny_models["INT4"]))
+    assert ok.returncode == 0, ok.stderr
+    assert "self-test passed" in ok.stdout and "8 tokens" in ok.stdout
+    bad = run("--self-test", str(tmp_path))
+    assert bad.returncode == 2 and "not an OpenVINO model folder" in bad.stderr
