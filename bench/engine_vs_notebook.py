@@ -23,7 +23,11 @@ LONG = "Summarise this text. " + "The quick brown fox jumps over the lazy dog. "
 
 
 def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    # VmHWM, not ru_maxrss: the latter keeps the parent's high-water mark across fork+exec.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # KiB -> GiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def child_app(model: str, cache: str, tokens: int) -> dict:
