@@ -1,0 +1,403 @@
+"""Download a model repository from the Hugging Face Hub, resumable mid-file.
+
+huggingface-hub >= 1.18 deletes its `.incomplete` file when a transfer fails, so a cut at 5 of
+5.7 GB starts over. Here huggingface-hub supplies what it is good at (the endpoint, the file list
+with sizes and sha256, URLs, auth headers, offline mode) and the bytes come through our own
+ranged GETs into `<name>.part` files in a persistent folder. A file is renamed from `.part` only
+once its checksum matches; the model is installed (staged_folder) only once every file is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import httpx
+from huggingface_hub import HfApi, constants, hf_hub_url
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+from .atomic import staged_folder
+from .capacity import DEFAULT_KEEP_FREE, check_disk, format_bytes
+from .errors import DollyError
+from .jobs import Cancelled, raise_if_cancelled
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 8 << 20  # for checksums
+STATE_FILE = "download.json"
+SKIPPED_FILES = {".gitattributes"}  # git plumbing, not part of the model
+TIMEOUT = httpx.Timeout(30.0, read=60.0)  # a stalled connection fails, and is resumed
+REPORT_EVERY_S = 0.1
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str  # path inside the repo, "/"-separated
+    size: int
+    sha256: str | None  # LFS files: the Hub's checksum of the content
+    blob_id: str | None  # other files: the git blob id (sha1 of "blob <size>\0" + content)
+
+
+@dataclass(frozen=True)
+class RepoListing:
+    repo_id: str
+    commit: str  # files are fetched at this commit, so a resume never mixes revisions
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    stage: str  # "downloading" or "verifying"
+    file: str
+    done_bytes: int  # all files, including bytes kept from an earlier attempt
+    total_bytes: int
+    speed_bps: float  # over the last few seconds
+    eta_s: float | None  # None until the speed is known
+
+    @property
+    def fraction(self) -> float:
+        return self.done_bytes / self.total_bytes if self.total_bytes else 1.0
+
+
+TransferCallback = Callable[[TransferProgress], None]
+
+
+def hub_endpoint(endpoint: str | None = None) -> str:
+    """The Hub to talk to: explicit, else HF_ENDPOINT as huggingface-hub read it at import."""
+    return (endpoint or constants.ENDPOINT).rstrip("/")
+
+
+def list_repo(
+    repo_id: str,
+    revision: str = "main",
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+) -> RepoListing:
+    """The repo's commit and files with sizes and checksums, as the Hub reports them."""
+    endpoint = hub_endpoint(endpoint)
+    with _hub_errors(repo_id, endpoint, revision):
+        info = HfApi(endpoint=endpoint, token=token).model_info(
+            repo_id, revision=revision, files_metadata=True
+        )
+    files = []
+    for s in info.siblings or []:
+        if s.rfilename in SKIPPED_FILES:
+            continue
+        _check_name(s.rfilename, repo_id)
+        size = s.lfs.size if s.lfs else s.size
+        if size is None:
+            raise DollyError(f"{endpoint} did not report the size of {s.rfilename} in {repo_id}.")
+        files.append(
+            RemoteFile(
+                name=s.rfilename,
+                size=int(size),
+                sha256=s.lfs.sha256 if s.lfs else None,
+                blob_id=None if s.lfs else s.blob_id,
+            )
+        )
+    if not info.sha or not files:
+        raise DollyError(f"{repo_id} on {endpoint} reports no commit or no files.")
+    return RepoListing(repo_id=repo_id, commit=info.sha, files=tuple(files))
+
+
+def partial_bytes(folder: Path) -> int:
+    """Bytes already fetched into a partial download folder."""
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != STATE_FILE)
+
+
+def download_repo(
+    repo_id: str,
+    dest: Path,
+    partial_dir: Path,
+    *,
+    revision: str = "main",
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    check: Callable[[Path], object] | None = None,
+    require: Callable[[RepoListing], object] | None = None,
+    on_staged: Callable[[Path, RepoListing], None] | None = None,
+    progress: TransferCallback | None = None,
+    cancel: threading.Event | None = None,
+    retries: int = 5,
+    keep_free: int = DEFAULT_KEEP_FREE,
+) -> Path:
+    """Fetch `repo_id` into `partial_dir` (kept across runs for resuming), then install it at
+    `dest` atomically after `check`. `require` may refuse the file list before any byte is
+    fetched. Cancel keeps the partial files; `Cancelled` is raised."""
+    endpoint = hub_endpoint(endpoint)
+    if dest.exists():
+        raise DollyError(f"{dest} already exists: remove it first to download it again.")
+    listing = list_repo(repo_id, revision, endpoint, token)
+    if require is not None:
+        require(listing)
+    same = _holds(partial_dir, listing)
+    have = sum(_bytes_on_disk(partial_dir, f) for f in listing.files) if same else 0
+    check_disk(dest.parent, listing.total_bytes - have, f"Downloading {repo_id}", keep_free)
+    if not same:
+        _start_afresh(partial_dir, listing)
+    log.info(
+        "downloading %s@%s from %s: %s, %s already here",
+        repo_id,
+        listing.commit,
+        endpoint,
+        format_bytes(listing.total_bytes),
+        format_bytes(have),
+    )
+    meter = _Meter(listing.total_bytes, have, progress)
+    headers = build_hf_headers(token=token)
+    # Byte ranges count stored bytes: no transparent gzip, as huggingface-hub does too.
+    headers["Accept-Encoding"] = "identity"
+    for f in listing.files:
+        url = hf_hub_url(repo_id, f.name, revision=listing.commit, endpoint=endpoint)
+        _fetch_file(url, headers, f, partial_dir, meter, cancel, retries, repo_id)
+    raise_if_cancelled(cancel)
+    meter.stage("installing", "")
+    try:
+        with staged_folder(dest, check=check) as out:
+            for f in listing.files:
+                target = out / f.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(partial_dir / f.name, target)
+            if on_staged is not None:
+                on_staged(out, listing)
+    finally:
+        # Installed, or moved into a staging folder that failed its check and is gone: either
+        # way what is left of the partial folder is no use.
+        shutil.rmtree(partial_dir, ignore_errors=True)
+    return dest
+
+
+def _state(listing: RepoListing) -> dict[str, str]:
+    return {"repo_id": listing.repo_id, "commit": listing.commit}
+
+
+def _holds(partial_dir: Path, listing: RepoListing) -> bool:
+    """Partial files are kept only if they come from the same repo and commit."""
+    try:
+        return json.loads((partial_dir / STATE_FILE).read_text(encoding="utf-8")) == _state(listing)
+    except (OSError, ValueError):
+        return False
+
+
+def _start_afresh(partial_dir: Path, listing: RepoListing) -> None:
+    if partial_dir.exists():
+        log.info("discarding partial download in %s (another commit)", partial_dir)
+        shutil.rmtree(partial_dir)
+    partial_dir.mkdir(parents=True)
+    (partial_dir / STATE_FILE).write_text(json.dumps(_state(listing)), encoding="utf-8")
+
+
+def _part(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def _bytes_on_disk(folder: Path, f: RemoteFile) -> int:
+    final, part = folder / f.name, _part(folder / f.name)
+    if final.is_file():
+        return final.stat().st_size
+    return min(part.stat().st_size, f.size) if part.is_file() else 0
+
+
+def _fetch_file(
+    url: str,
+    headers: dict[str, str],
+    f: RemoteFile,
+    folder: Path,
+    meter: _Meter,
+    cancel: threading.Event | None,
+    retries: int,
+    repo_id: str,
+) -> None:
+    final = folder / f.name
+    if final.is_file() and final.stat().st_size == f.size:
+        return  # verified when it was renamed from .part
+    final.parent.mkdir(parents=True, exist_ok=True)
+    part = _part(final)
+    failures = 0
+    while True:
+        raise_if_cancelled(cancel)
+        have = part.stat().st_size if part.is_file() else 0
+        if have > f.size:  # not ours to trust
+            meter.rewind(f.size)
+            part.unlink()
+            have = 0
+        if have == f.size:
+            break
+        try:
+            got = _transfer(url, headers, part, have, f, meter, cancel)
+        except httpx.TransportError as e:  # cut, reset, timeout: resume from what arrived
+            raise_if_cancelled(cancel)
+            got = part.stat().st_size - have if part.is_file() else 0
+            failures = 0 if got > 0 else failures + 1
+            if failures > retries:
+                raise DollyError(
+                    f"The download of {f.name} from {repo_id} keeps failing ({e}): "
+                    "check the connection and download again to resume."
+                ) from e
+            delay = 0.0 if got > 0 else min(2.0**failures, 30.0)
+            log.warning("transfer of %s cut after %d bytes (%s); resuming", f.name, got, e)
+            if cancel is not None and cancel.wait(delay):
+                raise Cancelled() from None
+            if cancel is None:
+                time.sleep(delay)
+            continue
+        if have + got < f.size:  # the server ended early without an error: ask for the rest
+            failures = 0 if got > 0 else failures + 1
+            if failures > retries:
+                raise DollyError(f"{repo_id} sent {f.name} short: download it again.")
+    meter.stage("verifying", f.name)
+    if not _verify(part, f, cancel):
+        meter.rewind(f.size)
+        part.unlink()
+        raise DollyError(
+            f"{f.name} from {repo_id} does not match the Hub's checksum: download it again."
+        )
+    os.replace(part, final)
+
+
+def _transfer(
+    url: str,
+    headers: dict[str, str],
+    part: Path,
+    have: int,
+    f: RemoteFile,
+    meter: _Meter,
+    cancel: threading.Event | None,
+) -> int:
+    """One GET from byte `have` on, appended to `part`; return the bytes received."""
+    req = dict(headers)
+    if have:
+        req["Range"] = f"bytes={have}-"
+    meter.stage("downloading", f.name)
+    with get_session().stream("GET", url, headers=req, timeout=TIMEOUT) as r:
+        if r.status_code >= 400:
+            r.read()
+            try:
+                hf_raise_for_status(r)
+            except HfHubHTTPError as e:
+                raise DollyError(f"The Hub refused {f.name}: {str(e).splitlines()[0]}") from e
+        if have and r.status_code != 206:  # the server ignored the range: start over
+            meter.rewind(have)
+            have = 0
+        elif have and not r.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+            raise DollyError(f"The server answered a resume of {f.name} with the wrong bytes.")
+        got = 0
+        with open(part, "ab" if have else "wb") as fh:
+            for chunk in r.iter_raw():  # as it arrives: a cut loses nothing received
+                raise_if_cancelled(cancel)
+                fh.write(chunk)
+                got += len(chunk)
+                meter.add(len(chunk))
+        return got
+
+
+def _verify(path: Path, f: RemoteFile, cancel: threading.Event | None) -> bool:
+    """The Hub's own integrity data: sha256 for LFS files, the git blob id for the rest."""
+    if path.stat().st_size != f.size:
+        return False
+    if f.sha256:
+        h = hashlib.sha256()
+    elif f.blob_id:
+        h = hashlib.sha1(f"blob {f.size}\0".encode())
+    else:
+        return True  # nothing but the size to go by
+    with open(path, "rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            raise_if_cancelled(cancel)
+            h.update(chunk)
+    return h.hexdigest() == (f.sha256 or f.blob_id)
+
+
+def _check_name(name: str, repo_id: str) -> None:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or "\\" in name or not name:
+        raise DollyError(f"{repo_id} lists a file with an unsafe name: {name!r}.")
+
+
+@contextmanager
+def _hub_errors(repo_id: str, endpoint: str, revision: str) -> Iterator[None]:
+    """Turn huggingface-hub and httpx failures into one sentence a person can act on."""
+    try:
+        yield
+    except OfflineModeIsEnabled as e:
+        raise DollyError(
+            "Downloads are switched off (HF_HUB_OFFLINE is set): unset it to download."
+        ) from e
+    except GatedRepoError as e:
+        raise DollyError(
+            f"{repo_id} is gated: accept its terms on the Hub and log in (hf auth login)."
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise DollyError(f"There is no model {repo_id} on {endpoint} (or it is private).") from e
+    except RevisionNotFoundError as e:
+        raise DollyError(f"{repo_id} has no revision {revision!r} on {endpoint}.") from e
+    except HfHubHTTPError as e:
+        raise DollyError(f"{endpoint} refused {repo_id}: {str(e).splitlines()[0]}") from e
+    except httpx.TransportError as e:
+        raise DollyError(
+            f"Cannot reach {endpoint} ({e or type(e).__name__}): check the connection."
+        ) from e
+
+
+class _Meter:
+    """Bytes done, speed over a sliding window, ETA; reports at most every 0.1 s."""
+
+    WINDOW_S = 5.0
+
+    def __init__(self, total: int, done: int, callback: TransferCallback | None) -> None:
+        self.total, self.done, self.callback = total, done, callback
+        self.file, self._stage = "", "downloading"
+        self.received = 0  # bytes over the wire in this run (speed ignores resumed bytes)
+        self._samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
+        self._last_report = 0.0
+
+    def stage(self, stage: str, file: str) -> None:
+        self._stage, self.file = stage, file
+        self._report(force=True)
+
+    def add(self, n: int) -> None:
+        self.done += n
+        self.received += n
+        self._report()
+
+    def rewind(self, n: int) -> None:
+        self.done = max(0, self.done - n)
+
+    def speed(self, now: float) -> float:
+        self._samples.append((now, self.received))
+        while len(self._samples) > 2 and now - self._samples[0][0] > self.WINDOW_S:
+            self._samples.popleft()
+        t0, b0 = self._samples[0]
+        return (self.received - b0) / (now - t0) if now > t0 else 0.0
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.callback is None or (not force and now - self._last_report < REPORT_EVERY_S):
+            return
+        self._last_report = now
+        speed = self.speed(now)
+        eta = (self.total - self.done) / speed if speed > 0 else None
+        self.callback(TransferProgress(self._stage, self.file, self.done, self.total, speed, eta))

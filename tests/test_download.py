@@ -1,0 +1,205 @@
+"""Downloads against a stand-in Hub on 127.0.0.1 (tests/hub_server.py): the tiny INT4 IR is
+served as OpenVINO/dolly-v2-3b-int4-ov and the tiny checkpoint as databricks/dolly-v2-3b."""
+
+from __future__ import annotations
+
+import filecmp
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hub_server import HubServer
+from huggingface_hub import constants
+
+from dolly_desktop.core import capacity
+from dolly_desktop.core.download import list_repo
+from dolly_desktop.core.errors import DollyError
+from dolly_desktop.core.jobs import Cancelled
+from dolly_desktop.core.modeldir import MODEL_BIN
+from dolly_desktop.core.store import Store
+
+INT4_REPO = "OpenVINO/dolly-v2-3b-int4-ov"
+CKPT_REPO = "databricks/dolly-v2-3b"
+
+
+@pytest.fixture
+def online(monkeypatch):
+    # conftest switches huggingface-hub offline for the session; these tests only ever talk to
+    # the stand-in server on 127.0.0.1, passed explicitly as the endpoint.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture
+def hub(online, tiny_models, tiny_checkpoint):
+    with HubServer() as server:
+        server.add_repo(INT4_REPO, tiny_models["INT4"])
+        server.add_repo(CKPT_REPO, tiny_checkpoint)
+        yield server
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "models")
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.iterdir())
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    return not mismatch and not errors
+
+
+def _cancel_when_file_grows(part: Path, size: int, cancel: threading.Event) -> threading.Thread:
+    """Set `cancel` from another thread (as the GUI would) once `part` holds `size` bytes."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not cancel.is_set():
+            if part.is_file() and part.stat().st_size >= size:
+                cancel.set()
+            time.sleep(0.005)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_the_stand_in_behaves_like_the_hub_for_huggingface_hub(hub, tiny_models, tmp_path):
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    commit = hub.repos[INT4_REPO].commit
+    for name in ("config.json", MODEL_BIN):  # a small file, and an LFS file behind a redirect
+        url = hf_hub_url(INT4_REPO, name, endpoint=hub.url)
+        meta = get_hf_file_metadata(url, endpoint=hub.url)
+        assert meta.commit_hash == commit
+        assert meta.size == (tiny_models["INT4"] / name).stat().st_size
+        got = hf_hub_download(INT4_REPO, name, endpoint=hub.url, cache_dir=tmp_path / "hf")
+        assert filecmp.cmp(got, tiny_models["INT4"] / name, shallow=False)
+
+
+def test_listing_reports_checksums_and_sizes(hub, tiny_models):
+    listing = list_repo(INT4_REPO, endpoint=hub.url)
+    assert listing.commit == hub.repos[INT4_REPO].commit
+    files = {f.name: f for f in listing.files}
+    assert set(files) == {p.name for p in tiny_models["INT4"].iterdir()}
+    assert files[MODEL_BIN].sha256 and not files[MODEL_BIN].blob_id  # LFS
+    assert files["config.json"].blob_id and not files["config.json"].sha256
+    assert listing.total_bytes == sum(p.stat().st_size for p in tiny_models["INT4"].iterdir())
+
+
+def test_download_installs_a_catalog_variant(hub, store, tiny_models, report_figure):
+    from dolly_desktop.core.engine import Engine
+    from dolly_desktop.core.params import GenerationParams
+
+    reports = []
+    t0 = time.perf_counter()
+    m = store.download("dolly-v2-3b", "INT4", endpoint=hub.url, progress=reports.append)
+    elapsed = time.perf_counter() - t0
+    report_figure("download tiny INT4 (19.7 MB) from 127.0.0.1", f"{elapsed:.2f} s")
+    assert m.label == "dolly-v2-3b/INT4" and m.runnable
+    assert m.source.startswith(f"{INT4_REPO}@{hub.repos[INT4_REPO].commit}")
+    assert _same_files(tiny_models["INT4"], m.path)
+    done = [r.done_bytes for r in reports]
+    assert done == sorted(done) and reports[-1].done_bytes == reports[-1].total_bytes
+    assert {r.stage for r in reports} == {"downloading", "verifying", "installing"}
+    assert any(r.speed_bps > 0 and r.eta_s is not None for r in reports)
+    assert store.partial_downloads() == []
+    assert [p.name for p in store.root.iterdir()] == ["dolly-v2-3b"]  # .downloads is gone
+    assert [p.name for p in m.path.parent.iterdir()] == ["INT4"]  # no staging left
+
+    params = GenerationParams(greedy=True, max_new_tokens=6)
+    assert Engine(m.path).generate("Who is Dolly?", params).generated_tokens > 0
+
+
+def test_a_cut_transfer_resumes_mid_file(hub, store, report_figure):
+    size = hub.repos[INT4_REPO].files[MODEL_BIN].size
+    hub.cut_once(INT4_REPO, MODEL_BIN, 5_000_000)
+    store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
+    gets = hub.gets(MODEL_BIN)
+    assert [(g.status, g.range) for g in gets] == [(200, None), (206, "bytes=5000000-")]
+    assert sum(g.sent for g in gets) == size  # not one byte fetched twice
+    report_figure("cut at 5.0 MB of 13.4 MB", "resumed with Range bytes=5000000-, 0 bytes again")
+
+
+def test_cancel_keeps_the_partial_file_and_the_next_run_resumes(hub, store, tiny_models):
+    hub.throttle(INT4_REPO, MODEL_BIN, 8_000_000)  # ~1.7 s for the file: time to stop it
+    cancel = threading.Event()
+    part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (MODEL_BIN + ".part")
+    watcher = _cancel_when_file_grows(part, 2_000_000, cancel)
+    with pytest.raises(Cancelled):
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url, cancel=cancel)
+    watcher.join()
+    assert store.list() == [] and not (store.root / "dolly-v2-3b").exists()
+    [partial] = store.partial_downloads()
+    kept = part.stat().st_size
+    assert partial.repo_id == INT4_REPO and 2_000_000 <= kept < 13_000_000
+    assert partial.bytes_done >= kept
+
+    hub.throttle(INT4_REPO, MODEL_BIN, None)
+    m = store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
+    assert hub.gets(MODEL_BIN)[-1].range == f"bytes={kept}-"
+    assert _same_files(tiny_models["INT4"], m.path)
+    assert store.partial_downloads() == []
+
+
+def test_a_new_commit_discards_the_old_partial_files(hub, store, tiny_models):
+    hub.throttle(INT4_REPO, MODEL_BIN, 8_000_000)
+    cancel = threading.Event()
+    part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (MODEL_BIN + ".part")
+    _cancel_when_file_grows(part, 1_000_000, cancel)
+    with pytest.raises(Cancelled):
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url, cancel=cancel)
+    hub.throttle(INT4_REPO, MODEL_BIN, None)
+    hub.add_repo(INT4_REPO, tiny_models["INT4"])  # the repo moved on to a new commit
+    store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
+    assert hub.gets(MODEL_BIN)[-1].range is None
+
+
+@pytest.mark.parametrize("name", [MODEL_BIN, "config.json"])  # sha256, git blob id
+def test_a_corrupt_file_is_refused_and_nothing_installed(hub, store, name):
+    hub.corrupt(INT4_REPO, name)
+    with pytest.raises(DollyError, match=f"{name} from {INT4_REPO} does not match the Hub"):
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
+    assert store.list() == []
+    part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (name + ".part")
+    assert not part.exists()  # the next run fetches that file afresh
+
+
+def test_refused_when_the_disk_is_too_small(hub, store, tmp_path):
+    free = capacity.free_disk_bytes(tmp_path)
+    with pytest.raises(DollyError, match=r"Downloading .* needs 19.7 MB of disk space") as e:
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url, keep_free=free)
+    assert "but only" in str(e.value)
+    assert hub.gets(MODEL_BIN) == [] and store.list() == [] and store.partial_downloads() == []
+
+
+def test_the_checkpoint_downloads_as_a_checkpoint(hub, store, tiny_checkpoint):
+    m = store.download("dolly-v2-3b", "PyTorch", endpoint=hub.url)
+    assert m.label == "dolly-v2-3b/PyTorch" and m.problem is None and not m.runnable
+    assert _same_files(tiny_checkpoint, m.path)
+    assert store.resolve_checkpoint("dolly-v2-3b") == m.path
+
+
+def test_errors_are_one_clear_sentence(hub, store, tiny_models, monkeypatch):
+    cases = [
+        (dict(name="x", variant="INT4", repo_id="nobody/nothing"), "There is no model nobody"),
+        (dict(name="x", variant="INT4", repo_id=INT4_REPO, revision="v9"), "no revision 'v9'"),
+        (dict(name="x", variant="INT4", repo_id=CKPT_REPO), "holds no OpenVINO model"),
+        (dict(name="x", variant="PyTorch", repo_id=INT4_REPO), "holds no PyTorch checkpoint"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(DollyError, match=message):
+            store.download(endpoint=hub.url, **kwargs)
+    assert not any("/resolve/" in r.path for r in hub.requests)  # refused before any byte
+    with pytest.raises(DollyError, match=r"Cannot reach http://127\.0\.0\.1:9"):
+        store.download("dolly-v2-3b", "INT4", endpoint="http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DollyError, match="HF_HUB_OFFLINE is set"):
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
+    assert store.list() == []
+
+    store.import_folder(tiny_models["INT4"], name="dolly-v2-3b")
+    n = len(hub.requests)
+    with pytest.raises(DollyError, match="already exists"):
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
+    assert len(hub.requests) == n  # refused before asking the Hub anything

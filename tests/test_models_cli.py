@@ -1,0 +1,220 @@
+"""`dolly-desktop models ...` and the child-process runner (core.jobs) end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hub_server import HubServer
+
+from dolly_desktop.core.compress import Int4Options, Precision
+from dolly_desktop.core.errors import DollyError
+from dolly_desktop.core.jobs import Cancelled, compress_job, export_job
+from dolly_desktop.core.modeldir import MODEL_BIN
+from dolly_desktop.core.store import Store, detect_precision
+
+INT4_REPO = "OpenVINO/dolly-v2-3b-int4-ov"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
+    return {**env, **extra}
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dolly_desktop.cli", "models", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def _lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "models")
+
+
+def _leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".partial" in p.name] if root.exists() else []
+
+
+def test_export_to_each_precision_through_the_child(store, tiny_checkpoint, report_figure):
+    for precision in Precision:
+        seen: list[tuple[str, float]] = []
+        int4 = Int4Options(sym=True, group_size=64) if precision is Precision.INT4 else None
+        job = export_job(
+            store,
+            tiny_checkpoint,
+            precision,
+            int4,
+            "tiny",
+            lambda s, f, seen=seen: seen.append((s, f)),
+        )
+        t0 = time.perf_counter()
+        dest = job.run()
+        elapsed = time.perf_counter() - t0
+        report_figure(f"export tiny -> {precision.value} in a child", f"{elapsed:.1f} s")
+        assert dest == store.path_for("tiny", precision.value)
+        stages = [s for s, _ in seen]
+        assert stages[0] == "preparing" and "converting" in stages and stages[-1] == "done"
+        fractions = [f for _, f in seen]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0
+        m = store.get("tiny", precision.value)
+        assert m.runnable and detect_precision(m.path) == precision.value
+        assert m.source == f"exported from {tiny_checkpoint}"
+    # The options reached the child: symmetric INT4 is stored as signed 4-bit.
+    assert (
+        b'element_type="i4"' in (store.path_for("tiny", "INT4") / "openvino_model.xml").read_bytes()
+    )
+    assert _leftovers(store.root) == []
+
+
+def test_a_cancelled_export_leaves_nothing(store, tiny_checkpoint, report_figure):
+    converting = threading.Event()
+    staging_seen: list[Path] = []
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage == "converting":
+            staging_seen.extend(_leftovers(store.root))
+            converting.set()
+
+    job = export_job(store, tiny_checkpoint, Precision.INT4, name="tiny", progress=progress)
+    cancelled_at: list[float] = []
+
+    def cancel_when_converting() -> None:  # from another thread, as the GUI does
+        if converting.wait(120):
+            cancelled_at.append(time.perf_counter())
+            job.cancel()
+
+    job.start()
+    canceller = threading.Thread(target=cancel_when_converting)
+    canceller.start()
+    with pytest.raises(Cancelled):
+        job.wait()
+    canceller.join()
+    stopped = time.perf_counter() - cancelled_at[0]
+    report_figure("cancel an export mid-conversion", f"{stopped:.2f} s from cancel() to clean")
+    assert staging_seen, "the child should have been writing when it was killed"
+    assert job._proc is not None and job._proc.returncode is not None
+    assert not store.root.exists() or list(store.root.iterdir()) == []
+    assert store.list() == []
+
+
+def test_a_failed_child_reports_its_sentence(store, tiny_models, tmp_path):
+    job = compress_job(store, "tiny", Precision.INT8)
+    with pytest.raises(DollyError, match="tiny/FP16 is not installed"):
+        job.run()
+
+    store.import_folder(tiny_models["FP16"], name="tiny")
+    stages: list[str] = []
+    dest = compress_job(store, "tiny", Precision.INT8, progress=lambda s, f: stages.append(s)).run()
+    assert stages == ["compressing", "checking", "done"]
+    assert detect_precision(dest) == "INT8"
+
+
+def test_import_list_remove(store, tiny_models, tmp_path):
+    nb = tmp_path / "dolly-v2-3b"
+    for precision, sub in (("FP16", "FP16"), ("INT8", "INT8_compressed_weights")):
+        shutil.copytree(tiny_models[precision], nb / sub)
+    s = ["--store", str(store.root)]
+
+    p = run("import", str(nb), *s)
+    assert p.returncode == 0, p.stderr
+    last = _lines(p.stdout)[-1]
+    assert last["stage"] == "done" and last["installed"] == ["dolly-v2-3b/FP16", "dolly-v2-3b/INT8"]
+
+    p = run("list", *s)
+    assert p.returncode == 0, p.stderr
+    rows = p.stdout.splitlines()
+    assert [r.split()[0] for r in rows] == ["dolly-v2-3b/FP16", "dolly-v2-3b/INT8"]
+    assert "Compression rate: 1.9" in rows[1] and "Compression" not in rows[0]
+
+    p = run("remove", "dolly-v2-3b/INT8", *s)
+    assert p.returncode == 0 and "Removed dolly-v2-3b/INT8" in p.stderr
+    assert [m.label for m in store.list()] == ["dolly-v2-3b/FP16"]
+
+    p = run("list", "--available", *s)
+    assert p.returncode == 0
+    assert "dolly-v2-3b/FP16" in p.stdout and "(installed)" in p.stdout
+    assert "OpenVINO/dolly-v2-12b-int8-ov" in p.stdout
+    assert "export from databricks/dolly-v2-7b" in p.stdout
+
+
+def test_import_of_a_checkpoint_exports_it(store, tiny_checkpoint):
+    p = run("import", str(tiny_checkpoint), "--precision", "INT8", "--store", str(store.root))
+    assert p.returncode == 0, p.stderr
+    assert _lines(p.stdout)[-1]["installed"] == ["tiny-dolly/INT8"]
+
+
+def test_download_honours_hf_endpoint_and_resumes_after_a_kill(store, tiny_models):
+    with HubServer() as hub:
+        hub.add_repo(INT4_REPO, tiny_models["INT4"])
+        hub.throttle(INT4_REPO, MODEL_BIN, 4_000_000)
+        env = _env(HF_ENDPOINT=hub.url)  # no --endpoint: the variable decides
+        args = [sys.executable, "-m", "dolly_desktop.cli", "models", "download", "dolly-v2-3b"]
+        args += ["--store", str(store.root)]
+        part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (MODEL_BIN + ".part")
+        child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60
+            while not (part.is_file() and part.stat().st_size > 2_000_000):
+                assert time.monotonic() < deadline and child.poll() is None
+                time.sleep(0.01)
+        finally:
+            child.kill()  # an interruption no code of ours sees: power cut, OOM killer
+            child.communicate()
+        kept = part.stat().st_size
+        assert store.list() == []
+
+        hub.throttle(INT4_REPO, MODEL_BIN, None)
+        s = ["--store", str(store.root)]
+        p = run("download", "dolly-v2-3b", "--precision", "INT4", *s, env=env)
+        assert p.returncode == 0, p.stderr
+        lines = _lines(p.stdout)
+        assert lines[-1]["installed"] == ["dolly-v2-3b/INT4"]
+        assert {"file", "done", "total", "speed", "eta"} <= set(lines[0])
+        assert hub.gets(MODEL_BIN)[-1].range == f"bytes={kept}-"
+        assert store.partial_downloads() == []
+
+        p = run("download", "dolly-v2-3b", *s, "--keep-free", "1e6", env=env)
+        assert p.returncode == 2 and "already exists" in p.stderr
+
+
+def test_refusals_exit_2_with_one_line(store, tiny_checkpoint, tmp_path):
+    s = ["--store", str(store.root)]
+    ckpt = str(tiny_checkpoint)
+    cases = [
+        (["export", ckpt, *s, "--keep-free", "1e6"], "of disk space (keeping 1000000.00 GB free)"),
+        (["export", str(tmp_path / "none"), *s], "There is no folder"),
+        (["export", ckpt, "--precision", "INT3", *s], "Unknown precision"),
+        (["export", ckpt, "--precision", "INT8", "--sym", *s], "apply to INT4 only"),
+        (["export", ckpt, "--ratio", "2", *s], "INT4 ratio must be"),
+        (["compress", "tiny", *s], "tiny/FP16 is not installed"),
+        (["import", str(tmp_path), *s], "not an OpenVINO model folder"),
+        (["remove", "dolly-v2-3b", *s], "Say which variant"),
+        (["remove", "dolly-v2-3b/INT4", *s], "is not installed"),
+        (["remove", INT4_REPO, "--partial", *s], "no partial download"),
+        (["download", "dolly-v2-7b", "--precision", "INT4", *s], "no ready-made INT4"),
+        (["download", "dolly-v9", *s], "Unknown model"),
+        ([], "required"),
+    ]
+    for args, message in cases:
+        p = run(*args)
+        assert p.returncode == 2, (args, p.stderr)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, p.stderr)
+        assert p.stdout == "", (args, p.stdout)
+    assert not store.root.exists() or _leftovers(store.root) == []
