@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
-from .commands import history, models
+from .commands import history, models, serve
 from .core.errors import DollyError
 from .core.logs import setup_logging
 from .core.params import RANGES, GenerationParams
@@ -62,29 +62,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="answer one instruction on the terminal")
     g.set_defaults(func=cmd_generate)
-    g.add_argument("--model", required=True, help="OpenVINO model folder")
+    where = g.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", help="OpenVINO model folder")
+    where.add_argument(
+        "--remote",
+        metavar="URL",
+        help="an OpenAI-compatible server instead: http://HOST:PORT/v1 for dolly-desktop "
+        "serve, http://HOST:PORT/v3 for OpenVINO Model Server",
+    )
+    g.add_argument(
+        "--api-key",
+        default=serve.env_api_key(),
+        help=f"with --remote: the server's API key (default: ${serve.API_KEY_ENV})",
+    )
     g.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
     add_param_options(g)
     g.add_argument("--no-history", action="store_true", help="do not record this run")
     g.add_argument("instruction", nargs="?", help="the instruction (default: read stdin)")
 
     sub.add_parser("devices", help="list OpenVINO devices").set_defaults(func=cmd_devices)
-    for family in (history, models):
+    for family in (history, models, serve):
         family.register(sub)
     return p
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .core.engine import Engine
     from .core.history import History, ModelRef
     from .core.prompt import build_prompt
 
     params = params_from_args(a)
     instruction = a.instruction if a.instruction not in (None, "-") else sys.stdin.read()
     prompt = build_prompt(instruction)  # refuse bad input before the model loads
-    engine = Engine(a.model, a.device)
+    if a.remote:
+        from .core.remote import RemoteEngine
+
+        engine = RemoteEngine(a.remote, api_key=a.api_key)
+        model = engine.model_ref()
+    else:
+        from .core.engine import Engine
+
+        engine = Engine(a.model, a.device)
+        model = ModelRef.from_folder(engine.model_dir)
     history = History(enabled=not a.no_history)
-    model = ModelRef.from_folder(engine.model_dir)
 
     # Leaving this block without finish() records the run as cancelled or failed.
     with history.start_run(instruction, params, model, engine.device) as run:
@@ -156,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def gui_main() -> int:
-    return main([])
+    return main()  # argv passes through: a bundle's export child runs `models export ...`
 
 
 if __name__ == "__main__":

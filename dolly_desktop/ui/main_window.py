@@ -39,6 +39,7 @@ from ..core.logs import log_file
 from ..core.params import RANGES, GenerationParams
 from .history_panel import HistoryPanel
 from .settings import app_settings, load_params, save_params
+from .settings_dialog import SettingsDialog
 from .workers import EngineThread
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class MainWindow(QMainWindow):
         self.generating = False
         self.loading = False
         self.last_result: GenerationResult | None = None
+        self.settings_dialog: SettingsDialog | None = None
         self._response_text = ""
         self._build()
         self._connect()
@@ -99,6 +101,8 @@ class MainWindow(QMainWindow):
         self.banner.hide()
         self.open_button = QPushButton("Open model folder…")
         self.open_button.hide()
+        self.settings_button = QPushButton("Model settings…")
+        self.settings_button.hide()
 
         self.examples = QListWidget(objectName="examples")
         self.examples.addItems(EXAMPLES)
@@ -165,6 +169,7 @@ class MainWindow(QMainWindow):
         lay = QVBoxLayout(root)
         top = QHBoxLayout()
         top.addWidget(self.banner, 1)
+        top.addWidget(self.settings_button)
         top.addWidget(self.open_button)
         lay.addLayout(top)
         lay.addWidget(self.splitter, 1)
@@ -215,6 +220,8 @@ class MainWindow(QMainWindow):
         m = self.menuBar().addMenu("&File")
         self.open_action = QAction("&Open model folder…", self, shortcut=QKeySequence.Open)
         m.addAction(self.open_action)
+        self.settings_action = QAction("Model &settings…", self, shortcut=QKeySequence("Ctrl+,"))
+        m.addAction(self.settings_action)
         m.addSeparator()
         quit_action = QAction("&Quit", self, shortcut=QKeySequence.Quit)
         quit_action.triggered.connect(self.close)
@@ -243,6 +250,8 @@ class MainWindow(QMainWindow):
         self.examples.itemClicked.connect(lambda item: self.use_example(item.text()))
         self.open_action.triggered.connect(self.choose_model_folder)
         self.open_button.clicked.connect(self.choose_model_folder)
+        self.settings_button.clicked.connect(self.open_settings)
+        self.settings_action.triggered.connect(self.open_settings)
         self.about_action.triggered.connect(self.show_about)
         self.greedy.toggled.connect(self._sync_sampling_controls)
         self.seed_check.toggled.connect(self.seed.setEnabled)
@@ -311,7 +320,35 @@ class MainWindow(QMainWindow):
         self.loading = True
         self.model_dir = None
         self._update_buttons()
+        self.worker.options = self._engine_options()
         self.request_load.emit(folder, self.device.currentData())
+
+    def _engine_options(self) -> dict:
+        """Engine arguments from the Inference settings (cache folder, performance hint)."""
+        opts: dict = {}
+        cache = str(self.settings.value("inference/cache_dir", "") or "")
+        if cache:
+            opts["cache_dir"] = Path(cache)
+        hint = str(self.settings.value("inference/hint", "") or "")
+        if hint:
+            opts["properties"] = {"PERFORMANCE_HINT": hint}
+        return opts
+
+    def open_settings(self) -> SettingsDialog:
+        if self.settings_dialog is None:
+            self.settings_dialog = SettingsDialog(self, self.settings)
+            self.settings_dialog.model_chosen.connect(lambda folder, _d: self.load_model(folder))
+            self.settings_dialog.device_chosen.connect(self._device_from_settings)
+        self.settings_dialog.refresh()
+        self.settings_dialog.show()
+        self.settings_dialog.raise_()
+        return self.settings_dialog
+
+    def _device_from_settings(self, device: str) -> None:
+        i = self.device.findData(device)
+        if i >= 0:
+            self.device.setCurrentIndex(i)
+        self._reload()
 
     def _reload(self) -> None:
         folder = self.settings.value("model/folder")
@@ -358,7 +395,8 @@ class MainWindow(QMainWindow):
     def _show_no_model(self) -> None:
         self._show_banner(
             "<b>No model yet.</b> Dolly Desktop runs a Dolly 2.0 model in OpenVINO format "
-            "(a folder with <tt>openvino_model.xml</tt>). Open one to start.",
+            "(a folder with <tt>openvino_model.xml</tt>). Download or export one in Model "
+            "settings, or open a folder you already have.",
             offer_open=True,
         )
 
@@ -501,6 +539,7 @@ class MainWindow(QMainWindow):
         self.banner.setText(html)
         self.banner.show()
         self.open_button.setVisible(offer_open)
+        self.settings_button.setVisible(offer_open)
 
     def _show_error(self, message: str, offer_open: bool = False) -> None:
         log.warning("shown to the user: %s", message)
@@ -513,6 +552,7 @@ class MainWindow(QMainWindow):
     def _hide_banner(self) -> None:
         self.banner.hide()
         self.open_button.hide()
+        self.settings_button.hide()
 
     def error_text(self) -> str:
         """The sentence the banner shows, as plain text (tests read it)."""
@@ -529,6 +569,10 @@ class MainWindow(QMainWindow):
         self.settings.sync()
         self.live_timer.stop()
         self.hide()
+        job = self.settings_dialog.job if self.settings_dialog else None
+        if job is not None and job.running:  # a download or export must not outlive the app
+            job.cancel()
+            job.wait()
         # Cancel stops generation within one token; a load in progress is waited for.
         if not self.engine_thread.stop():
             log.error("engine thread did not stop in time")

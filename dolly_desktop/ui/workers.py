@@ -38,6 +38,7 @@ class EngineWorker(QObject):
         super().__init__()
         self.engine: Engine | None = None
         self.history = History(enabled=False)  # the window sets the real one
+        self.options: dict = {}  # Engine keyword arguments (cache_dir, properties)
         self._closing = False
 
     @Slot(str, str)
@@ -47,7 +48,7 @@ class EngineWorker(QObject):
         self.loading.emit(folder, device)
         self.engine = None  # free the old model before the new one is read
         try:
-            engine = Engine(folder, device)
+            engine = Engine(folder, device, **self.options)
         except Exception as e:
             self.load_failed.emit(describe(e))
             return

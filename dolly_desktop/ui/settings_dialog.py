@@ -1,0 +1,404 @@
+"""Model settings: get a model onto the machine (download, export, compress, import, remove)
+and choose the variant and the device it runs on."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QCloseEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core import paths
+from ..core.capacity import GB
+from ..core.catalog import CATALOG
+from ..core.compress import Precision
+from ..core.devices import list_devices
+from ..core.download import TransferProgress
+from ..core.jobs import ChildJob, compress_job, export_job
+from ..core.store import InstalledModel, Store
+from .jobs import Job
+
+HINTS = {"": "Default", "LATENCY": "Latency (one person chatting)", "THROUGHPUT": "Throughput"}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    variant: str
+    repo_id: str | None
+    installed: InstalledModel | None
+    approx_bytes: int | None
+    ram_bytes: int | None
+
+
+def _gb(n: int | None) -> str:
+    return "" if n is None else f"{n / GB:.2f} GB"
+
+
+class SettingsDialog(QDialog):
+    model_chosen = Signal(str, str)  # folder, device
+    device_chosen = Signal(str)
+
+    def __init__(self, parent: QWidget | None, settings, store: Store | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Model settings")
+        self.settings = settings
+        self.store = store or Store()
+        self.store.cleanup()  # staging left by a job that was killed
+        self.job: Job | None = None
+        self.rows: list[Row] = []
+        self.endpoint: str | None = None  # the Hub; None: HF_ENDPOINT or huggingface.co
+        tabs = QTabWidget()
+        tabs.addTab(self._models_page(), "Models")
+        tabs.addTab(self._inference_page(), "Inference")
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.close)
+        lay = QVBoxLayout(self)
+        lay.addWidget(tabs)
+        lay.addWidget(buttons)
+        self.resize(860, 520)
+        self.refresh()
+
+    # ---- pages ------------------------------------------------------------------------
+    def _models_page(self) -> QWidget:
+        page = QWidget()
+        self.table = QTableWidget(0, 5, objectName="models_table")
+        self.table.setHorizontalHeaderLabels(["Model", "Variant", "State", "Size", "RAM needed"])
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.use_button = QPushButton("Use this model")
+        self.download_button = QPushButton("Download")
+        self.export_button = QPushButton("Export…")
+        self.compress_button = QPushButton("Compress…")
+        self.import_button = QPushButton("Import folder…")
+        self.remove_button = QPushButton("Remove")
+        self.precision = QComboBox(objectName="target_precision")
+        for p in (Precision.INT4, Precision.INT8, Precision.FP16):
+            self.precision.addItem(p.value)
+        row = QHBoxLayout()
+        for b in (self.use_button, self.download_button, self.remove_button):
+            row.addWidget(b)
+        row.addStretch(1)
+        row.addWidget(QLabel("Target precision"))
+        row.addWidget(self.precision)
+        for b in (self.export_button, self.compress_button, self.import_button):
+            row.addWidget(b)
+        self.progress = QProgressBar(objectName="job_progress")
+        self.progress_label = QLabel()
+        self.cancel_button = QPushButton("Cancel")
+        job_row = QHBoxLayout()
+        job_row.addWidget(self.progress_label, 1)
+        job_row.addWidget(self.progress, 2)
+        job_row.addWidget(self.cancel_button)
+        self.message = QLabel(wordWrap=True, objectName="models_message")
+        lay = QVBoxLayout(page)
+        lay.addWidget(self.table, 1)
+        lay.addLayout(row)
+        lay.addLayout(job_row)
+        lay.addWidget(self.message)
+        self._show_job(None)
+        self.table.itemSelectionChanged.connect(self._sync_buttons)
+        self.table.doubleClicked.connect(lambda _i: self.use_selected())
+        self.use_button.clicked.connect(self.use_selected)
+        self.download_button.clicked.connect(self.download_selected)
+        self.export_button.clicked.connect(lambda: self.export_checkpoint())
+        self.compress_button.clicked.connect(self.compress_selected)
+        self.import_button.clicked.connect(lambda: self.import_folder())
+        self.remove_button.clicked.connect(lambda: self.remove_selected())
+        self.cancel_button.clicked.connect(self.cancel_job)
+        return page
+
+    def _inference_page(self) -> QWidget:
+        page = QWidget()
+        form = QFormLayout(page)
+        self.device = QComboBox(objectName="settings_device")
+        for d in list_devices():
+            self.device.addItem(d.label(), d.id)
+        i = self.device.findData(str(self.settings.value("model/device", "CPU")))
+        self.device.setCurrentIndex(max(i, 0))
+        self.hint = QComboBox(objectName="perf_hint")
+        for key, label in HINTS.items():
+            self.hint.addItem(label, key)
+        self.hint.setCurrentIndex(
+            max(self.hint.findData(self.settings.value("inference/hint", "")), 0)
+        )
+        self.cache = QLineEdit(objectName="cache_dir")
+        self.cache.setText(str(self.settings.value("inference/cache_dir", "")))
+        self.cache.setPlaceholderText(str(paths.compiled_cache_dir()))
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse_cache)
+        cache_row = QHBoxLayout()
+        cache_row.addWidget(self.cache, 1)
+        cache_row.addWidget(browse)
+        form.addRow("Device", self.device)
+        form.addRow("Performance hint", self.hint)
+        form.addRow("Compiled-model cache", cache_row)
+        note = QLabel(
+            "Changing the device or the hint reloads the model, as the notebook recompiles it. "
+            "The cache makes the second load of a model fast."
+        )
+        note.setWordWrap(True)
+        form.addRow(note)
+        self.device.activated.connect(lambda _i: self._inference_changed())
+        self.hint.activated.connect(lambda _i: self._inference_changed())
+        self.cache.editingFinished.connect(self._inference_changed)
+        return page
+
+    def _browse_cache(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Compiled-model cache folder")
+        if folder:
+            self.cache.setText(folder)
+            self._inference_changed()
+
+    def _inference_changed(self) -> None:
+        self.settings.setValue("model/device", self.device.currentData())
+        self.settings.setValue("inference/hint", self.hint.currentData())
+        self.settings.setValue("inference/cache_dir", self.cache.text().strip())
+        self.device_chosen.emit(self.device.currentData())
+
+    # ---- the table --------------------------------------------------------------------
+    def refresh(self) -> None:
+        installed = {(m.name, m.variant): m for m in self.store.list()}
+        rows: list[Row] = []
+        for model in CATALOG.values():
+            for v in model.variants:
+                key = (model.name, v.precision.value)
+                rows.append(
+                    Row(
+                        model.name,
+                        v.precision.value,
+                        v.repo_id,
+                        installed.pop(key, None),
+                        v.download_bytes,
+                        v.run_ram_bytes,
+                    )
+                )
+        for (name, variant), m in sorted(installed.items()):
+            rows.append(Row(name, variant, None, m, None, None))
+        self.rows = rows
+        current = str(self.settings.value("model/folder", ""))
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            m = row.installed
+            if m is None:
+                state = "available to download" if row.repo_id else "export from the original"
+                size = f"about {_gb(row.approx_bytes)}"
+            else:
+                state = "installed" if m.runnable else (m.problem or "checkpoint, export it")
+                if str(m.path) == current:
+                    state = "in use"
+                size = _gb(m.size_bytes)
+                if m.compression_line:
+                    size += f" ({m.compression_line})"
+            cells = [
+                row.name,
+                row.variant,
+                state,
+                size,
+                f"about {_gb(row.ram_bytes)}" if row.ram_bytes else "",
+            ]
+            for c, text in enumerate(cells):
+                self.table.setItem(r, c, QTableWidgetItem(text))
+        self._sync_buttons()
+
+    def selected_row(self) -> Row | None:
+        rows = self.table.selectionModel().selectedRows()
+        return self.rows[rows[0].row()] if rows else None
+
+    def select(self, name: str, variant: str) -> None:
+        for i, row in enumerate(self.rows):
+            if (row.name, row.variant) == (name, variant):
+                self.table.selectRow(i)
+                return
+
+    def _sync_buttons(self) -> None:
+        row = self.selected_row()
+        busy = self.job is not None and self.job.running
+        m = row.installed if row else None
+        self.use_button.setEnabled(bool(m and m.runnable))
+        self.download_button.setEnabled(bool(row and not m and row.repo_id) and not busy)
+        self.remove_button.setEnabled(bool(m) and not busy)
+        fp16 = bool(m and m.runnable and m.variant == Precision.FP16.value)
+        self.compress_button.setEnabled(fp16 and not busy)
+        self.export_button.setEnabled(not busy)
+        self.import_button.setEnabled(not busy)
+
+    # ---- actions ----------------------------------------------------------------------
+    def use_selected(self) -> None:
+        row = self.selected_row()
+        if row and row.installed and row.installed.runnable:
+            self.settings.setValue("model/folder", str(row.installed.path))
+            self.model_chosen.emit(str(row.installed.path), self.device.currentData())
+            self.refresh()
+            self._say(f"Loading {row.name} {row.variant}…")
+
+    def download_selected(self) -> None:
+        row = self.selected_row()
+        if not row or not row.repo_id:
+            return
+
+        def progress_of(emit):
+            def on(p: TransferProgress) -> None:
+                eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
+                emit(
+                    f"{p.stage} {p.file}: {p.done_bytes / GB:.2f} of {p.total_bytes / GB:.2f} GB"
+                    f" at {p.speed_bps / 1e6:.1f} MB/s{eta}",
+                    p.fraction,
+                )
+
+            return on
+
+        self._run(
+            f"Downloading {row.name} {row.variant}",
+            lambda emit, cancel: self.store.download(
+                row.name,
+                row.variant,
+                repo_id=row.repo_id,
+                endpoint=self.endpoint,
+                progress=progress_of(emit),
+                cancel=cancel,
+            ),
+        )
+
+    def export_checkpoint(self, src: str | None = None) -> None:
+        if src is None:
+            src = QFileDialog.getExistingDirectory(self, "A PyTorch checkpoint folder to export")
+            if not src:
+                return
+        precision = Precision(self.precision.currentText())
+        child: list[ChildJob] = []
+
+        def work(emit, cancel: threading.Event):
+            job = export_job(self.store, Path(src), precision, progress=emit)
+            child.append(job)
+            if cancel.is_set():
+                job.cancel()
+            return job.run()
+
+        self._run(
+            f"Exporting {Path(src).name} to {precision.value}",
+            work,
+            on_cancel=lambda: [j.cancel() for j in child],
+        )
+
+    def compress_selected(self) -> None:
+        row = self.selected_row()
+        if not row or not row.installed:
+            return
+        precision = Precision(self.precision.currentText())
+        if precision is Precision.FP16:
+            self._say("Choose INT8 or INT4 as the target precision to compress to.")
+            return
+        child: list[ChildJob] = []
+
+        def work(emit, cancel: threading.Event):
+            job = compress_job(self.store, row.name, precision, progress=emit)
+            child.append(job)
+            return job.run()
+
+        self._run(
+            f"Compressing {row.name} to {precision.value}",
+            work,
+            on_cancel=lambda: [j.cancel() for j in child],
+        )
+
+    def import_folder(self, src: str | None = None) -> None:
+        if src is None:
+            src = QFileDialog.getExistingDirectory(self, "A model folder to import")
+            if not src:
+                return
+        plan = self.store.plan_import(Path(src))
+        if plan.kind == "checkpoint":
+            self.export_checkpoint(src)
+            return
+        self._run(
+            f"Importing {Path(src).name}",
+            lambda emit, cancel: self.store.import_folder(Path(src), progress=emit, cancel=cancel),
+        )
+
+    def remove_selected(self, confirm: bool = True) -> None:
+        row = self.selected_row()
+        if not row or not row.installed:
+            return
+        if (
+            confirm
+            and QMessageBox.question(
+                self, "Remove", f"Delete {row.name} {row.variant} from this computer?"
+            )
+            != QMessageBox.StandardButton.Yes
+        ):
+            return
+        self.store.remove(row.name, row.variant)
+        self.refresh()
+
+    # ---- jobs -------------------------------------------------------------------------
+    def _run(self, title: str, fn, on_cancel=None) -> None:
+        job = Job(title, fn, on_cancel)
+        self.job = job
+        job.progress.connect(lambda stage, frac: self._show_job(job, stage, frac))
+        job.done.connect(lambda _r: self._say(f"{title}: done."))
+        job.failed.connect(lambda msg: self._say(f"{title} failed: {msg}", error=True))
+        job.cancelled.connect(lambda: self._say(f"{title}: cancelled; nothing was installed."))
+        job.ended.connect(self._job_ended)
+        self._show_job(job, "starting", 0.0)
+        self._say("")
+        job.start()
+        self._sync_buttons()
+
+    def _job_ended(self) -> None:
+        self._show_job(None)
+        self.refresh()
+
+    def cancel_job(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.progress_label.setText(f"{self.job.title}: cancelling…")
+
+    def _show_job(self, job: Job | None, stage: str = "", frac: float = 0.0) -> None:
+        visible = job is not None
+        for w in (self.progress, self.progress_label, self.cancel_button):
+            w.setVisible(visible)
+        if job is not None:
+            self.progress.setValue(int(frac * 100))
+            self.progress_label.setText(f"{job.title}: {stage}")
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.message.setStyleSheet("color: #b00020;" if error else "")
+        self.message.setText(text)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.job is not None and self.job.running:
+            box = QMessageBox(self)
+            box.setWindowTitle("A job is running")
+            box.setText(f"{self.job.title} is still running.")
+            stop = box.addButton("Cancel it", QMessageBox.ButtonRole.DestructiveRole)
+            box.addButton("Keep going in the background", QMessageBox.ButtonRole.AcceptRole)
+            box.exec()
+            if box.clickedButton() is stop:
+                self.cancel_job()
+        event.accept()  # hidden, not destroyed: a job keeps its dialog to report to
