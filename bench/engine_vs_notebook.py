@@ -42,9 +42,14 @@ def child_app(model: str, cache: str, tokens: int) -> dict:
     engine.generate(SHORT, GenerationParams(greedy=True, max_new_tokens=4), noop)  # warm-up
     short = engine.generate(SHORT, p, noop)
     long = engine.generate(LONG, GenerationParams(greedy=True, max_new_tokens=8), noop)
-    return dict(load_s=load, tps=short.tokens_per_s, ttft_short_s=short.ttft_s,
-                ttft_long_s=long.ttft_s, long_prompt_tokens=long.input_tokens,
-                peak_rss_gb=_peak_rss_gb())
+    return dict(
+        load_s=load,
+        tps=short.tokens_per_s,
+        ttft_short_s=short.ttft_s,
+        ttft_long_s=long.ttft_s,
+        long_prompt_tokens=long.input_tokens,
+        peak_rss_gb=_peak_rss_gb(),
+    )
 
 
 def child_notebook(model: str, cache: str, tokens: int) -> dict:
@@ -57,8 +62,9 @@ def child_notebook(model: str, cache: str, tokens: int) -> dict:
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model)
-    ov_model = OVModelForCausalLM.from_pretrained(model, device="CPU",
-                                                  ov_config={"CACHE_DIR": cache})
+    ov_model = OVModelForCausalLM.from_pretrained(
+        model, device="CPU", ov_config={"CACHE_DIR": cache}
+    )
     load = time.perf_counter() - t0
 
     def run(instruction: str, n: int) -> tuple[float, float, int]:
@@ -78,8 +84,14 @@ def child_notebook(model: str, cache: str, tokens: int) -> dict:
     run(SHORT, 4)
     ttft_short, tps, _ = run(SHORT, tokens)
     ttft_long, _, n_long = run(LONG, 8)
-    return dict(load_s=load, tps=tps, ttft_short_s=ttft_short, ttft_long_s=ttft_long,
-                long_prompt_tokens=n_long, peak_rss_gb=_peak_rss_gb())
+    return dict(
+        load_s=load,
+        tps=tps,
+        ttft_short_s=ttft_short,
+        ttft_long_s=ttft_long,
+        long_prompt_tokens=n_long,
+        peak_rss_gb=_peak_rss_gb(),
+    )
 
 
 def bandwidth_gbs() -> float:
@@ -97,9 +109,22 @@ def bandwidth_gbs() -> float:
 
 def _spawn(kind: str, model: Path, cache: str, tokens: int) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.engine_vs_notebook", "--child", kind, "--model", str(model),
-         "--cache", cache, "--tokens", str(tokens)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.engine_vs_notebook",
+            "--child",
+            kind,
+            "--model",
+            str(model),
+            "--cache",
+            cache,
+            "--tokens",
+            str(tokens),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -142,15 +167,25 @@ def main() -> None:
         print(f"### {a.shape} {precision}: weights {weights / 1e9:.2f} GB, medians of {a.runs}")
         print("| measure | app engine | notebook | app/notebook |")
         print("|---|---|---|---|")
-        for key, label in [("tps", "decode tokens/s"), ("ttft_short_s", "TTFT short prompt (s)"),
-                           ("ttft_long_s", f"TTFT {app['long_prompt_tokens']:.0f}-token prompt (s)"),
-                           ("cold_load_s", "load, cold cache (s)"), ("load_s", "load, warm (s)"),
-                           ("peak_rss_gb", "peak RSS (GB)")]:
+        long_label = f"TTFT {app['long_prompt_tokens']:.0f}-token prompt (s)"
+        measures = [
+            ("tps", "decode tokens/s"),
+            ("ttft_short_s", "TTFT short prompt (s)"),
+            ("ttft_long_s", long_label),
+            ("cold_load_s", "load, cold cache (s)"),
+            ("load_s", "load, warm (s)"),
+            ("peak_rss_gb", "peak RSS (GB)"),
+        ]
+        for key, label in measures:
             print(f"| {label} | {app[key]:.3f} | {nb[key]:.3f} | {app[key] / nb[key]:.2f} |")
-        print(f"ceiling (bandwidth / weight bytes): {ceiling:.1f} tok/s; app reaches "
-              f"{app['tps'] / ceiling:.0%}, notebook {nb['tps'] / ceiling:.0%}")
-        print(f"peak RSS / weights file: app {app['peak_rss_gb'] * 2**30 / weights:.2f}x, "
-              f"notebook {nb['peak_rss_gb'] * 2**30 / weights:.2f}x\n")
+        print(
+            f"ceiling (bandwidth / weight bytes): {ceiling:.1f} tok/s; app reaches "
+            f"{app['tps'] / ceiling:.0%}, notebook {nb['tps'] / ceiling:.0%}"
+        )
+        print(
+            f"peak RSS / weights file: app {app['peak_rss_gb'] * 2**30 / weights:.2f}x, "
+            f"notebook {nb['peak_rss_gb'] * 2**30 / weights:.2f}x\n"
+        )
 
 
 if __name__ == "__main__":

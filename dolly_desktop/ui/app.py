@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QApplication
 from .. import APP_NAME
 from ..core.examples import EXAMPLES
 from ..core.params import GenerationParams
+from .icon import app_icon
 from .main_window import MainWindow
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ def make_app() -> QApplication:
     app.setApplicationName(APP_NAME)
     app.setOrganizationName("Dolly Desktop")
     app.setDesktopFileName("dolly-desktop")
+    app.setWindowIcon(app_icon())
     return app  # type: ignore[return-value]
 
 
