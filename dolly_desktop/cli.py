@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--api-key",
         default=serve.env_api_key(),
+        metavar="KEY",
         help=f"with --remote: the server's API key (default: ${serve.API_KEY_ENV})",
     )
     g.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")

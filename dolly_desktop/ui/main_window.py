@@ -69,6 +69,7 @@ class MainWindow(QMainWindow):
     # Requests to the engine thread: queued, so the GUI thread never waits on the engine.
     request_load = Signal(str, str)
     request_generate = Signal(str, object)
+    request_remote = Signal(str, str)
     # Emitted on the GUI thread when a load or a generation has ended, however it ended.
     load_done = Signal()
     response_done = Signal()
@@ -235,6 +236,7 @@ class MainWindow(QMainWindow):
         q = Qt.ConnectionType.QueuedConnection
         self.request_load.connect(w.load, q)
         self.request_generate.connect(w.generate, q)
+        self.request_remote.connect(w.load_remote, q)
         w.loading.connect(self._on_loading, q)
         w.loaded.connect(self._on_loaded, q)
         w.load_failed.connect(self._on_load_failed, q)
@@ -276,7 +278,10 @@ class MainWindow(QMainWindow):
         i = self.device.findData(device)
         self.device.setCurrentIndex(i if i >= 0 else 0)
         folder = model or s.value("model/folder")
-        if folder:
+        remote = str(s.value("model/remote_url", "") or "")
+        if not model and remote:
+            self.load_remote(remote, str(s.value("model/remote_key", "") or ""))
+        elif folder:
             self.load_model(str(folder))
         else:
             self._show_no_model()
@@ -323,6 +328,12 @@ class MainWindow(QMainWindow):
         self.worker.options = self._engine_options()
         self.request_load.emit(folder, self.device.currentData())
 
+    def load_remote(self, url: str, api_key: str = "") -> None:
+        self.loading = True
+        self.model_dir = None
+        self._update_buttons()
+        self.request_remote.emit(url, api_key)
+
     def _engine_options(self) -> dict:
         """Engine arguments from the Inference settings (cache folder, performance hint)."""
         opts: dict = {}
@@ -338,6 +349,7 @@ class MainWindow(QMainWindow):
         if self.settings_dialog is None:
             self.settings_dialog = SettingsDialog(self, self.settings)
             self.settings_dialog.model_chosen.connect(lambda folder, _d: self.load_model(folder))
+            self.settings_dialog.remote_chosen.connect(self.load_remote)
             self.settings_dialog.device_chosen.connect(self._device_from_settings)
         self.settings_dialog.refresh()
         self.settings_dialog.show()
@@ -373,8 +385,12 @@ class MainWindow(QMainWindow):
         self.loading = False
         self.model_dir = folder
         self.busy.hide()
-        self.settings.setValue("model/folder", folder)
-        self.settings.setValue("model/device", device)
+        if device == "remote":  # `folder` is the server's URL
+            self.settings.setValue("model/remote_url", folder)
+        else:
+            self.settings.setValue("model/folder", folder)
+            self.settings.setValue("model/remote_url", "")
+            self.settings.setValue("model/device", device)
         self.model_label.setText(f"{_model_name(folder)} · {device}")
         self.model_label.setToolTip(folder)
         self.stats_label.setText(f"Model loaded in {seconds:.1f} s")

@@ -59,6 +59,7 @@ def _gb(n: int | None) -> str:
 
 class SettingsDialog(QDialog):
     model_chosen = Signal(str, str)  # folder, device
+    remote_chosen = Signal(str, str)  # url, api key
     device_chosen = Signal(str)
 
     def __init__(self, parent: QWidget | None, settings, store: Store | None = None) -> None:
@@ -164,10 +165,50 @@ class SettingsDialog(QDialog):
         )
         note.setWordWrap(True)
         form.addRow(note)
+        # Remote server: a choice beside the local devices.
+        self.remote_url = QLineEdit(objectName="remote_url")
+        self.remote_url.setPlaceholderText("http://HOST:8000/v1 (dolly-desktop serve) or .../v3")
+        self.remote_url.setText(str(self.settings.value("model/remote_url", "") or ""))
+        self.remote_key = QLineEdit(objectName="remote_key")
+        self.remote_key.setEchoMode(QLineEdit.EchoMode.Password)
+        self.remote_key.setPlaceholderText("optional API key")
+        self.remote_key.setText(str(self.settings.value("model/remote_key", "") or ""))
+        self.test_button = QPushButton("Test")
+        self.use_remote_button = QPushButton("Use remote server")
+        self.remote_status = QLabel(wordWrap=True, objectName="remote_status")
+        remote_row = QHBoxLayout()
+        remote_row.addWidget(self.remote_key, 1)
+        remote_row.addWidget(self.test_button)
+        remote_row.addWidget(self.use_remote_button)
+        form.addRow(QLabel("<b>Remote server…</b>"))
+        form.addRow("URL", self.remote_url)
+        form.addRow("API key", remote_row)
+        form.addRow(self.remote_status)
+        self.test_button.clicked.connect(self.test_remote)
+        self.use_remote_button.clicked.connect(self.use_remote)
         self.device.activated.connect(lambda _i: self._inference_changed())
         self.hint.activated.connect(lambda _i: self._inference_changed())
         self.cache.editingFinished.connect(self._inference_changed)
         return page
+
+    def test_remote(self) -> None:
+        from ..core.remote import RemoteEngine
+
+        url, key = self.remote_url.text().strip(), self.remote_key.text().strip()
+        self.remote_status.setText(f"Asking {url}…")
+        self._tester = Job("Test", lambda _emit, _cancel: RemoteEngine.test(url, key or None))
+        self._tester.done.connect(self.remote_status.setText)
+        self._tester.failed.connect(self.remote_status.setText)
+        self._tester.start()
+
+    def use_remote(self) -> None:
+        url, key = self.remote_url.text().strip(), self.remote_key.text().strip()
+        if not url:
+            self.remote_status.setText("Type the server's URL first.")
+            return
+        self.settings.setValue("model/remote_key", key)
+        self.remote_chosen.emit(url, key)
+        self.remote_status.setText(f"Connecting to {url}…")
 
     def _browse_cache(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Compiled-model cache folder")

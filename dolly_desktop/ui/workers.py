@@ -55,6 +55,23 @@ class EngineWorker(QObject):
         self.engine = engine
         self.loaded.emit(folder, device, engine.load_s)
 
+    @Slot(str, str)
+    def load_remote(self, url: str, api_key: str) -> None:
+        """Use an OpenAI-compatible server (dolly-desktop serve, OpenVINO Model Server)."""
+        from ..core.remote import RemoteEngine
+
+        if self._closing:
+            return
+        self.loading.emit(url, "remote")
+        self.engine = None
+        try:
+            engine = RemoteEngine(url, api_key or None)
+        except Exception as e:
+            self.load_failed.emit(describe(e))
+            return
+        self.engine = engine  # type: ignore[assignment]  (same interface as Engine)
+        self.loaded.emit(url, engine.device, engine.load_s)
+
     @Slot(str, object)
     def generate(self, instruction: str, params: GenerationParams) -> None:
         if self._closing:
@@ -63,9 +80,9 @@ class EngineWorker(QObject):
             self.failed.emit("No model is loaded: open a model folder first.")
             return
         engine = self.engine
-        run = self.history.start_run(
-            instruction, params, ModelRef.from_folder(engine.model_dir), engine.device
-        )
+        remote_ref = getattr(engine, "model_ref", None)  # a RemoteEngine names its model
+        model = remote_ref() if remote_ref else ModelRef.from_folder(engine.model_dir)
+        run = self.history.start_run(instruction, params, model, engine.device)
 
         def on_text(piece: str) -> None:
             # May run on an openvino-genai thread: Qt queues the signal to the window.

@@ -1,0 +1,141 @@
+"""`dolly-desktop serve`: the local model behind an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+from ..core.errors import DollyError
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from ..core.history import ModelRef
+
+API_KEY_ENV = "DOLLY_DESKTOP_API_KEY"  # keeps the key out of the process list
+DEFAULT_QUEUE = 4
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `serve` parser; set `func` on it (see dolly_desktop/cli.py)."""
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    p.add_argument("--model", required=True, metavar="DIR", help="OpenVINO model folder")
+    p.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address to listen on (default: 127.0.0.1, this machine only)",
+    )
+    p.add_argument("--port", type=int, default=8000, metavar="N", help="TCP port (default: 8000)")
+    p.add_argument(
+        "--api-key",
+        default=env_api_key(),
+        metavar="KEY",
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, else none)",
+    )
+    p.add_argument(
+        "--queue",
+        type=int,
+        default=DEFAULT_QUEUE,
+        metavar="N",
+        help=f"requests that may wait while one runs; more get 429 (default: {DEFAULT_QUEUE})",
+    )
+    p.add_argument(
+        "--name", metavar="ID", help="model id shown to clients (default: from the folder name)"
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def env_api_key() -> str | None:
+    """The API key from the environment, where it does not show in the process list."""
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..core.engine import Engine
+    from ..core.history import ModelRef
+    from ..core.server import OpenAIServer
+
+    if not 0 <= a.port <= 65535:
+        raise DollyError(f"The port must be from 0 to 65535; got {a.port}.")
+    if a.queue < 0:
+        raise DollyError(f"The queue length must be 0 or more; got {a.queue}.")
+    if not _is_loopback(a.host) and not a.api_key:
+        print(
+            f"dolly-desktop: warning: listening on {a.host} without --api-key: "
+            "anyone who can reach this machine can use the model.",
+            file=sys.stderr,
+        )
+    sock = _listen(a.host, a.port)  # before the model loads: a busy port fails at once
+    engine = Engine(a.model, a.device)
+    model_id = a.name or _model_id(ModelRef.from_folder(engine.model_dir))
+    server = OpenAIServer(engine, model_id, api_key=a.api_key, queue=a.queue)
+    host, port = sock.getsockname()[:2]
+    print(
+        f"Serving {model_id} on {engine.device} at http://{_url_host(host)}:{port}/v1 "
+        "(Ctrl+C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+    config = uvicorn.Config(
+        server.app,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,  # a long prompt's prefill cannot be interrupted
+    )
+
+    class Uvicorn(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            server.close_soon()  # end open answers now, not after the graceful timeout
+            super().handle_exit(sig, frame)
+
+    # uvicorn raises Ctrl+C again once it has shut down cleanly.
+    with contextlib.suppress(KeyboardInterrupt):
+        Uvicorn(config).run(sockets=[sock])
+    print("Stopped.", file=sys.stderr)
+    return 0
+
+
+def _model_id(ref: ModelRef) -> str:
+    """models/dolly-v2-3b/INT4 -> dolly-v2-3b-int4; a Hub name that has it stays as it is."""
+    precision = ref.precision.lower()
+    if not precision or precision in ref.name.lower().replace("_", "-").split("-"):
+        return ref.name
+    return f"{ref.name}-{precision}"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise DollyError(
+            f"Cannot listen on {host} port {port}: {e.strerror or e}. "
+            "Choose another with --port or --host."
+        ) from e
+    sock.listen(128)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

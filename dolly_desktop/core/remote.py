@@ -1,0 +1,351 @@
+"""A Dolly model on another machine, behind an OpenAI-compatible API, used like a local Engine.
+
+It streams `/completions` with httpx, so it works against `dolly-desktop serve` (base URL
+`http://HOST:PORT/v1`) and OpenVINO Model Server (`http://HOST:PORT/v3`): the base URL is taken
+as given, prefix included. It sends the whole Dolly prompt (template applied here), which both
+take as is, and asks for special tokens in the text so that `### End` can be seen and the
+stream ended there even where the server's end token is only EOS.
+
+Same duck-typed interface as core.engine.Engine, as the GUI worker and the CLI use it:
+`model_dir` (the URL), `device` ("remote"), `load_s`, `context_length`, `generate()`,
+`generate_from_prompt()`, `cancel()` and `progress()`, callable from any thread with no event
+loop. Differences: `GenerationResult.token_ids` holds one placeholder -1 per generated token
+(the API gives counts, not ids); `progress()` counts streamed pieces, about one per token;
+`stop_token_ids` cannot be sent and is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .engine import GenerationResult, StopReason
+from .errors import DollyError
+from .history import ModelRef
+from .params import GenerationParams
+from .prompt import END_KEY, build_prompt
+from .server import StreamText
+
+log = logging.getLogger(__name__)
+
+TextCallback = Callable[[str], None]
+
+DOLLY_CONTEXT = 2048  # when the server does not say (OVMS does not)
+CONNECT_TIMEOUT_S = 5.0
+UNKNOWN_TOKEN_ID = -1
+
+
+class RemoteEngine:
+    """One model on an OpenAI-compatible server. One generation at a time; cancel from any
+    thread (it shuts the streaming connection, which also stops the server's generation)."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        model: str | None = None,
+    ) -> None:
+        """Connect and find the model (first of /models, or `model`). `timeout` is the
+        longest wait for the next bit of a response before giving up."""
+        self.base = _base_url(url)
+        self.model_dir = self.base
+        self.device = "remote"
+        self.timeout = timeout
+        self._client = _client(api_key, timeout)
+        t0 = time.perf_counter()
+        try:
+            card = _find_model(self._client, self.base, model)
+        except BaseException:
+            self._client.close()
+            raise
+        self.load_s = time.perf_counter() - t0
+        self.model: str = card["id"]
+        ctx = card.get("max_model_len")
+        self.context_length = ctx if isinstance(ctx, int) and ctx > 0 else DOLLY_CONTEXT
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._response: httpx.Response | None = None
+        self._meter: _Meter | None = None
+        log.info("using %s at %s (%.2f s to answer)", self.model, self.base, self.load_s)
+
+    @classmethod
+    def test(cls, url: str, api_key: str | None = None, timeout: float = 5.0) -> str:
+        """Check a server quickly (its model list): one sentence to show, or DollyError."""
+        base = _base_url(url)
+        with _client(api_key, timeout) as client:
+            t0 = time.perf_counter()
+            card = _find_model(client, base, None)
+            ms = (time.perf_counter() - t0) * 1000
+        return f"{base} answered in {ms:.0f} ms and serves {card['id']}."
+
+    def model_ref(self) -> ModelRef:
+        """How history records a run on this server."""
+        return ModelRef(name=self.model, precision="remote", folder=self.base)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def progress(self) -> tuple[int, float]:
+        """Pieces streamed so far (about one per token) and their rate; any thread."""
+        m = self._meter
+        return (m.count, m.rate(m.count)) if m is not None else (0, 0.0)
+
+    def cancel(self) -> None:
+        """Stop the running generation now: its connection is shut, which wakes the reader
+        at once even while it waits for the server."""
+        self._cancel.set()
+        response = self._response
+        if response is None:
+            return
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def generate(
+        self,
+        instruction: str,
+        params: GenerationParams | None = None,
+        on_text: TextCallback | None = None,
+        stop_token_ids: set[int] | None = None,
+    ) -> GenerationResult:
+        """Answer an instruction with Dolly's template, streaming text to `on_text`."""
+        return self.generate_from_prompt(build_prompt(instruction), params, on_text, stop_token_ids)
+
+    def generate_from_prompt(
+        self,
+        prompt: str,
+        params: GenerationParams | None = None,
+        on_text: TextCallback | None = None,
+        stop_token_ids: set[int] | None = None,
+    ) -> GenerationResult:
+        if stop_token_ids:
+            raise DollyError("A remote server cannot be asked to stop at token ids.")
+        params = params or GenerationParams()
+        if not self._lock.acquire(blocking=False):
+            raise DollyError("A response is already being generated: stop it first.")
+        try:
+            self._cancel.clear()
+            return self._run(prompt, params, on_text)
+        finally:
+            self._lock.release()
+
+    def _run(
+        self, prompt: str, params: GenerationParams, on_text: TextCallback | None
+    ) -> GenerationResult:
+        meter = self._meter = _Meter()
+        text = StreamText()
+        usage: dict[str, Any] = {}
+        finish: str | None = None
+        complete = False  # [DONE], a finish reason or the end of the answer was seen
+        try:
+            with self._client.stream(
+                "POST", f"{self.base}/completions", json=self._body(prompt, params)
+            ) as response:
+                self._response = response
+                if response.status_code != 200:
+                    response.read()
+                    raise _refused(self.base, response)
+                for line in response.iter_lines():
+                    if self._cancel.is_set():
+                        break
+                    event = _event(line, self.base)
+                    if event is None:
+                        continue
+                    if event == "[DONE]":
+                        complete = True
+                        break
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        piece = choice.get("text") or ""
+                        if piece:
+                            meter.tick()
+                            delta = text.feed(piece)
+                            if delta and on_text is not None:
+                                on_text(delta)
+                        finish = choice.get("finish_reason") or finish
+                    if text.stopped:  # `### End` in the text: the answer is complete
+                        complete = True
+                        break
+                complete = complete or finish is not None
+                if not complete and not self._cancel.is_set():
+                    raise DollyError(f"The server at {self.base} ended the response early.")
+        except httpx.HTTPError as e:
+            if not self._cancel.is_set():
+                raise _network_error(self.base, self.timeout, e) from e
+        finally:
+            self._response = None
+            self._meter = None
+        tail = text.finish()
+        if tail and on_text is not None:
+            on_text(tail)
+        if text.stopped or finish == "stop":
+            reason = StopReason.END
+        elif self._cancel.is_set():
+            reason = StopReason.CANCELLED
+        else:
+            reason = StopReason.LENGTH
+        n = usage.get("completion_tokens")
+        n = n if isinstance(n, int) else meter.count
+        t_end = time.perf_counter()
+        return GenerationResult(
+            text=text.text,
+            token_ids=[UNKNOWN_TOKEN_ID] * n,
+            input_tokens=int(usage.get("prompt_tokens") or 0),
+            stop_reason=reason,
+            ttft_s=(meter.first_at or t_end) - meter.t0,
+            total_s=t_end - meter.t0,
+            tokens_per_s=meter.rate(n),
+            extra={"server": self.base, "model": self.model, "finish_reason": finish},
+        )
+
+    def _body(self, prompt: str, p: GenerationParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "stream": True,
+            "stream_options": {"include_usage": True},  # token counts in the last chunk
+            "max_tokens": p.max_new_tokens,
+            "repetition_penalty": p.repetition_penalty,
+            # OVMS: keep `### End` in the text, so the answer's end is seen (see module doc).
+            "skip_special_tokens": False,
+            "stop": [END_KEY],
+        }
+        if p.greedy:
+            body["temperature"] = 0
+        else:
+            body.update(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k or -1)
+            if p.seed is not None:
+                body["seed"] = p.seed
+        return body
+
+
+class _Meter:
+    """Arrival times of streamed pieces: time to first, and the rate after it."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.count = 0
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+        self.last_at = now
+        self.count += 1
+
+    def rate(self, tokens: int) -> float:
+        """Tokens after the first over the time they took, as Engine reports it."""
+        if tokens < 2 or self.first_at is None or self.last_at is None:
+            return 0.0
+        dt = self.last_at - self.first_at
+        return (tokens - 1) / dt if dt > 0 else 0.0
+
+
+def _base_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DollyError(
+            f"{url!r} is not a server address: give one like http://HOST:8000/v1 "
+            "(or .../v3 for OpenVINO Model Server)."
+        )
+    return url
+
+
+def _client(api_key: str | None, timeout: float) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(
+        headers=headers, timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT_S, timeout))
+    )
+
+
+def _find_model(client: httpx.Client, base: str, wanted: str | None) -> dict[str, Any]:
+    """The model card to use: `wanted`, else the only one, else the first named Dolly."""
+    try:
+        response = client.get(f"{base}/models")
+    except httpx.HTTPError as e:
+        raise _network_error(base, client.timeout.read or 0, e) from e
+    if response.status_code != 200:
+        raise _refused(base, response)
+    try:
+        cards = [c for c in response.json()["data"] if isinstance(c.get("id"), str)]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DollyError(f"{base}/models did not answer with a model list.") from e
+    if wanted is not None:
+        card = next((c for c in cards if c["id"] == wanted), None)
+        if card is None:
+            raise DollyError(f"The server at {base} has no model {wanted!r}.")
+        return card
+    if not cards:
+        raise DollyError(f"The server at {base} serves no model.")
+    return next((c for c in cards if "dolly" in c["id"].lower()), cards[0])
+
+
+def _event(line: str, base: str) -> dict[str, Any] | str | None:
+    """One server-sent event's data: a dict, "[DONE]", or None for anything else."""
+    if not line.startswith("data:"):
+        return None  # blank separators, comments (keep-alives), other fields
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return data
+    try:
+        event = json.loads(data)
+    except ValueError as e:
+        raise DollyError(f"The server at {base} sent something that is not JSON.") from e
+    if not isinstance(event, dict):
+        return None
+    if "error" in event:
+        raise DollyError(f"The server at {base} failed: {_message(event)}")
+    return event
+
+
+def _message(body: Any) -> str:
+    err = body.get("error") if isinstance(body, dict) else None
+    msg = err.get("message") if isinstance(err, dict) else err
+    return str(msg or body).strip()
+
+
+def _refused(base: str, response: httpx.Response) -> DollyError:
+    """One sentence for an HTTP error status."""
+    try:
+        detail = _message(response.json())
+    except ValueError:
+        detail = response.text.strip()[:200] or response.reason_phrase
+    status = response.status_code
+    if status in (401, 403):
+        return DollyError(f"The server at {base} refused the API key: {detail}")
+    if status == 404:
+        return DollyError(
+            f"{response.request.url} was not found: check the server address, which should "
+            "end in /v1 (dolly-desktop serve) or /v3 (OpenVINO Model Server)."
+        )
+    if status == 429:
+        return DollyError(f"The server at {base} is busy: {detail}")
+    return DollyError(f"The server at {base} answered {status}: {detail}")
+
+
+def _network_error(base: str, timeout: float, e: httpx.HTTPError) -> DollyError:
+    """One sentence for a failed connection."""
+    if isinstance(e, httpx.ConnectTimeout):
+        return DollyError(f"The server at {base} did not accept a connection in time.")
+    if isinstance(e, httpx.ConnectError):
+        return DollyError(f"Cannot connect to the server at {base}: is it running?")
+    if isinstance(e, httpx.ReadTimeout):
+        return DollyError(f"The server at {base} sent nothing for {timeout:g} s: it is stuck.")
+    if isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return DollyError(f"The connection to {base} broke in the middle of the response.")
+    return DollyError(f"The request to {base} failed: {e}")
