@@ -116,59 +116,26 @@ class _Streamer(ov_genai.StreamerBase):
             self._text = None
 
 
-class Engine:
-    """One loaded model on one device. One generation at a time; cancel from any thread."""
+class EngineBase:
+    """What the window, the CLI and the server use, local or remote: Dolly's template, one
+    generation at a time, cancel from any thread. Subclasses implement `_run`."""
 
-    def __init__(
-        self,
-        model_dir: Path | str,
-        device: str = "CPU",
-        cache_dir: Path | None = None,
-        properties: dict[str, Any] | None = None,
-    ) -> None:
-        self.device = check_device(device)
-        self.info: ModelDir = inspect_model_dir(Path(model_dir))
-        self.model_dir = self.info.path
-        if not self.info.has_ov_tokenizer:
-            convert_tokenizer_files(self.model_dir)
-        cache = Path(cache_dir) if cache_dir else paths.compiled_cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
-        props: dict[str, Any] = dict(CPU_DEFAULTS) if self.device == "CPU" else {}
-        props.update(properties or {})
-        props["CACHE_DIR"] = str(cache)
-        t0 = time.perf_counter()
-        try:
-            self.pipe = ov_genai.LLMPipeline(str(self.model_dir), self.device, **props)
-        except RuntimeError as e:
-            raise DollyError(
-                f"The model in {self.model_dir} could not be loaded on {self.device}: "
-                f"{_first_line(e)}"
-            ) from e
-        self.load_s = time.perf_counter() - t0
-        self.tokenizer = self.pipe.get_tokenizer()
-        self.eos_id: int = int(self.tokenizer.get_eos_token_id())
-        self.end_id = find_end_token_id(self.encode, self.eos_id)
+    model_dir: Path | str
+    device: str
+    load_s: float
+    context_length: int
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cancel = threading.Event()
-        self._streamer: _Streamer | None = None
-        log.info("loaded %s on %s in %.2f s", self.model_dir, self.device, self.load_s)
-
-    @property
-    def context_length(self) -> int:
-        return self.info.context_length
-
-    def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text).input_ids.data
-        return [int(i) for i in ids[0]]
-
-    def progress(self) -> tuple[int, float]:
-        """Tokens generated so far and their decode rate; safe to call from any thread."""
-        s = self._streamer
-        return (len(s.tokens), s.rate()) if s is not None else (0, 0.0)
 
     def cancel(self) -> None:
         """Stop the running generation after the token being produced now."""
         self._cancel.set()
+
+    def progress(self) -> tuple[int, float]:
+        """Tokens generated so far and their decode rate; safe to call from any thread."""
+        raise NotImplementedError
 
     def generate(
         self,
@@ -195,6 +162,65 @@ class Engine:
             return self._run(prompt, params, on_text, stop_token_ids)
         finally:
             self._lock.release()
+
+    def _run(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        on_text: TextCallback | None,
+        stop_token_ids: set[int] | None,
+    ) -> GenerationResult:
+        raise NotImplementedError
+
+
+class Engine(EngineBase):
+    """One loaded model on one device, with openvino-genai."""
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        device: str = "CPU",
+        cache_dir: Path | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.device = check_device(device)
+        self.info: ModelDir = inspect_model_dir(Path(model_dir))
+        self.model_dir = self.info.path
+        if not self.info.has_ov_tokenizer:
+            convert_tokenizer_files(self.model_dir)
+        cache = Path(cache_dir) if cache_dir else paths.compiled_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        props: dict[str, Any] = dict(CPU_DEFAULTS) if self.device == "CPU" else {}
+        props.update(properties or {})
+        props["CACHE_DIR"] = str(cache)
+        t0 = time.perf_counter()
+        try:
+            self.pipe = ov_genai.LLMPipeline(str(self.model_dir), self.device, **props)
+        except RuntimeError as e:
+            raise DollyError(
+                f"The model in {self.model_dir} could not be loaded on {self.device}: "
+                f"{_first_line(e)}"
+            ) from e
+        self.load_s = time.perf_counter() - t0
+        self.tokenizer = self.pipe.get_tokenizer()
+        self.eos_id: int = int(self.tokenizer.get_eos_token_id())
+        self.end_id = find_end_token_id(self.encode, self.eos_id)
+        self._streamer: _Streamer | None = None
+        log.info("loaded %s on %s in %.2f s", self.model_dir, self.device, self.load_s)
+
+    @property
+    def context_length(self) -> int:
+        return self.info.context_length
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text).input_ids.data
+        return [int(i) for i in ids[0]]
+
+    def progress(self) -> tuple[int, float]:
+        """Tokens generated so far and their decode rate; safe to call from any thread."""
+        s = self._streamer
+        return (len(s.tokens), s.rate()) if s is not None else (0, 0.0)
 
     def _run(
         self,

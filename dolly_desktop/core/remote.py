@@ -20,31 +20,28 @@ import contextlib
 import json
 import logging
 import socket
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from .engine import GenerationResult, StopReason
+from .engine import EngineBase, GenerationResult, StopReason, TextCallback
 from .errors import DollyError
 from .history import ModelRef
 from .params import GenerationParams
-from .prompt import END_KEY, build_prompt
+from .prompt import END_KEY
 from .server import StreamText
 
 log = logging.getLogger(__name__)
 
-TextCallback = Callable[[str], None]
 
 DOLLY_CONTEXT = 2048  # when the server does not say (OVMS does not)
 CONNECT_TIMEOUT_S = 5.0
 UNKNOWN_TOKEN_ID = -1
 
 
-class RemoteEngine:
+class RemoteEngine(EngineBase):
     """One model on an OpenAI-compatible server. One generation at a time; cancel from any
     thread (it shuts the streaming connection, which also stops the server's generation)."""
 
@@ -57,6 +54,7 @@ class RemoteEngine:
     ) -> None:
         """Connect and find the model (first of /models, or `model`). `timeout` is the
         longest wait for the next bit of a response before giving up."""
+        super().__init__()
         self.base = _base_url(url)
         self.model_dir = self.base
         self.device = "remote"
@@ -72,8 +70,6 @@ class RemoteEngine:
         self.model: str = card["id"]
         ctx = card.get("max_model_len")
         self.context_length = ctx if isinstance(ctx, int) and ctx > 0 else DOLLY_CONTEXT
-        self._lock = threading.Lock()
-        self._cancel = threading.Event()
         self._response: httpx.Response | None = None
         self._meter: _Meter | None = None
         log.info("using %s at %s (%.2f s to answer)", self.model, self.base, self.load_s)
@@ -103,7 +99,7 @@ class RemoteEngine:
     def cancel(self) -> None:
         """Stop the running generation now: its connection is shut, which wakes the reader
         at once even while it waits for the server."""
-        self._cancel.set()
+        super().cancel()
         response = self._response
         if response is None:
             return
@@ -113,37 +109,15 @@ class RemoteEngine:
             with contextlib.suppress(OSError):  # already closed
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def generate(
-        self,
-        instruction: str,
-        params: GenerationParams | None = None,
-        on_text: TextCallback | None = None,
-        stop_token_ids: set[int] | None = None,
-    ) -> GenerationResult:
-        """Answer an instruction with Dolly's template, streaming text to `on_text`."""
-        return self.generate_from_prompt(build_prompt(instruction), params, on_text, stop_token_ids)
-
-    def generate_from_prompt(
+    def _run(
         self,
         prompt: str,
-        params: GenerationParams | None = None,
-        on_text: TextCallback | None = None,
-        stop_token_ids: set[int] | None = None,
+        params: GenerationParams,
+        on_text: TextCallback | None,
+        stop_token_ids: set[int] | None,
     ) -> GenerationResult:
         if stop_token_ids:
             raise DollyError("A remote server cannot be asked to stop at token ids.")
-        params = params or GenerationParams()
-        if not self._lock.acquire(blocking=False):
-            raise DollyError("A response is already being generated: stop it first.")
-        try:
-            self._cancel.clear()
-            return self._run(prompt, params, on_text)
-        finally:
-            self._lock.release()
-
-    def _run(
-        self, prompt: str, params: GenerationParams, on_text: TextCallback | None
-    ) -> GenerationResult:
         meter = self._meter = _Meter()
         text = StreamText()
         usage: dict[str, Any] = {}

@@ -7,7 +7,7 @@ import logging
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from ..core.engine import Engine, GenerationResult
+from ..core.engine import Engine, EngineBase, GenerationResult
 from ..core.errors import DollyError
 from ..core.history import History, ModelRef
 from ..core.params import GenerationParams
@@ -36,7 +36,7 @@ class EngineWorker(QObject):
 
     def __init__(self) -> None:
         super().__init__()
-        self.engine: Engine | None = None
+        self.engine: EngineBase | None = None
         self.history = History(enabled=False)  # the window sets the real one
         self.options: dict = {}  # Engine keyword arguments (cache_dir, properties)
         self._closing = False
@@ -69,7 +69,7 @@ class EngineWorker(QObject):
         except Exception as e:
             self.load_failed.emit(describe(e))
             return
-        self.engine = engine  # type: ignore[assignment]  (same interface as Engine)
+        self.engine = engine
         self.loaded.emit(url, engine.device, engine.load_s)
 
     @Slot(str, object)
