@@ -49,6 +49,9 @@ class EngineWorker(QObject):
         self.engine = None  # free the old model before the new one is read
         try:
             engine = Engine(folder, device, **self.options)
+            # The CPU plugin prepares weights on the first inference (seconds for 3b): do it
+            # here, behind the busy indicator, not in the person's first answer.
+            engine.generate_from_prompt("Hello", GenerationParams(greedy=True, max_new_tokens=1))
         except Exception as e:
             self.load_failed.emit(describe(e))
             return
