@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -18,16 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import proc
+from bench.bandwidth import kv_bytes_per_token, read_gbs, weight_bytes_per_token
+
 SHORT = "Who is Dolly?"
 LONG = "Summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 48  # ~500 tok
-
-
-def _peak_rss_gb() -> float:
-    # VmHWM, not ru_maxrss: the latter keeps the parent's high-water mark across fork+exec.
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20  # KiB -> GiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def child_app(model: str, cache: str, tokens: int) -> dict:
@@ -35,20 +29,23 @@ def child_app(model: str, cache: str, tokens: int) -> dict:
     from dolly_desktop.core.params import GenerationParams
 
     t0 = time.perf_counter()
-    engine = Engine(model, cache_dir=Path(cache))
+    engine = Engine(model, cache_dir=Path(cache))  # loads and warms up, as the window does
     load = time.perf_counter() - t0
-    p = GenerationParams(greedy=True, max_new_tokens=tokens)
     noop = lambda s: None  # noqa: E731  (stream text as the app does)
-    engine.generate(SHORT, GenerationParams(greedy=True, max_new_tokens=4), noop)  # warm-up
-    short = engine.generate(SHORT, p, noop)
+    first = engine.generate(SHORT, GenerationParams(greedy=True, max_new_tokens=4), noop)
+    load_peak = proc.peak_rss_gb()
+    proc.reset_peak()
+    short = engine.generate(SHORT, GenerationParams(greedy=True, max_new_tokens=tokens), noop)
     long = engine.generate(LONG, GenerationParams(greedy=True, max_new_tokens=8), noop)
     return dict(
         load_s=load,
+        ready_s=load + first.ttft_s,
         tps=short.tokens_per_s,
         ttft_short_s=short.ttft_s,
         ttft_long_s=long.ttft_s,
         long_prompt_tokens=long.input_tokens,
-        peak_rss_gb=_peak_rss_gb(),
+        load_peak_gb=load_peak,
+        gen_peak_gb=proc.peak_rss_gb(),
     )
 
 
@@ -81,30 +78,21 @@ def child_notebook(model: str, cache: str, tokens: int) -> dict:
         rate = (n - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         return first, rate, ids["input_ids"].shape[1]
 
-    run(SHORT, 4)
+    first, _, _ = run(SHORT, 4)
+    load_peak = proc.peak_rss_gb()
+    proc.reset_peak()
     ttft_short, tps, _ = run(SHORT, tokens)
     ttft_long, _, n_long = run(LONG, 8)
     return dict(
         load_s=load,
+        ready_s=load + first,
         tps=tps,
         ttft_short_s=ttft_short,
         ttft_long_s=ttft_long,
         long_prompt_tokens=n_long,
-        peak_rss_gb=_peak_rss_gb(),
+        load_peak_gb=load_peak,
+        gen_peak_gb=proc.peak_rss_gb(),
     )
-
-
-def bandwidth_gbs() -> float:
-    import numpy as np
-
-    a = np.ones(2**28, dtype=np.float64)  # 2 GiB
-    a.sum()
-    best = 0.0
-    for _ in range(5):
-        t = time.perf_counter()
-        a.sum()
-        best = max(best, a.nbytes / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def _spawn(kind: str, model: Path, cache: str, tokens: int) -> dict:
@@ -147,8 +135,8 @@ def main() -> None:
     from bench.models import ir, machine
 
     print(f"machine: {machine()}")
-    bw = bandwidth_gbs()
-    print(f"memory read bandwidth (one thread, numpy sum): {bw:.1f} GB/s\n")
+    bw = {n: read_gbs(n) for n in (1, 2)}
+    print(f"memory read bandwidth (numpy sum): {bw[1]:.1f} GB/s on 1 thread, {bw[2]:.1f} on 2\n")
     for precision in a.precision:
         model = ir(a.shape, precision)
         weights = (model / "openvino_model.bin").stat().st_size
@@ -159,11 +147,11 @@ def main() -> None:
                     cold = _spawn(kind, model, cache, a.tokens)
                     warm = _spawn(kind, model, cache, a.tokens)
                 warm["cold_load_s"] = cold["load_s"]
+                warm["cold_ready_s"] = cold["ready_s"]
                 for k, v in warm.items():
                     rows[kind].setdefault(k, []).append(v)
         med = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in rows.items()}
         app, nb = med["app"], med["notebook"]
-        ceiling = bw * 1e9 / weights
         print(f"### {a.shape} {precision}: weights {weights / 1e9:.2f} GB, medians of {a.runs}")
         print("| measure | app engine | notebook | app/notebook |")
         print("|---|---|---|---|")
@@ -173,18 +161,27 @@ def main() -> None:
             ("ttft_short_s", "TTFT short prompt (s)"),
             ("ttft_long_s", long_label),
             ("cold_load_s", "load, cold cache (s)"),
-            ("load_s", "load, warm (s)"),
-            ("peak_rss_gb", "peak RSS (GB)"),
+            ("load_s", "load, warm cache (s)"),
+            ("cold_ready_s", "start to first token, cold cache (s)"),
+            ("ready_s", "start to first token, warm cache (s)"),
+            ("load_peak_gb", "peak RSS loading (GB)"),
+            ("gen_peak_gb", "peak RSS generating (GB)"),
         ]
         for key, label in measures:
             print(f"| {label} | {app[key]:.3f} | {nb[key]:.3f} | {app[key] / nb[key]:.2f} |")
+        read, skipped = weight_bytes_per_token(model / "openvino_model.xml")
+        per_token = read + kv_bytes_per_token(32, 2560, a.tokens, 1.0)  # u8 KV, mid-answer
+        ceiling = max(bw.values()) * 1e9 / per_token
         print(
-            f"ceiling (bandwidth / weight bytes): {ceiling:.1f} tok/s; app reaches "
-            f"{app['tps'] / ceiling:.0%}, notebook {nb['tps'] / ceiling:.0%}"
+            f"ceiling: {max(bw.values()):.1f} GB/s / {per_token / 1e9:.2f} GB read per token "
+            f"(weights less the {skipped / 1e9:.2f} GB input embedding, plus KV) = "
+            f"{ceiling:.1f} tok/s; app reaches {app['tps'] / ceiling:.0%}, "
+            f"notebook {nb['tps'] / ceiling:.0%}"
         )
         print(
-            f"peak RSS / weights file: app {app['peak_rss_gb'] * 2**30 / weights:.2f}x, "
-            f"notebook {nb['peak_rss_gb'] * 2**30 / weights:.2f}x\n"
+            f"peak RSS generating / weights file: app {app['gen_peak_gb'] * 1e9 / weights:.2f}x, "
+            f"notebook {nb['gen_peak_gb'] * 1e9 / weights:.2f}x\n",
+            flush=True,
         )
 
 

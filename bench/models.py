@@ -7,7 +7,8 @@ import os
 import platform
 from pathlib import Path
 
-from dolly_desktop.core.compress import Precision
+from dolly_desktop.core.atomic import staged_folder
+from dolly_desktop.core.compress import Int4Options, Precision, compress_ir
 from dolly_desktop.core.export import export_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,10 +28,25 @@ def checkpoint(shape: str) -> Path:
     return dest
 
 
+# INT4 export variants for the group-size / symmetry / ratio sweep (the plain "INT4" is the
+# app's default options), compressed from the FP16 IR as the app's Compress does.
+INT4_VARIANTS = {
+    "INT4-g32": Int4Options(group_size=32),
+    "INT4-g64": Int4Options(group_size=64),
+    "INT4-sym": Int4Options(sym=True),
+    "INT4-r0.8": Int4Options(ratio=0.8),
+}
+
+
 def ir(shape: str, precision: str) -> Path:
-    """The exported IR folder for a shape ('tiny' or '3b') and precision, built once."""
+    """The IR folder for a shape ('tiny' or '3b') and a precision or INT4 variant, built once."""
     dest = cache_dir() / f"{shape}-{precision}"
-    if not dest.exists():
+    if dest.exists():
+        return dest
+    if precision in INT4_VARIANTS:
+        with staged_folder(dest) as out:
+            compress_ir(ir(shape, "FP16"), out, Precision.INT4, INT4_VARIANTS[precision])
+    else:
         export_checkpoint(checkpoint(shape), dest, Precision(precision))
     return dest
 

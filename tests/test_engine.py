@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 
 import pytest
@@ -246,3 +247,34 @@ def test_model_dir_left_unchanged_after_errors(tiny_fp16, tmp_path):
         Engine(model, "XPU")
     assert sorted((p.name, p.stat().st_size) for p in model.iterdir()) == before
     shutil.rmtree(model)
+
+
+def _resident_kib(path) -> int:
+    """This process's resident kB of mappings of `path` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    target = str(path.resolve())
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
+                inside = len(head) >= 6 and head[5] == target
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_warm_up_hands_back_mapped_weight_pages_and_changes_no_output(tiny_fp16, tmp_path):
+    model = copy_model(tiny_fp16, tmp_path / "m")
+    weights = model / "openvino_model.bin"
+    cold = Engine(model, "CPU", cache_dir=tmp_path / "c1", properties=EXACT, warm_up=False)
+    cold.generate(PROMPTS[0], GREEDY)
+    kept = _resident_kib(weights)
+    assert kept > 0.5 * weights.stat().st_size / 1024  # without the release: resident
+    expected = cold.generate(PROMPTS[1], GREEDY).token_ids
+    del cold
+
+    warm = Engine(model, "CPU", cache_dir=tmp_path / "c2", properties=EXACT)
+    assert warm.warmup_s > 0
+    assert _resident_kib(weights) < 0.05 * kept
+    assert warm.generate(PROMPTS[1], GREEDY).token_ids == expected

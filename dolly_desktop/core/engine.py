@@ -7,6 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -17,7 +18,8 @@ import openvino_genai as ov_genai
 from . import paths
 from .devices import check_device
 from .errors import DollyError
-from .modeldir import ModelDir, inspect_model_dir
+from .memory import releasing_mapped_files
+from .modeldir import MODEL_BIN, ModelDir, inspect_model_dir
 from .ov_tokenizer import convert_tokenizer_files
 from .params import GenerationParams
 from .prompt import build_prompt, clean_response, find_end_token_id
@@ -182,6 +184,7 @@ class Engine(EngineBase):
         device: str = "CPU",
         cache_dir: Path | None = None,
         properties: dict[str, Any] | None = None,
+        warm_up: bool = True,
     ) -> None:
         super().__init__()
         self.device = check_device(device)
@@ -194,20 +197,34 @@ class Engine(EngineBase):
         props: dict[str, Any] = dict(CPU_DEFAULTS) if self.device == "CPU" else {}
         props.update(properties or {})
         props["CACHE_DIR"] = str(cache)
-        t0 = time.perf_counter()
-        try:
-            self.pipe = ov_genai.LLMPipeline(str(self.model_dir), self.device, **props)
-        except RuntimeError as e:
-            raise DollyError(
-                f"The model in {self.model_dir} could not be loaded on {self.device}: "
-                f"{_first_line(e)}"
-            ) from e
-        self.load_s = time.perf_counter() - t0
-        self.tokenizer = self.pipe.get_tokenizer()
-        self.eos_id: int = int(self.tokenizer.get_eos_token_id())
-        self.end_id = find_end_token_id(self.encode, self.eos_id)
-        self._streamer: _Streamer | None = None
-        log.info("loaded %s on %s in %.2f s", self.model_dir, self.device, self.load_s)
+        # With warm_up, the mapped weight files are handed back as the runtime copies them
+        # (core/memory.py): without it, RSS is about twice the weights.
+        weight_files = lambda: [self.model_dir / MODEL_BIN, *cache.glob("*.blob")]  # noqa: E731
+        with releasing_mapped_files(weight_files) if warm_up else nullcontext():
+            t0 = time.perf_counter()
+            try:
+                self.pipe = ov_genai.LLMPipeline(str(self.model_dir), self.device, **props)
+            except RuntimeError as e:
+                raise DollyError(
+                    f"The model in {self.model_dir} could not be loaded on {self.device}: "
+                    f"{_first_line(e)}"
+                ) from e
+            self.load_s = time.perf_counter() - t0
+            self.tokenizer = self.pipe.get_tokenizer()
+            self.eos_id: int = int(self.tokenizer.get_eos_token_id())
+            self.end_id = find_end_token_id(self.encode, self.eos_id)
+            self._streamer: _Streamer | None = None
+            self.warmup_s = 0.0
+            if warm_up:
+                # The CPU plugin repacks weights on the first inference (seconds for 3b): do
+                # it now, behind the window's loading indicator, not in the first answer.
+                t1 = time.perf_counter()
+                self.generate_from_prompt("Hello", GenerationParams(greedy=True, max_new_tokens=1))
+                self.warmup_s = time.perf_counter() - t1
+        log.info(
+            "loaded %s on %s in %.2f s, warmed up in %.2f s",
+            self.model_dir, self.device, self.load_s, self.warmup_s,
+        )  # fmt: skip
 
     @property
     def context_length(self) -> int:

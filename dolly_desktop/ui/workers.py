@@ -48,15 +48,12 @@ class EngineWorker(QObject):
         self.loading.emit(folder, device)
         self.engine = None  # free the old model before the new one is read
         try:
-            engine = Engine(folder, device, **self.options)
-            # The CPU plugin prepares weights on the first inference (seconds for 3b): do it
-            # here, behind the busy indicator, not in the person's first answer.
-            engine.generate_from_prompt("Hello", GenerationParams(greedy=True, max_new_tokens=1))
+            engine = Engine(folder, device, **self.options)  # warms up: behind the indicator
         except Exception as e:
             self.load_failed.emit(describe(e))
             return
         self.engine = engine
-        self.loaded.emit(folder, device, engine.load_s)
+        self.loaded.emit(folder, device, engine.load_s + engine.warmup_s)
 
     @Slot(str, str)
     def load_remote(self, url: str, api_key: str) -> None:

@@ -1,0 +1,75 @@
+"""Give back the pages of a memory-mapped weights file once the runtime no longer reads them.
+
+OpenVINO maps openvino_model.bin (or the compiled-model cache blob) into memory, and the CPU
+plugin repacks the weights into its own layout on the first inference. From then on the mapped
+pages sit in the resident set unread, so RSS is about twice the weights. Dropping them from
+this process's page tables is safe for a read-only file mapping: a page read again is faulted
+back in from the file. Linux only; elsewhere this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MADV_DONTNEED = 4
+
+
+def mapped_ranges(paths: set[str]) -> list[tuple[int, int]]:
+    """(start, end) of this process's read-only mappings of any of `paths`."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] in paths and "w" not in parts[1]:
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def release_mapped_files(files: list[Path]) -> int:
+    """Drop the resident pages of read-only mappings of `files`; return the bytes released
+    from the address ranges (resident or not)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    names = {str(f.resolve()) for f in files}
+    released = 0
+    for start, end in mapped_ranges(names):
+        if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+            released += end - start
+        else:
+            log.debug("madvise failed on %x-%x: errno %d", start, end, ctypes.get_errno())
+    return released
+
+
+@contextmanager
+def releasing_mapped_files(files: Callable[[], list[Path]], every_s: float = 0.2) -> Iterator[None]:
+    """Keep handing back the mapped pages of `files()` while the block runs, and once after.
+
+    Compiling and the first inference read each weight about once, so without this the whole
+    file stays resident next to the runtime's copy until the end: a peak of twice the weights.
+    A page still to be read is faulted back in from the page cache.
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            release_mapped_files(files())
+
+    worker = threading.Thread(target=loop, name="release-mapped-weights", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
+        release_mapped_files(files())
