@@ -105,7 +105,7 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from bench.models import TOKENIZER, cache_dir, ir
+    from bench.models import TOKENIZER, ir
     from dolly_desktop.core.prompt import build_prompt
 
     tok = Tokenizer.from_file(str(TOKENIZER / "tokenizer.json"))
@@ -122,7 +122,8 @@ def main() -> None:
             name, _, config = cand.partition("@")
             props = {k: v for k, v in {**BASE, **CONFIGS.get(config, {})}.items()
                      if k != "ATTENTION_BACKEND"}  # genai's, not the plugin's  # fmt: skip
-            rows = run(cache_dir() / name, props, work, a.steps, forced=True)
+            shape, _, precision = name.partition("-")
+            rows = run(ir(shape, precision), props, work, a.steps, forced=True)
             top1, kl = compare(ref, rows)
             print(f"| {cand} | {top1:.1%} ({round(top1 * n)}/{n}) | {kl:.4f} |", flush=True)
 

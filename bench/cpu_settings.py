@@ -4,7 +4,7 @@ one child process per measurement, medians). Memory is split into the load peak 
 while generating, each as anonymous and file-backed (mmap'd) pages.
 
     .venv/bin/python -m bench.cpu_settings [--shape 3b] [--precision INT4] [--runs 3]
-    .venv/bin/python -m bench.cpu_settings --models 3b-INT4 3b-INT4-g64 ...   # export variants
+    .venv/bin/python -m bench.cpu_settings --models INT4 INT4-g64 ...   # export variants
 
 Every config spells out every swept property, so the app's CPU_DEFAULTS do not leak in.
 """
@@ -36,6 +36,7 @@ CONFIGS: dict[str, dict] = {
     "dyn-quant 64": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 64},
     "dyn-quant 128": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128},
     "SDPA backend": {"ATTENTION_BACKEND": "SDPA"},
+    "SDPA + dyn-quant 128": {"ATTENTION_BACKEND": "SDPA", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 128},
 }
 
 
@@ -107,7 +108,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="3b")
     ap.add_argument("--precision", default="INT4")
-    ap.add_argument("--models", nargs="*", help="bench model names: compare models, not configs")
+    ap.add_argument("--configs", nargs="*", help="a subset of CONFIGS, by name")
+    ap.add_argument("--models", nargs="*", help="precisions or INT4 variants: compare models")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--child")
@@ -122,10 +124,11 @@ def main() -> None:
 
     print(f"machine: {machine()}")
     if a.models:  # the export variants, each under the base runtime settings
-        jobs = {m: (cache_dir() / m, dict(BASE)) for m in a.models}
+        jobs = {f"{a.shape}-{m}": (ir(a.shape, m), dict(BASE)) for m in a.models}
     else:
         model = ir(a.shape, a.precision)
-        jobs = {name: (model, {**BASE, **c}) for name, c in CONFIGS.items()}
+        names = a.configs or list(CONFIGS)
+        jobs = {name: (model, {**BASE, **CONFIGS[name]}) for name in names}
     weights = {n: (m / "openvino_model.bin").stat().st_size for n, (m, _) in jobs.items()}
     rows: dict[str, list[dict]] = {name: [] for name in jobs}
     compiled = cache_dir() / "compiled"

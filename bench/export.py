@@ -4,14 +4,14 @@ compression parameters. Each export is a child process; its peak RSS comes from 
 
     .venv/bin/python -m bench.export [--shape 3b] [--precision FP16 INT8 INT4] [--runs 1]
 
-The app's FP16 result is kept as the bench model `<shape>-FP16` (the settings sweep needs it).
+The checkpoint is bfloat16, as Databricks published Dolly (--fp32 for the float32 one the
+bench IRs come from); the exported folders are thrown away.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -66,15 +66,17 @@ def main() -> None:
     ap.add_argument("--shape", default="3b")
     ap.add_argument("--precision", nargs="+", default=["FP16", "INT8", "INT4"])
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--fp32", action="store_true", help="the float32 checkpoint, not bfloat16")
     a = ap.parse_args()
-    src = checkpoint(a.shape)
+    src = checkpoint(a.shape, bf16=not a.fp32)
     ckpt_gb = sum(f.stat().st_size for f in src.glob("*.safetensors")) / 1e9
     for f in src.glob("*.safetensors"):  # into the page cache, so the first export is not cold
         with f.open("rb") as fh:
             while fh.read(1 << 26):
                 pass
     print(f"machine: {machine()}")
-    print(f"checkpoint: {a.shape}, {ckpt_gb:.1f} GB of safetensors\n")
+    dtype = "float32" if a.fp32 else "bfloat16"
+    print(f"checkpoint: {a.shape}, {dtype}, {ckpt_gb:.1f} GB of safetensors\n")
     print("| precision | app wall (s) | optimum-cli wall (s) | app/cli | app peak RSS (GB) "
           "| optimum-cli peak RSS (GB) | app/cli | IR .bin app / cli (GB) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
@@ -88,9 +90,6 @@ def main() -> None:
                     dest = Path(tmp) / "out"
                     rows[kind].append(run_child(argv(src, dest, precision)))
                     sizes[kind] = bin_gb(dest)
-                    keep = cache_dir() / f"{a.shape}-{precision}"
-                    if kind == "app" and not keep.exists():
-                        shutil.move(dest, keep)
         app_wall, app_rss = (statistics.median(v) for v in zip(*rows["app"], strict=True))
         cli_wall, cli_rss = (statistics.median(v) for v in zip(*rows["cli"], strict=True))
         print(

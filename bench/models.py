@@ -19,12 +19,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DOLLY_BENCH_CACHE", Path.home() / ".cache/dolly-desktop-bench"))
 
 
-def checkpoint(shape: str) -> Path:
+def checkpoint(shape: str, bf16: bool = False) -> Path:
+    """The random checkpoint: float32 (the bench IRs come from it) or bfloat16, the dtype
+    Databricks published Dolly in (the export bench reads it, as a user's export would)."""
     from dolly_desktop.devtools import build_random_dolly
 
-    dest = cache_dir() / f"{shape}-checkpoint"
+    dest = cache_dir() / f"{shape}-{'bf16-' if bf16 else ''}checkpoint"
     if not (dest / "config.json").is_file():
-        build_random_dolly(dest, TOKENIZER, shape=shape)
+        build_random_dolly(dest, TOKENIZER, shape=shape, bf16=bf16)
     return dest
 
 

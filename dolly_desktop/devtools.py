@@ -20,8 +20,11 @@ SHAPES: dict[str, dict[str, int]] = {
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def build_random_dolly(dest: Path, tokenizer_dir: Path, shape: str = "tiny", seed: int = 0) -> Path:
-    """Write a PyTorch checkpoint of a random Dolly-shaped model plus Dolly's tokenizer."""
+def build_random_dolly(
+    dest: Path, tokenizer_dir: Path, shape: str = "tiny", seed: int = 0, bf16: bool = False
+) -> Path:
+    """Write a PyTorch checkpoint of a random Dolly-shaped model plus Dolly's tokenizer,
+    in float32, or in bfloat16 as Databricks published Dolly (`bf16`)."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -43,6 +46,8 @@ def build_random_dolly(dest: Path, tokenizer_dir: Path, shape: str = "tiny", see
     with torch.no_grad():
         for p in model.parameters():  # FP16-representable weights: FP16 IR loses nothing
             p.copy_(p.half().float())
+    if bf16:
+        model = model.to(torch.bfloat16)
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     for name in TOKENIZER_FILES:

@@ -45,7 +45,9 @@ def export_checkpoint(
         ) from e
 
     with staged_folder(dest, check=inspect_model_dir) as out:
-        with tempfile.TemporaryDirectory(prefix=".fp16-", dir=out.parent) as tmp:
+        # Named like staging, so remove_stale_staging() clears it if this process is killed.
+        fp16_prefix = f".{dest.name}.partial-fp16-"
+        with tempfile.TemporaryDirectory(prefix=fp16_prefix, dir=out.parent) as tmp:
             fp16_dir = out if precision is Precision.FP16 else Path(tmp)
             report("converting", 0.05)
             # dtype fp16 with no quantization_config: optimum applies no compression of its own.

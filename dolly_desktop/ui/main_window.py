@@ -38,7 +38,7 @@ from ..core.history import Entry, History
 from ..core.logs import log_file
 from ..core.params import RANGES, GenerationParams
 from .history_panel import HistoryPanel
-from .settings import app_settings, load_params, save_params
+from .settings import app_settings, engine_options, load_params, save_params
 from .settings_dialog import SettingsDialog
 from .workers import EngineThread
 
@@ -325,7 +325,7 @@ class MainWindow(QMainWindow):
         self.loading = True
         self.model_dir = None
         self._update_buttons()
-        self.worker.options = self._engine_options()
+        self.worker.options = engine_options(self.settings)
         self.request_load.emit(folder, self.device.currentData())
 
     def load_remote(self, url: str, api_key: str = "") -> None:
@@ -333,17 +333,6 @@ class MainWindow(QMainWindow):
         self.model_dir = None
         self._update_buttons()
         self.request_remote.emit(url, api_key)
-
-    def _engine_options(self) -> dict:
-        """Engine arguments from the Inference settings (cache folder, performance hint)."""
-        opts: dict = {}
-        cache = str(self.settings.value("inference/cache_dir", "") or "")
-        if cache:
-            opts["cache_dir"] = Path(cache)
-        hint = str(self.settings.value("inference/hint", "") or "")
-        if hint:
-            opts["properties"] = {"PERFORMANCE_HINT": hint}
-        return opts
 
     def open_settings(self) -> SettingsDialog:
         if self.settings_dialog is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QSettings
@@ -42,3 +43,15 @@ def load_params(s: QSettings) -> GenerationParams:
 def save_params(s: QSettings, p: GenerationParams) -> None:
     for name, value in p.to_dict().items():
         s.setValue(f"params/{name}", "none" if value is None else value)
+
+
+def engine_options(s: QSettings) -> dict[str, Any]:
+    """Engine keyword arguments from the Inference settings (cache folder, performance hint)."""
+    opts: dict[str, Any] = {}
+    cache = str(s.value("inference/cache_dir", "") or "")
+    if cache:
+        opts["cache_dir"] = Path(cache)
+    hint = str(s.value("inference/hint", "") or "")
+    if hint:
+        opts["properties"] = {"PERFORMANCE_HINT": hint}
+    return opts
