@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-os.environ.setdefault("DOLLY_DESKTOP_HOME", tempfile.mkdtemp(prefix="dolly-bench-"))
+HOME = tempfile.mkdtemp(prefix="dolly-bench-")  # the window's settings and compiled cache
+os.environ.setdefault("DOLLY_DESKTOP_HOME", HOME)
 
 
 def main() -> None:
@@ -95,6 +97,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutil.rmtree(HOME, ignore_errors=True)
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: Qt + openvino-genai objects can crash it
