@@ -66,6 +66,9 @@ def make_models(work: Path) -> tuple[Path, Path, Path]:
     return ckpt, fp16, int4
 
 
+X11_LIBS = ("libxcb-cursor.so.0",)
+
+
 def check(exe: Path, work: Path) -> None:
     env = {**os.environ, "DOLLY_DESKTOP_HOME": str(work / "home"), "QT_QPA_PLATFORM": "offscreen"}
     env.pop("HF_HUB_OFFLINE", None)
@@ -116,6 +119,13 @@ def check(exe: Path, work: Path) -> None:
     if not png.is_file() or png.stat().st_size == 0:
         raise CheckFailed("--screenshot wrote no picture")
     print(f"window (offscreen, no model) up, painted and closed: {took:.2f} s")
+
+    # Qt 6.5+ will not start on X11 without libxcb-cursor, which many desktops lack: the
+    # bundle must carry it (PyInstaller takes it only if the build machine has it).
+    missing = [lib for lib in X11_LIBS if not (exe.parent / "_internal" / lib).is_file()]
+    if missing:
+        raise CheckFailed(f"the bundle lacks {', '.join(missing)}: install it and rebuild")
+    print(f"X11 libraries Qt needs and desktops may lack, in the bundle: {', '.join(X11_LIBS)}")
 
 
 def main() -> int:
