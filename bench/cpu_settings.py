@@ -38,6 +38,8 @@ CONFIGS: dict[str, dict] = {
     "dyn-quant 128": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128},
     "SDPA backend": {"ATTENTION_BACKEND": "SDPA"},
     "SDPA + dyn-quant 128": {"ATTENTION_BACKEND": "SDPA", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 128},
+    # Not a candidate: one core against two tells memory-bound from compute-bound decode.
+    "SDPA, 1 thread": {"ATTENTION_BACKEND": "SDPA", "INFERENCE_NUM_THREADS": 1},
 }
 
 
