@@ -138,7 +138,7 @@ def self_test(a: argparse.Namespace) -> int:
     print(f"dolly-desktop {__version__}, OpenVINO {openvino.get_version()}")
     print("devices: " + ", ".join(d.id for d in list_devices()))
     engine = Engine(a.self_test, "CPU")
-    print(f"model loaded in {engine.load_s:.2f} s")
+    print(f"model loaded in {engine.load_s:.2f} s, warmed up in {engine.warmup_s:.2f} s")
     result = engine.generate("Who is Dolly?", GenerationParams(greedy=True, max_new_tokens=8))
     if result.generated_tokens < 1:
         raise DollyError("the model generated no tokens.")
