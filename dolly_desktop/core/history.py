@@ -307,7 +307,7 @@ class History:
     def _open(self) -> sqlite3.Connection:
         seen = _file_id(self.path)
         try:
-            return _open_file(self.path)
+            return _open_file_waiting(self.path)
         except _NewerSchema as e:
             return self._start_over(seen, "newer", f"was written by a newer Dolly Desktop (v{e})")
         except sqlite3.DatabaseError as e:
@@ -327,7 +327,7 @@ class History:
                 src = Path(f"{self.path}{suffix}")
                 if src.exists():
                     os.replace(src, f"{aside}{suffix}")
-            conn = _open_file(self.path)
+            conn = _open_file_waiting(self.path)
         except (sqlite3.Error, OSError, _NewerSchema) as e:
             return self._in_memory(f"{why} and could not be replaced ({e})")
         where = f" as {aside.name}" if ours else ""
@@ -569,6 +569,27 @@ def _open_file(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _open_file_waiting(path: Path) -> sqlite3.Connection:
+    """`_open_file`, trying again while another process holds the lock. Some steps of opening
+    (the read-only probe, switching to WAL while another process creates the file) report
+    "database is locked" at once instead of waiting on the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            return _open_file(path)
+        except sqlite3.OperationalError as e:
+            if not _is_busy(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _is_busy(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(e) or "busy" in str(e)
 
 
 def _check_version(conn: sqlite3.Connection) -> int:
