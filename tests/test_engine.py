@@ -12,7 +12,7 @@ from conftest import EXACT, copy_model
 from dolly_desktop.core.engine import Engine, StopReason
 from dolly_desktop.core.errors import DollyError
 from dolly_desktop.core.params import GenerationParams
-from dolly_desktop.core.prompt import build_prompt
+from dolly_desktop.core.prompt import PROMPT_FORMAT, build_prompt
 
 PROMPTS = [
     "Who is Dolly?",
@@ -278,3 +278,39 @@ def test_warm_up_hands_back_mapped_weight_pages_and_changes_no_output(tiny_fp16,
     assert warm.warmup_s > 0
     assert _resident_kib(weights) < 0.05 * kept
     assert warm.generate(PROMPTS[1], GREEDY).token_ids == expected
+
+
+def template_head_tokens(eng: Engine) -> int:
+    return len(eng.encode(PROMPT_FORMAT.split("{instruction}")[0]))
+
+
+def test_template_head_is_prefilled_once_and_answers_do_not_depend_on_history(tiny_fp16):
+    # The app's own precision (bf16, u8 KV cache), where cached and fresh keys differ a little:
+    # the answer to a prompt must still not depend on what was asked before it.
+    eng = Engine(tiny_fp16)
+    head = template_head_tokens(eng)
+    first = eng.generate("Who is Dolly?", GREEDY)
+    assert first.extra["prefilled_tokens"] == first.input_tokens - head
+    other = eng.generate("Write me a tweet about the new OpenVINO release", GREEDY)
+    assert other.extra["prefilled_tokens"] == other.input_tokens - head
+    again = eng.generate("Who is Dolly?", GREEDY)
+    assert again.token_ids == first.token_ids
+    sampled = GenerationParams(seed=5, max_new_tokens=24)
+    s1 = eng.generate("Who is Dolly?", sampled)
+    eng.generate("Name 3 advantages to be a cat", GREEDY)
+    assert eng.generate("Who is Dolly?", sampled).token_ids == s1.token_ids
+    # A fresh engine that never warmed up answers the same.
+    cold = Engine(tiny_fp16, warm_up=False)
+    assert cold.generate("Who is Dolly?", GREEDY).token_ids == first.token_ids
+    # A prompt outside the template is prefilled whole.
+    raw = eng.generate_from_prompt("Once upon a time", GREEDY)
+    assert raw.extra["prefilled_tokens"] == raw.input_tokens
+
+
+def test_template_reuse_changes_no_output_in_exact_arithmetic(engine, tiny_fp16):
+    plain = Engine(tiny_fp16, properties=EXACT, reuse_template=False)
+    for instruction in PROMPTS[:2]:
+        reused, whole = engine.generate(instruction, GREEDY), plain.generate(instruction, GREEDY)
+        assert whole.extra["prefilled_tokens"] == whole.input_tokens
+        assert reused.extra["prefilled_tokens"] < reused.input_tokens
+        assert reused.token_ids == whole.token_ids

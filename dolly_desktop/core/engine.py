@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import openvino as ov
 import openvino_genai as ov_genai
 
 from . import paths
@@ -22,7 +25,7 @@ from .memory import releasing_mapped_files
 from .modeldir import MODEL_BIN, ModelDir, inspect_model_dir
 from .ov_tokenizer import convert_tokenizer_files
 from .params import GenerationParams
-from .prompt import build_prompt, clean_response, find_end_token_id
+from .prompt import PROMPT_FORMAT, build_prompt, clean_response, find_end_token_id
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +80,11 @@ class _Streamer(ov_genai.StreamerBase):
         on_text: TextCallback | None,
         cancel: threading.Event,
         stop_ids: set[int],
+        max_new: int,
     ) -> None:
         super().__init__()
         self.tokens: list[int] = []
+        self.max_new = max_new
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.cancel = cancel
@@ -97,14 +102,17 @@ class _Streamer(ov_genai.StreamerBase):
         if self.first_at is None:
             self.first_at = now
         self.last_at = now
+        # Every ending is a CANCEL, even a stop token or the last allowed token: in chat mode
+        # genai then keeps the KV cache but drops the turn from its history, so the next prompt
+        # reuses only what it shares with this one (see Engine._run).
         for t in [token] if isinstance(token, int) else token:
             if t in self.stop_ids:
                 self.hit_stop = True
-                return ov_genai.StreamingStatus.STOP
+                return ov_genai.StreamingStatus.CANCEL
             self.tokens.append(t)
             if self._text is not None:
                 self._text.write(t)
-        if self.cancel.is_set():
+        if self.cancel.is_set() or len(self.tokens) >= self.max_new:
             return ov_genai.StreamingStatus.CANCEL
         return ov_genai.StreamingStatus.RUNNING
 
@@ -120,6 +128,17 @@ class _Streamer(ov_genai.StreamerBase):
         if self._text is not None:
             self._text.end()
             self._text = None
+
+
+class _CancelAtOnce(ov_genai.StreamerBase):
+    """Ends a generation in CANCEL at its first token (a text callback might never be called
+    for one token, and the generation would end FINISHED, kept in the chat history)."""
+
+    def write(self, token: int | list[int]) -> ov_genai.StreamingStatus:
+        return ov_genai.StreamingStatus.CANCEL
+
+    def end(self) -> None:
+        pass
 
 
 class EngineBase:
@@ -189,6 +208,7 @@ class Engine(EngineBase):
         cache_dir: Path | None = None,
         properties: dict[str, Any] | None = None,
         warm_up: bool = True,
+        reuse_template: bool = True,
     ) -> None:
         super().__init__()
         self.device = check_device(device)
@@ -218,12 +238,28 @@ class Engine(EngineBase):
             self.eos_id: int = int(self.tokenizer.get_eos_token_id())
             self.end_id = find_end_token_id(self.encode, self.eos_id)
             self._streamer: _Streamer | None = None
+            # Every Dolly prompt starts with the same 21 template tokens. genai's chat mode keeps
+            # the KV cache between requests and prefills only past the first token in which a
+            # prompt differs from what the cache holds; the engine keeps exactly the template
+            # head there, computed on its own (see _prime), so that an answer never depends on
+            # what was asked before. NPU recomputes whole chat histories: nothing to gain there.
+            self.reuse_template = reuse_template and self.device != "NPU"
+            self._template_head = self.encode(PROMPT_FORMAT.split("{instruction}")[0])
+            self._pipe_lock = threading.Lock()  # generate and the primer take turns on the pipe
+            self._primed = False
+            self._primer: threading.Thread | None = None
             self.warmup_s = 0.0
             if warm_up:
                 # The CPU plugin repacks weights on the first inference (seconds for 3b): do
                 # it now, behind the window's loading indicator, not in the first answer.
                 t1 = time.perf_counter()
-                self.generate_from_prompt("Hello", GenerationParams(greedy=True, max_new_tokens=1))
+                try:
+                    self._prime()
+                except RuntimeError as e:
+                    raise DollyError(
+                        f"The model in {self.model_dir} loaded on {self.device} but could not "
+                        f"run: {_first_line(e)}"
+                    ) from e
                 self.warmup_s = time.perf_counter() - t1
         log.info(
             "loaded %s on %s in %.2f s, warmed up in %.2f s",
@@ -263,14 +299,30 @@ class Engine(EngineBase):
         stops |= extra_stops or set()
         max_new = min(params.max_new_tokens, room)
         cfg = self._config(params, max_new)
-        streamer = self._streamer = _Streamer(self.tokenizer, on_text, self._cancel, stops)
-        try:
-            self.pipe.generate(inputs, cfg, streamer)
-        except RuntimeError as e:
-            raise DollyError(f"Generation failed on {self.device}: {_first_line(e)}") from e
-        finally:
-            streamer.end()
-            self._streamer = None
+        streamer = self._streamer = _Streamer(self.tokenizer, on_text, self._cancel, stops, max_new)
+        ids = [int(i) for i in inputs.input_ids.data[0]]
+        head = self._template_head
+        templated = len(ids) > len(head) and ids[: len(head)] == head
+        if self._primer is not None:
+            self._primer.join()  # the head is being computed after the last answer: wait
+        if self.reuse_template and templated and not self._primed:
+            self._prime()  # so that an answer is the same whether or not the head was cached
+        with self._pipe_lock:
+            reuse = self._primed and templated
+            self._primed = False
+            if self.reuse_template and not reuse:
+                self._reset_kv()
+            try:
+                results = self.pipe.generate(inputs, cfg, streamer)
+            except RuntimeError as e:
+                raise DollyError(f"Generation failed on {self.device}: {_first_line(e)}") from e
+            finally:
+                streamer.end()
+                self._streamer = None
+        if self.reuse_template:  # while the person reads the answer
+            # Not a daemon: the interpreter must not tear down under a running inference.
+            self._primer = threading.Thread(target=self._prime_quietly, name="template-primer")
+            self._primer.start()
         t_end = time.perf_counter()
         tokens = streamer.tokens
         if streamer.hit_stop:
@@ -288,7 +340,38 @@ class Engine(EngineBase):
             ttft_s=first - t0,
             total_s=t_end - t0,
             tokens_per_s=streamer.rate(),
+            extra={"prefilled_tokens": int(results.perf_metrics.get_num_input_tokens())},
         )
+
+    def _reset_kv(self) -> None:
+        """An empty KV cache and chat history: the next prompt is prefilled whole."""
+        # Deprecated in favour of ChatHistory, which cannot keep a cache across unrelated
+        # requests; pyproject caps openvino-genai below the release that removes it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.pipe.finish_chat()
+            self.pipe.start_chat()
+
+    def _prime(self) -> None:
+        """Leave exactly the template head in the KV cache (or, without reuse, just run one
+        inference). The one-token answer ends in CANCEL, which drops it from genai's chat
+        history but keeps the cache."""
+        cfg = self.pipe.get_generation_config()
+        cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = 1, False, True
+        ids = ov.Tensor(np.array([self._template_head], dtype=np.int64))
+        with self._pipe_lock:
+            if self.reuse_template:
+                self._reset_kv()
+                self.pipe.generate(ids, cfg, _CancelAtOnce())
+                self._primed = True
+            else:
+                self.pipe.generate(ids, cfg)
+
+    def _prime_quietly(self) -> None:
+        try:
+            self._prime()
+        except RuntimeError as e:  # the next prompt is prefilled whole instead
+            log.warning("priming the template head failed: %s", _first_line(e))
 
     def _config(self, params: GenerationParams, max_new: int) -> ov_genai.GenerationConfig:
         cfg = self.pipe.get_generation_config()
