@@ -138,7 +138,7 @@ def main() -> None:
     print(f"  bare OpenVINO loop {fmt(r)}\n  openvino-genai     {fmt(g)}")
     print(f"  genai/raw (medians) {statistics.median(g) / statistics.median(r):.3f}\n")
 
-    print("| TTFT (s) | stateful (the app's) | paged attention + prefix cache |")
+    print("| TTFT (s) | stateful pipeline | paged attention + prefix cache |")
     print("|---|---|---|")
     rows = {}
     with tempfile.TemporaryDirectory() as cache:
