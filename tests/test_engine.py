@@ -295,6 +295,13 @@ def test_template_head_is_prefilled_once_and_answers_do_not_depend_on_history(ti
     assert other.extra["prefilled_tokens"] == other.input_tokens - head
     again = eng.generate("Who is Dolly?", GREEDY)
     assert again.token_ids == first.token_ids
+    # Sharing more than the head with the last prompt, or coming after a long one, that is
+    # prefilled whole, changes nothing either.
+    eng.generate("Who is the author of Dolly?", GREEDY)
+    assert eng.generate("Who is Dolly?", GREEDY).token_ids == first.token_ids
+    long = eng.generate("Summarise this: " + "the quick brown fox " * 30, GREEDY)
+    assert long.extra["prefilled_tokens"] == long.input_tokens
+    assert eng.generate("Who is Dolly?", GREEDY).token_ids == first.token_ids
     sampled = GenerationParams(seed=5, max_new_tokens=24)
     s1 = eng.generate("Who is Dolly?", sampled)
     eng.generate("Name 3 advantages to be a cat", GREEDY)
