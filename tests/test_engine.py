@@ -287,7 +287,7 @@ def template_head_tokens(eng: Engine) -> int:
 def test_template_head_is_prefilled_once_and_answers_do_not_depend_on_history(tiny_fp16):
     # The app's own precision (bf16, u8 KV cache), where cached and fresh keys differ a little:
     # the answer to a prompt must still not depend on what was asked before it.
-    eng = Engine(tiny_fp16)
+    eng = Engine(tiny_fp16, reuse_template=True)
     head = template_head_tokens(eng)
     first = eng.generate("Who is Dolly?", GREEDY)
     assert first.extra["prefilled_tokens"] == first.input_tokens - head
@@ -307,7 +307,7 @@ def test_template_head_is_prefilled_once_and_answers_do_not_depend_on_history(ti
     eng.generate("Name 3 advantages to be a cat", GREEDY)
     assert eng.generate("Who is Dolly?", sampled).token_ids == s1.token_ids
     # A fresh engine that never warmed up answers the same.
-    cold = Engine(tiny_fp16, warm_up=False)
+    cold = Engine(tiny_fp16, warm_up=False, reuse_template=True)
     assert cold.generate("Who is Dolly?", GREEDY).token_ids == first.token_ids
     # A prompt outside the template is prefilled whole.
     raw = eng.generate_from_prompt("Once upon a time", GREEDY)
@@ -315,9 +315,9 @@ def test_template_head_is_prefilled_once_and_answers_do_not_depend_on_history(ti
 
 
 def test_template_reuse_changes_no_output_in_exact_arithmetic(engine, tiny_fp16):
-    plain = Engine(tiny_fp16, properties=EXACT, reuse_template=False)
+    reusing = Engine(tiny_fp16, properties=EXACT, reuse_template=True)
     for instruction in PROMPTS[:2]:
-        reused, whole = engine.generate(instruction, GREEDY), plain.generate(instruction, GREEDY)
+        reused, whole = reusing.generate(instruction, GREEDY), engine.generate(instruction, GREEDY)
         assert whole.extra["prefilled_tokens"] == whole.input_tokens
         assert reused.extra["prefilled_tokens"] < reused.input_tokens
         assert reused.token_ids == whole.token_ids

@@ -55,7 +55,7 @@ def test_streams_in_several_updates_and_matches_engine(qtbot, window, tiny_fp16)
     )
     assert window.submit_button.isEnabled()
     run(qtbot, window, "Who is Dolly?", params)
-    expected = Engine(tiny_fp16).generate("Who is Dolly?", params)
+    expected = Engine(tiny_fp16, reuse_template=True).generate("Who is Dolly?", params)
     result = window.last_result
     assert result is not None and result.token_ids == expected.token_ids
     assert window._response_text == expected.text

@@ -38,9 +38,7 @@ TextCallback = Callable[[str], None]
 # stay. Applied on CPU only; other devices keep their own defaults.
 CPU_DEFAULTS: dict[str, Any] = {"ATTENTION_BACKEND": "SDPA"}
 
-# Prompts whose instruction part is longer prefill whole: on the 3b shape a 45- or 66-token
-# prompt had its first token in half the time with the template head cached, a 510-token one
-# in 1.46x the time (docs/benchmarks.md, "Dolly's template, prefilled once").
+# With reuse_template, prompts longer than this past the template head are prefilled whole.
 REUSE_MAX_NEW_TOKENS = 64
 
 
@@ -213,7 +211,7 @@ class Engine(EngineBase):
         cache_dir: Path | None = None,
         properties: dict[str, Any] | None = None,
         warm_up: bool = True,
-        reuse_template: bool = True,
+        reuse_template: bool = False,
     ) -> None:
         super().__init__()
         self.device = check_device(device)
@@ -243,14 +241,20 @@ class Engine(EngineBase):
             self.eos_id: int = int(self.tokenizer.get_eos_token_id())
             self.end_id = find_end_token_id(self.encode, self.eos_id)
             self._streamer: _Streamer | None = None
-            # Every Dolly prompt starts with the same 21 template tokens. genai's chat mode keeps
-            # the KV cache between requests and prefills only past the first token in which a
-            # prompt differs from what the cache holds (_run has the rules that keep answers
-            # independent of what was asked before). NPU recomputes whole chat histories there.
+            # reuse_template: every Dolly prompt starts with the same 21 template tokens, kept
+            # in the KV cache between answers so that a short prompt's prefill starts after
+            # them. genai's chat mode keeps the cache between requests and prefills only past
+            # the first token in which a prompt differs from what it holds; after each answer
+            # a background thread resets it and prefills the head alone (trimming a long cache
+            # back to the head measured slower than that), so an answer never depends on what
+            # was asked before. For the window, where a person reads between answers: back to
+            # back (serve, scripts) the next request would wait for the primer. NPU recomputes
+            # whole chat histories in genai: nothing to gain there.
             self.reuse_template = reuse_template and self.device != "NPU"
             self._template_head = self.encode(PROMPT_FORMAT.split("{instruction}")[0])
-            self._head_cached = False  # the cache starts with the head, computed as by _prime
-            self._after_head: int | None = None  # and holds this token after it, if any
+            self._pipe_lock = threading.Lock()  # generate and the primer take turns on the pipe
+            self._primed = False
+            self._primer: threading.Thread | None = None
             self.warmup_s = 0.0
             if warm_up:
                 # The CPU plugin repacks weights on the first inference (seconds for 3b): do
@@ -304,19 +308,30 @@ class Engine(EngineBase):
         cfg = self._config(params, max_new)
         streamer = self._streamer = _Streamer(self.tokenizer, on_text, self._cancel, stops, max_new)
         ids = [int(i) for i in inputs.input_ids.data[0]]
-        if self.reuse_template:
-            self._prepare_cache(ids)
-        try:
-            results = self.pipe.generate(inputs, cfg, streamer)
-        except RuntimeError as e:
-            self._head_cached = False
-            raise DollyError(f"Generation failed on {self.device}: {_first_line(e)}") from e
-        finally:
-            streamer.end()
-            self._streamer = None
         head = self._template_head
-        self._head_cached = ids[: len(head)] == head
-        self._after_head = ids[len(head)] if len(ids) > len(head) else None
+        # A long prompt gains little from 21 tokens, and prefilled after a cached head it
+        # measured slower than whole (docs/benchmarks.md, "Dolly's template, prefilled once").
+        templated = ids[: len(head)] == head and 0 < len(ids) - len(head) <= REUSE_MAX_NEW_TOKENS
+        if self._primer is not None:
+            self._primer.join()  # the head is being computed after the last answer: wait
+        if self.reuse_template and templated and not self._primed:
+            self._prime()  # so that an answer is the same whether or not the head was cached
+        with self._pipe_lock:
+            reuse = self._primed and templated
+            self._primed = False
+            if self.reuse_template and not reuse:
+                self._reset_kv()
+            try:
+                results = self.pipe.generate(inputs, cfg, streamer)
+            except RuntimeError as e:
+                raise DollyError(f"Generation failed on {self.device}: {_first_line(e)}") from e
+            finally:
+                streamer.end()
+                self._streamer = None
+        if self.reuse_template:  # while the person reads the answer
+            # Not a daemon: the interpreter must not tear down under a running inference.
+            self._primer = threading.Thread(target=self._prime_quietly, name="template-primer")
+            self._primer.start()
         t_end = time.perf_counter()
         tokens = streamer.tokens
         if streamer.hit_stop:
@@ -337,22 +352,6 @@ class Engine(EngineBase):
             extra={"prefilled_tokens": int(results.perf_metrics.get_num_input_tokens())},
         )
 
-    def _prepare_cache(self, ids: list[int]) -> None:
-        """Leave in genai's cache what this prompt may reuse: the template head, or nothing.
-
-        Cached keys and values are the u8 ones while a prefill's own are not, so an answer
-        differs slightly with what it reuses. Every short templated prompt therefore reuses
-        exactly the head, never more of an earlier prompt (which genai would take if it
-        matched), and every other prompt nothing. A long prompt gains little from 21 tokens
-        and prefilled after a cached head measured slower (bench/kernel_bound.py).
-        """
-        head = self._template_head
-        n_new = len(ids) - len(head)
-        if ids[: len(head)] != head or not 0 < n_new <= REUSE_MAX_NEW_TOKENS:
-            self._reset_kv()
-        elif not self._head_cached or self._after_head == ids[len(head)]:
-            self._prime()  # genai would reuse past the head, or the cache lacks it
-
     def _reset_kv(self) -> None:
         """An empty KV cache and chat history: the next prompt is prefilled whole."""
         # Deprecated in favour of ChatHistory, which cannot keep a cache across unrelated
@@ -361,21 +360,27 @@ class Engine(EngineBase):
             warnings.simplefilter("ignore", DeprecationWarning)
             self.pipe.finish_chat()
             self.pipe.start_chat()
-        self._head_cached = False
 
     def _prime(self) -> None:
-        """Prefill the template head alone (with reuse, into an empty cache; without, as a
-        warm-up). The one-token answer ends in CANCEL, which drops it from genai's chat
+        """Leave exactly the template head in the KV cache (or, without reuse, just run one
+        inference). The one-token answer ends in CANCEL, which drops it from genai's chat
         history but keeps the cache."""
         cfg = self.pipe.get_generation_config()
         cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = 1, False, True
         ids = ov.Tensor(np.array([self._template_head], dtype=np.int64))
-        if self.reuse_template:
-            self._reset_kv()
-            self.pipe.generate(ids, cfg, _CancelAtOnce())
-            self._head_cached, self._after_head = True, None
-        else:
-            self.pipe.generate(ids, cfg)
+        with self._pipe_lock:
+            if self.reuse_template:
+                self._reset_kv()
+                self.pipe.generate(ids, cfg, _CancelAtOnce())
+                self._primed = True
+            else:
+                self.pipe.generate(ids, cfg)
+
+    def _prime_quietly(self) -> None:
+        try:
+            self._prime()
+        except RuntimeError as e:  # the next prompt is prefilled whole instead
+            log.warning("priming the template head failed: %s", _first_line(e))
 
     def _config(self, params: GenerationParams, max_new: int) -> ov_genai.GenerationConfig:
         cfg = self.pipe.get_generation_config()

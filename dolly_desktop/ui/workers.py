@@ -48,7 +48,9 @@ class EngineWorker(QObject):
         self.loading.emit(folder, device)
         self.engine = None  # free the old model before the new one is read
         try:
-            engine = Engine(folder, device, **self.options)  # warms up: behind the indicator
+            # Warms up behind the indicator; a person reads between answers, which is when the
+            # engine prefills Dolly's template head for the next one.
+            engine = Engine(folder, device, reuse_template=True, **self.options)
         except Exception as e:
             self.load_failed.emit(describe(e))
             return
