@@ -49,7 +49,7 @@ def main() -> None:
     window = MainWindow(model=str(model))
     window.show()
     wait(window.load_done)
-    bare = Engine(model)
+    bare = Engine(model, reuse_template=True)  # as the window loads it
 
     gaps: list[float] = []
     last = [time.perf_counter()]
