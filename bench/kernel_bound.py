@@ -4,6 +4,8 @@
    model in one process, alternated: does anything above the kernels cost decode speed?
 2. The prefix cache of genai's paged-attention pipeline against the stateful one: TTFT of
    Dolly prompts that share the template's fixed first tokens, after priming with them.
+3. The app's own template reuse (Engine(reuse_template=True), the window's) against whole
+   prefills, by prompt length, with a reading pause and back to back.
 
     .venv/bin/python -m bench.kernel_bound [--shape 3b] [--precision INT4] [--runs 4]
     .venv/bin/python -m bench.kernel_bound --child prefix|stateful ...   (one side, internal)
@@ -113,6 +115,31 @@ def child_ttft(kind: str, model: str, cache: str) -> dict:
     return out
 
 
+def template_reuse(model: Path, cache: str) -> None:
+    from dolly_desktop.core.engine import Engine
+    from dolly_desktop.core.params import GenerationParams
+
+    params = GenerationParams(greedy=True, max_new_tokens=8)
+    words = ("the quick brown fox jumps over a lazy dog while it rains in spain " * 8).split(" ")
+    cases = [("Who is Dolly?", 1.0, "a second after the last answer")]
+    cases.append(("Who is Dolly?", 0.0, "right after the last answer"))
+    for n in (20, 40, 64, 100):
+        cases.append((" ".join(words[:n]), 1.0, "after a second"))
+    cases.append((LONG, 1.0, "after a second"))
+    engines = {r: Engine(model, cache_dir=Path(cache), reuse_template=r) for r in (False, True)}
+    print("| prompt tokens | when | whole prefill (s) | head cached (s) | ratio |")
+    print("|---|---|---|---|---|")
+    for text, pause, when in cases:
+        ttft = {}
+        for reuse, engine in engines.items():
+            engine.generate("Name three primary colours.", params)  # the answer before
+            time.sleep(pause)
+            r = engine.generate(text, params)
+            ttft[reuse] = r.ttft_s
+        print(f"| {r.input_tokens} | {when} | {ttft[False]:.3f} | {ttft[True]:.3f} | "
+              f"{ttft[True] / ttft[False]:.2f} |")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="3b")
@@ -151,7 +178,9 @@ def main() -> None:
     labels |= {"ttft_long_1": "510-token prompt", "ttft_long_2": "the same 510-token prompt again"}
     for key, label in labels.items():
         print(f"| {label} | {rows['stateful'][key]:.3f} | {rows['prefix'][key]:.3f} |")
-    print(f"(the template's fixed head: {rows['stateful']['template_tokens']} tokens)")
+    print(f"(the template's fixed head: {rows['stateful']['template_tokens']} tokens)\n")
+    with tempfile.TemporaryDirectory() as cache:
+        template_reuse(model, cache)
 
 
 if __name__ == "__main__":
