@@ -315,7 +315,7 @@ class Engine(EngineBase):
         if self._primer is not None:
             self._primer.join()  # the head is being computed after the last answer: wait
         if self.reuse_template and templated and not self._primed:
-            self._prime()  # so that an answer is the same whether or not the head was cached
+            self._prime_quietly()  # an answer must not depend on whether the head was cached
         with self._pipe_lock:
             reuse = self._primed and templated
             self._primed = False
