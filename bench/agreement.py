@@ -106,7 +106,7 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     from bench.models import TOKENIZER, ir
-    from dolly_desktop.core.prompt import build_prompt
+    from dolly_desktop.generation.prompt import build_prompt
 
     tok = Tokenizer.from_file(str(TOKENIZER / "tokenizer.json"))
     prompts = [tok.encode(build_prompt(i)).ids for i in INSTRUCTIONS]

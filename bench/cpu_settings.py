@@ -44,8 +44,8 @@ CONFIGS: dict[str, dict] = {
 
 
 def child(model: str, cache: str, props: dict, tokens: int) -> dict:
-    from dolly_desktop.core.engine import Engine
-    from dolly_desktop.core.params import GenerationParams
+    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.params import GenerationParams
 
     t0 = time.perf_counter()
     engine = Engine(model, cache_dir=Path(cache), properties=props)

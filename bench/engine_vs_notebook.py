@@ -30,8 +30,8 @@ READING_S = 1.0
 
 
 def child_app(model: str, cache: str, tokens: int) -> dict:
-    from dolly_desktop.core.engine import Engine
-    from dolly_desktop.core.params import GenerationParams
+    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.params import GenerationParams
 
     t0 = time.perf_counter()
     # As the window loads it: warmed up, Dolly's template head kept in the KV cache.
@@ -80,7 +80,7 @@ def child_notebook(model: str, cache: str, tokens: int) -> dict:
                 self.token_times.append(time.perf_counter())
             super().put(value)
 
-    from dolly_desktop.core.prompt import build_prompt
+    from dolly_desktop.generation.prompt import build_prompt
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model)

@@ -30,8 +30,8 @@ def main() -> None:
     from PySide6.QtCore import QEventLoop, QTimer
 
     from bench.models import ir, machine
-    from dolly_desktop.core.engine import Engine
-    from dolly_desktop.core.params import GenerationParams
+    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.params import GenerationParams
     from dolly_desktop.ui.app import make_app
     from dolly_desktop.ui.main_window import MainWindow
 

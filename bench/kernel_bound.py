@@ -48,8 +48,8 @@ def genai_vs_raw(model: Path, cache: str, runs: int, tokens: int) -> tuple[list,
     import openvino as ov
     import openvino_genai as ov_genai
 
-    from dolly_desktop.core.engine import CPU_DEFAULTS
-    from dolly_desktop.core.prompt import build_prompt
+    from dolly_desktop.generation.local import CPU_DEFAULTS
+    from dolly_desktop.generation.prompt import build_prompt
 
     pipe = ov_genai.LLMPipeline(str(model), "CPU", **CPU_DEFAULTS, CACHE_DIR=cache)
     compiled = ov.Core().compile_model(
@@ -92,7 +92,7 @@ def genai_vs_raw(model: Path, cache: str, runs: int, tokens: int) -> tuple[list,
 def child_ttft(kind: str, model: str, cache: str) -> dict:
     import openvino_genai as ov_genai
 
-    from dolly_desktop.core.prompt import PROMPT_FORMAT, build_prompt
+    from dolly_desktop.generation.prompt import PROMPT_FORMAT, build_prompt
 
     props: dict = {"CACHE_DIR": cache}
     if kind == "prefix":
@@ -116,8 +116,8 @@ def child_ttft(kind: str, model: str, cache: str) -> dict:
 
 
 def template_reuse(model: Path, cache: str) -> None:
-    from dolly_desktop.core.engine import Engine
-    from dolly_desktop.core.params import GenerationParams
+    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.params import GenerationParams
 
     params = GenerationParams(greedy=True, max_new_tokens=8)
     words = ("the quick brown fox jumps over a lazy dog while it rains in spain " * 8).split(" ")

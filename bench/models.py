@@ -7,9 +7,10 @@ import os
 import platform
 from pathlib import Path
 
-from dolly_desktop.core.atomic import staged_folder
-from dolly_desktop.core.compress import Int4Options, Precision, compress_ir
-from dolly_desktop.core.export import export_checkpoint
+from dolly_desktop.atomic import staged_folder
+from dolly_desktop.models.compress import Int4Options, compress_ir
+from dolly_desktop.models.export import export_checkpoint
+from dolly_desktop.models.folder import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests" / "fixtures" / "dolly-v2-tokenizer"
@@ -22,7 +23,7 @@ def cache_dir() -> Path:
 def checkpoint(shape: str, bf16: bool = False) -> Path:
     """The random checkpoint: float32 (the bench IRs come from it) or bfloat16, the dtype
     Databricks published Dolly in (the export bench reads it, as a user's export would)."""
-    from dolly_desktop.devtools import build_random_dolly
+    from devtools.dolly_builder import build_random_dolly
 
     dest = cache_dir() / f"{shape}-{'bf16-' if bf16 else ''}checkpoint"
     if not (dest / "config.json").is_file():

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import httpx
 
-from dolly_desktop.core.engine import Engine, GenerationResult
-from dolly_desktop.core.params import GenerationParams
-from dolly_desktop.core.remote import RemoteEngine
+from dolly_desktop.generation.engine import GenerationResult
+from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.generation.remote import RemoteEngine
 
 INSTRUCTION = "Write a love letter to my best friend."
 

@@ -56,9 +56,9 @@ def installed_path(output: str) -> Path:
 
 
 def make_models(work: Path) -> tuple[Path, Path, Path]:
-    from dolly_desktop.core.compress import Precision
-    from dolly_desktop.core.export import export_checkpoint
-    from dolly_desktop.devtools import build_random_dolly
+    from devtools.dolly_builder import build_random_dolly
+    from dolly_desktop.models.export import export_checkpoint
+    from dolly_desktop.models.folder import Precision
 
     ckpt = build_random_dolly(work / "tiny-dolly", TOKENIZER)
     fp16 = export_checkpoint(ckpt, work / "ir" / "FP16", Precision.FP16)

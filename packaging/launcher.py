@@ -1,8 +1,8 @@
 """The bundle's entry point (PyInstaller needs a script, not a package module).
 
 One executable for everything: no arguments starts the window, `--self-test DIR` and the
-subcommands run on the terminal, and `dolly-desktop models export|compress` is also how the
-app starts its own child jobs (core.jobs.cli_command re-runs sys.executable).
+subcommands run on the terminal, and `dolly-desktop --child-job REQUEST` is how the
+app starts its own child jobs (`--child-job`, see dolly_desktop/models/jobs.py).
 """
 
 import multiprocessing

@@ -42,7 +42,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from dolly_desktop.devtools import build_random_dolly
+    from devtools.dolly_builder import build_random_dolly
 
     return build_random_dolly(tmp_path_factory.mktemp("ckpt") / "tiny-dolly", TOKENIZER_DIR)
 
@@ -50,8 +50,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     """The tiny model as FP16, INT8 and INT4 IR folders, by precision name."""
-    from dolly_desktop.core.compress import Precision
-    from dolly_desktop.core.export import export_checkpoint
+    from dolly_desktop.models.export import export_checkpoint
+    from dolly_desktop.models.folder import Precision
 
     root = tmp_path_factory.mktemp("ir")
     return {p.value: export_checkpoint(tiny_checkpoint, root / p.value, p) for p in Precision}
@@ -65,7 +65,7 @@ def tiny_fp16(tiny_models) -> Path:
 @pytest.fixture(scope="session")
 def engine(tiny_fp16):
     """One exact-arithmetic engine on the FP16 tiny model, shared by the session."""
-    from dolly_desktop.core.engine import Engine
+    from dolly_desktop.generation.local import Engine
 
     return Engine(tiny_fp16, "CPU", properties=EXACT)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from dolly_desktop.core.params import GenerationParams
+from dolly_desktop.generation.params import GenerationParams
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -19,7 +19,7 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 def test_generate_streams_and_reports_metrics(tiny_models):
-    from dolly_desktop.core.engine import Engine
+    from dolly_desktop.generation.local import Engine
 
     model = tiny_models["INT4"]
     p = run(

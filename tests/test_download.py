@@ -12,12 +12,12 @@ import pytest
 from hub_server import HubServer
 from huggingface_hub import constants
 
-from dolly_desktop.core import capacity
-from dolly_desktop.core.download import list_repo
-from dolly_desktop.core.errors import DollyError
-from dolly_desktop.core.jobs import Cancelled
-from dolly_desktop.core.modeldir import MODEL_BIN
-from dolly_desktop.core.store import Store
+from dolly_desktop.errors import DollyError
+from dolly_desktop.models import capacity
+from dolly_desktop.models.cancel import Cancelled
+from dolly_desktop.models.download import list_repo
+from dolly_desktop.models.folder import MODEL_BIN
+from dolly_desktop.models.store import Store
 
 INT4_REPO = "OpenVINO/dolly-v2-3b-int4-ov"
 CKPT_REPO = "databricks/dolly-v2-3b"
@@ -88,8 +88,8 @@ def test_listing_reports_checksums_and_sizes(hub, tiny_models):
 
 
 def test_download_installs_a_catalog_variant(hub, store, tiny_models, report_figure):
-    from dolly_desktop.core.engine import Engine
-    from dolly_desktop.core.params import GenerationParams
+    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.params import GenerationParams
 
     reports = []
     t0 = time.perf_counter()

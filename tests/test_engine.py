@@ -9,10 +9,11 @@ import threading
 import pytest
 from conftest import EXACT, copy_model
 
-from dolly_desktop.core.engine import Engine, StopReason
-from dolly_desktop.core.errors import DollyError
-from dolly_desktop.core.params import GenerationParams
-from dolly_desktop.core.prompt import PROMPT_FORMAT, build_prompt
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.engine import StopReason
+from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.generation.prompt import PROMPT_FORMAT, build_prompt
 
 PROMPTS = [
     "Who is Dolly?",

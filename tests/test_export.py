@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dolly_desktop.core.compress import Int4Options, Precision
-from dolly_desktop.core.errors import DollyError
-from dolly_desktop.core.export import export_checkpoint
-from dolly_desktop.core.modeldir import inspect_model_dir
+from dolly_desktop.errors import DollyError
+from dolly_desktop.models.compress import Int4Options
+from dolly_desktop.models.export import export_checkpoint
+from dolly_desktop.models.folder import Precision, inspect_model_dir
 
 
 def _weight_types(model_dir) -> set[str]:

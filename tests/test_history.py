@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from dolly_desktop.core import history as history_mod
-from dolly_desktop.core.engine import GenerationResult, StopReason
-from dolly_desktop.core.errors import DollyError
-from dolly_desktop.core.history import SCHEMA_VERSION, History, ModelRef
-from dolly_desktop.core.params import GenerationParams
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.engine import GenerationResult, ModelRef, StopReason
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.history import store as history_mod
+from dolly_desktop.history.store import SCHEMA_VERSION, History
 
 MODEL = ModelRef("dolly-v2-3b", "INT4", "/models/dolly-v2-3b/INT4")
 PARAMS = GenerationParams(max_new_tokens=64, seed=7)
@@ -114,9 +114,10 @@ def test_killed_generate_keeps_partial_text_marked_interrupted(tiny_models, tmp_
 WRITER = """
 import sys, time
 from pathlib import Path
-from dolly_desktop.core.engine import GenerationResult, StopReason
-from dolly_desktop.core.history import History, ModelRef
-from dolly_desktop.core.params import GenerationParams
+from dolly_desktop.generation.engine import GenerationResult, StopReason
+from dolly_desktop.history.store import History
+from dolly_desktop.generation.engine import ModelRef
+from dolly_desktop.generation.params import GenerationParams
 
 path, tag, n, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 print("ready", flush=True)

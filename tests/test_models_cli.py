@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from hub_server import HubServer
 
-from dolly_desktop.core.compress import Int4Options, Precision
-from dolly_desktop.core.errors import DollyError
-from dolly_desktop.core.jobs import Cancelled, compress_job, export_job
-from dolly_desktop.core.modeldir import MODEL_BIN
-from dolly_desktop.core.store import Store, detect_precision
+from dolly_desktop.errors import DollyError
+from dolly_desktop.models.cancel import Cancelled
+from dolly_desktop.models.compress import Int4Options
+from dolly_desktop.models.folder import MODEL_BIN, Precision
+from dolly_desktop.models.jobs import compress_job, export_job
+from dolly_desktop.models.store import Store, detect_precision
 
 INT4_REPO = "OpenVINO/dolly-v2-3b-int4-ov"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dolly_desktop.core.errors import DollyError
-from dolly_desktop.core.params import RANGES, GenerationParams
-from dolly_desktop.core.prompt import (
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.params import RANGES, GenerationParams
+from dolly_desktop.generation.prompt import (
     END_KEY,
     INTRO_BLURB,
     build_prompt,

@@ -21,11 +21,12 @@ from test_serve import (
     serve_process,
 )
 
-from dolly_desktop.core.engine import Engine, StopReason
-from dolly_desktop.core.errors import DollyError
-from dolly_desktop.core.history import History
-from dolly_desktop.core.params import GenerationParams
-from dolly_desktop.core.remote import RemoteEngine
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.engine import StopReason
+from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.generation.remote import RemoteEngine
+from dolly_desktop.history.store import History
 
 KEY = "remote-test-key"
 
@@ -49,7 +50,7 @@ def remote(server) -> Iterator[RemoteEngine]:
 
 
 def test_answers_equal_the_local_engine(remote, server, reference: Reference):
-    assert remote.model_dir == server.url and remote.device == "remote"
+    assert remote.model.folder == server.url and remote.device == "remote"
     assert remote.context_length == 2048 and remote.load_s > 0
     ref = reference(INSTRUCTION, 48)
     pieces: list[str] = []
@@ -272,7 +273,7 @@ def test_ovms_shaped_server_ends_at_the_end_key():
     pieces = ["\n", "Hello", " wor", "ld ##", "# End", "\n### Instruction:", "more"]
     with FakeOVMS(pieces) as ovms:
         remote = RemoteEngine(ovms.url, timeout=10)
-        assert remote.model == "dolly-v2-12b" and remote.context_length == 2048
+        assert remote.model.name == "dolly-v2-12b" and remote.context_length == 2048
         shown: list[str] = []
         params = GenerationParams(max_new_tokens=100, temperature=0.5, top_k=0, seed=3)
         t0 = time.monotonic()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from test_serve import serve_process
 
-from dolly_desktop.core.engine import Engine, StopReason
-from dolly_desktop.core.params import GenerationParams
+from dolly_desktop.generation.engine import StopReason
+from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.ui.main_window import MainWindow
 
 MS = 60_000

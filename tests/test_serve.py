@@ -19,9 +19,10 @@ import httpx
 import openai
 import pytest
 
-from dolly_desktop.core import paths
-from dolly_desktop.core.engine import Engine, GenerationResult, StopReason
-from dolly_desktop.core.params import GenerationParams
+from dolly_desktop import paths
+from dolly_desktop.generation.engine import GenerationResult, StopReason
+from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.params import GenerationParams
 
 INSTRUCTION = "Who is Dolly?"
 START_TIMEOUT_S = 90
@@ -132,8 +133,8 @@ def model_id(client: openai.OpenAI) -> str:
     ],
 )
 def test_stream_text_pieces_add_up_to_the_clean_text(pieces, stops, expected, stopped):
-    from dolly_desktop.core.prompt import clean_response
-    from dolly_desktop.core.server import StreamText
+    from dolly_desktop.generation.prompt import clean_response
+    from dolly_desktop.generation.text import StreamText
 
     st = StreamText(stops)
     shown = "".join(st.feed(p) for p in pieces) + st.finish()

@@ -6,7 +6,7 @@ import pytest
 from hub_server import HubServer
 from huggingface_hub import constants
 
-from dolly_desktop.core.store import Store
+from dolly_desktop.models.store import Store
 from dolly_desktop.ui.main_window import MainWindow
 
 JOB_MS = 120_000

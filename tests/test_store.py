@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from dolly_desktop.core import capacity
-from dolly_desktop.core.catalog import CATALOG, CHECKPOINT, get_model
-from dolly_desktop.core.compress import Int4Options, Precision
-from dolly_desktop.core.errors import DollyError
-from dolly_desktop.core.jobs import Cancelled
-from dolly_desktop.core.modeldir import MODEL_BIN
-from dolly_desktop.core.params import GenerationParams
-from dolly_desktop.core.store import Store, detect_precision
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.models import capacity
+from dolly_desktop.models.cancel import Cancelled
+from dolly_desktop.models.catalog import CATALOG, CHECKPOINT, get_model
+from dolly_desktop.models.compress import Int4Options
+from dolly_desktop.models.folder import MODEL_BIN, Precision
+from dolly_desktop.models.store import Store, detect_precision
 
 NB = {"FP16": "FP16", "INT8": "INT8_compressed_weights", "INT4": "INT4_compressed_weights"}
 
@@ -175,7 +175,7 @@ def test_cleanup_removes_what_a_killed_job_left(store, tiny_models):
 
 
 def test_compress_an_fp16_ir_with_nncf(store, tiny_models, report_figure):
-    from dolly_desktop.core.engine import Engine
+    from dolly_desktop.generation.local import Engine
 
     [fp16] = store.import_folder(tiny_models["FP16"], name="tiny")
     stages = []

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QMessageBox, QWidget
 
-from .. import APP_NAME, __version__
-from ..core.modeldir import read_config
+from dolly_desktop import APP_NAME, __version__
+from dolly_desktop.models.folder import read_config
 
 
 def _v(package: str) -> str:

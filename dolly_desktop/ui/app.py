@@ -8,11 +8,11 @@ import sys
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
-from .. import APP_NAME
-from ..core.examples import EXAMPLES
-from ..core.params import GenerationParams
-from .icon import app_icon
-from .main_window import MainWindow
+from dolly_desktop import APP_NAME
+from dolly_desktop.generation.examples import EXAMPLES
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.ui.icon import app_icon
+from dolly_desktop.ui.main_window import MainWindow
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.history import Entry, History
+from dolly_desktop.history.store import Entry, History
 
 STATUS_MARK = {"interrupted": " ⚠", "error": " ✗", "cancelled": " ■", "running": " …"}
 

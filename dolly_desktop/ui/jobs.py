@@ -8,8 +8,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from ..core.jobs import Cancelled
-from .workers import describe
+from dolly_desktop.models.cancel import Cancelled
+from dolly_desktop.ui.workers import describe
 
 # A job gets a progress callback (stage text, fraction 0..1) and a cancel event.
 JobFn = Callable[[Callable[[str, float], None], threading.Event], Any]

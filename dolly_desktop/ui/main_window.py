@@ -30,17 +30,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .. import APP_NAME
-from ..core.devices import list_devices
-from ..core.engine import GenerationResult, StopReason
-from ..core.examples import EXAMPLES
-from ..core.history import Entry, History
-from ..core.logs import log_file
-from ..core.params import RANGES, GenerationParams
-from .history_panel import HistoryPanel
-from .settings import app_settings, engine_options, load_params, save_params
-from .settings_dialog import SettingsDialog
-from .workers import EngineThread
+from dolly_desktop import APP_NAME
+from dolly_desktop.generation.devices import list_devices
+from dolly_desktop.generation.engine import GenerationResult, StopReason
+from dolly_desktop.generation.examples import EXAMPLES
+from dolly_desktop.generation.params import RANGES, GenerationParams
+from dolly_desktop.history.store import Entry, History
+from dolly_desktop.logs import log_file
+from dolly_desktop.ui.history_panel import HistoryPanel
+from dolly_desktop.ui.settings import app_settings, engine_options, load_params, save_params
+from dolly_desktop.ui.settings_dialog import SettingsDialog
+from dolly_desktop.ui.workers import EngineThread
 
 log = logging.getLogger(__name__)
 
@@ -531,7 +531,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Response copied", 3000)
 
     def show_about(self) -> None:
-        from .about import show_about
+        from dolly_desktop.ui.about import show_about
 
         show_about(self, self.model_dir)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from PySide6.QtCore import QSettings
 
-from ..core import paths
-from ..core.errors import DollyError
-from ..core.params import GenerationParams
+from dolly_desktop import paths
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.params import GenerationParams
 
 log = logging.getLogger(__name__)
 

@@ -30,15 +30,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core import paths
-from ..core.capacity import GB
-from ..core.catalog import CATALOG
-from ..core.compress import Precision
-from ..core.devices import list_devices
-from ..core.download import TransferProgress
-from ..core.jobs import ChildJob, compress_job, export_job
-from ..core.store import InstalledModel, Store
-from .jobs import Job
+from dolly_desktop import paths
+from dolly_desktop.generation.devices import list_devices
+from dolly_desktop.models.capacity import GB
+from dolly_desktop.models.catalog import CATALOG
+from dolly_desktop.models.download import TransferProgress
+from dolly_desktop.models.folder import Precision
+from dolly_desktop.models.jobs import ChildJob, compress_job, export_job
+from dolly_desktop.models.store import InstalledModel, Store
+from dolly_desktop.ui.jobs import Job
 
 HINTS = {"": "Default", "LATENCY": "Latency (one person chatting)", "THROUGHPUT": "Throughput"}
 
@@ -192,7 +192,7 @@ class SettingsDialog(QDialog):
         return page
 
     def test_remote(self) -> None:
-        from ..core.remote import RemoteEngine
+        from dolly_desktop.generation.remote import RemoteEngine
 
         url, key = self.remote_url.text().strip(), self.remote_key.text().strip()
         self.remote_status.setText(f"Asking {url}…")

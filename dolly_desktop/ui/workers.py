@@ -7,10 +7,11 @@ import logging
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from ..core.engine import Engine, EngineBase, GenerationResult
-from ..core.errors import DollyError
-from ..core.history import History, ModelRef
-from ..core.params import GenerationParams
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.engine import EngineBase, GenerationResult
+from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.history.store import History
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class EngineWorker(QObject):
     @Slot(str, str)
     def load_remote(self, url: str, api_key: str) -> None:
         """Use an OpenAI-compatible server (dolly-desktop serve, OpenVINO Model Server)."""
-        from ..core.remote import RemoteEngine
+        from dolly_desktop.generation.remote import RemoteEngine
 
         if self._closing:
             return
@@ -82,9 +83,7 @@ class EngineWorker(QObject):
             self.failed.emit("No model is loaded: open a model folder first.")
             return
         engine = self.engine
-        remote_ref = getattr(engine, "model_ref", None)  # a RemoteEngine names its model
-        model = remote_ref() if remote_ref else ModelRef.from_folder(engine.model_dir)
-        run = self.history.start_run(instruction, params, model, engine.device)
+        run = self.history.start_run(instruction, params, engine.model, engine.device)
 
         def on_text(piece: str) -> None:
             # May run on an openvino-genai thread: Qt queues the signal to the window.

@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..core.capacity import DEFAULT_KEEP_FREE, GB, format_bytes
-from ..core.errors import DollyError
+from dolly_desktop.errors import DollyError
+from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE, GB, format_bytes
 
 if TYPE_CHECKING:
-    from ..core.compress import Int4Options, Precision
-    from ..core.store import InstalledModel, Store
+    from dolly_desktop.models.compress import Int4Options
+    from dolly_desktop.models.folder import Precision
+    from dolly_desktop.models.store import InstalledModel, Store
 
 EXIT_INTERRUPTED = 130
 
@@ -99,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _store(a: argparse.Namespace) -> Store:
-    from ..core.store import Store
+    from dolly_desktop.models.store import Store
 
     return Store(Path(a.store).expanduser() if a.store else None)
 
@@ -111,7 +112,8 @@ def _keep_free(a: argparse.Namespace) -> int:
 
 
 def _int4(a: argparse.Namespace, precision: Precision) -> Int4Options | None:
-    from ..core.compress import Int4Options, Precision
+    from dolly_desktop.models.compress import Int4Options
+    from dolly_desktop.models.folder import Precision
 
     given = {
         k: v
@@ -176,7 +178,7 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 
 def _list_available(installed: list[InstalledModel]) -> int:
-    from ..core.catalog import CATALOG
+    from dolly_desktop.models.catalog import CATALOG
 
     here = {m.label for m in installed if m.problem is None}
     print(f"{'variant':<20} {'download':>10} {'RAM to run':>11}  source")
@@ -198,10 +200,10 @@ def _list_available(installed: list[InstalledModel]) -> int:
 
 
 def cmd_download(a: argparse.Namespace) -> int:
-    from ..core.catalog import CHECKPOINT
-    from ..core.compress import Precision
-    from ..core.download import TransferProgress
-    from ..core.jobs import Cancelled
+    from dolly_desktop.models.cancel import Cancelled
+    from dolly_desktop.models.catalog import CHECKPOINT
+    from dolly_desktop.models.download import TransferProgress
+    from dolly_desktop.models.folder import Precision
 
     variant = CHECKPOINT if a.checkpoint else Precision.parse(a.precision).value
     store = _store(a)
@@ -229,7 +231,7 @@ def cmd_download(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from ..core.compress import Precision
+    from dolly_desktop.models.folder import Precision
 
     store = _store(a)
     precision = Precision.parse(a.precision)
@@ -244,7 +246,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
-    from ..core.compress import Precision
+    from dolly_desktop.models.folder import Precision
 
     store = _store(a)
     precision = Precision.parse(a.precision)
@@ -259,7 +261,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 
 def cmd_import(a: argparse.Namespace) -> int:
-    from ..core.compress import Precision
+    from dolly_desktop.models.folder import Precision
 
     store = _store(a)
     plan = store.plan_import(Path(a.src), a.name, a.precision)

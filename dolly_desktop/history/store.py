@@ -21,15 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import Any, Literal, TextIO
 
-from . import paths
-from .compress import Precision
-from .errors import DollyError
-from .params import GenerationParams
-
-if TYPE_CHECKING:  # the engine pulls in openvino; `dolly-desktop history` should not
-    from .engine import GenerationResult
+from dolly_desktop import paths
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.engine import GenerationResult, ModelRef
+from dolly_desktop.generation.params import GenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +86,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # writer is. A row with our pid but a token not here was written by an earlier process that
 # had the same pid (containers reuse pids).
 _LIVE_RUNS: set[str] = set()
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    name: str
-    precision: str
-    folder: str
-
-    @classmethod
-    def from_folder(cls, folder: Path | str) -> ModelRef:
-        """Name and precision from the folder layout: models/<name>/<PRECISION> or a Hub name
-        such as dolly-v2-3b-int4-ov."""
-        path = Path(folder).expanduser().resolve()
-        known = [p.value for p in Precision]
-        if path.name.upper() in known:
-            return cls(path.parent.name, path.name.upper(), str(path))
-        words = path.name.upper().replace("_", "-").split("-")
-        precision = next((p for p in known if p in words), "")
-        return cls(path.name, precision, str(path))
 
 
 @dataclass(frozen=True)

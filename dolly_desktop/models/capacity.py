@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .errors import DollyError
+from dolly_desktop.errors import DollyError
 
 GB = 1_000_000_000  # the Hub and file managers count in decimal units
 # Kept free after a job by default: a disk filled to the last byte breaks everything else too.

@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Callable
 
-from .errors import DollyError
+from dolly_desktop.errors import DollyError
 
 log = logging.getLogger(__name__)
 

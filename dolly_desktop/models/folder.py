@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
-from .errors import DollyError
+from dolly_desktop.errors import DollyError
 
 MODEL_XML = "openvino_model.xml"
 MODEL_BIN = "openvino_model.bin"
@@ -18,6 +19,19 @@ CHECKPOINT_PATTERNS = ("pytorch_model*.bin", "model*.safetensors")
 DEFAULT_CONTEXT = 2048
 
 _CONST_DATA = re.compile(rb'offset="(\d+)"[^>]*?size="(\d+)"')
+
+
+class Precision(str, Enum):
+    FP16 = "FP16"
+    INT8 = "INT8"
+    INT4 = "INT4"
+
+    @classmethod
+    def parse(cls, text: str) -> Precision:
+        try:
+            return cls(text.upper())
+        except ValueError:
+            raise DollyError(f"Unknown precision {text!r}: choose FP16, INT8 or INT4.") from None
 
 
 @dataclass(frozen=True)

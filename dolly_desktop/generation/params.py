@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
-from .errors import DollyError
+from dolly_desktop.errors import DollyError
 
 
 class Range(NamedTuple):

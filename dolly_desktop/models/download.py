@@ -33,10 +33,10 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from .atomic import staged_folder
-from .capacity import DEFAULT_KEEP_FREE, check_disk, format_bytes
-from .errors import DollyError
-from .jobs import Cancelled, raise_if_cancelled
+from dolly_desktop.atomic import staged_folder
+from dolly_desktop.errors import DollyError
+from dolly_desktop.models.cancel import Cancelled, raise_if_cancelled
+from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE, check_disk, format_bytes
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,18 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .engine import EngineBase, GenerationResult, StopReason, TextCallback
-from .errors import DollyError
-from .history import ModelRef
-from .params import GenerationParams
-from .prompt import END_KEY
-from .server import StreamText
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.engine import (
+    REMOTE,
+    EngineBase,
+    GenerationResult,
+    ModelRef,
+    StopReason,
+    TextCallback,
+)
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.generation.prompt import END_KEY
+from dolly_desktop.generation.text import StreamText
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +62,7 @@ class RemoteEngine(EngineBase):
         longest wait for the next bit of a response before giving up."""
         super().__init__()
         self.base = _base_url(url)
-        self.model_dir = self.base
-        self.device = "remote"
+        self.device = REMOTE
         self.timeout = timeout
         self._client = _client(api_key, timeout)
         t0 = time.perf_counter()
@@ -67,12 +72,13 @@ class RemoteEngine(EngineBase):
             self._client.close()
             raise
         self.load_s = time.perf_counter() - t0
-        self.model: str = card["id"]
+        self.model_id: str = card["id"]
+        self.model = ModelRef(name=self.model_id, precision=REMOTE, folder=self.base)
         ctx = card.get("max_model_len")
         self.context_length = ctx if isinstance(ctx, int) and ctx > 0 else DOLLY_CONTEXT
         self._response: httpx.Response | None = None
         self._meter: _Meter | None = None
-        log.info("using %s at %s (%.2f s to answer)", self.model, self.base, self.load_s)
+        log.info("using %s at %s (%.2f s to answer)", self.model_id, self.base, self.load_s)
 
     @classmethod
     def test(cls, url: str, api_key: str | None = None, timeout: float = 5.0) -> str:
@@ -84,9 +90,10 @@ class RemoteEngine(EngineBase):
             ms = (time.perf_counter() - t0) * 1000
         return f"{base} answered in {ms:.0f} ms and serves {card['id']}."
 
-    def model_ref(self) -> ModelRef:
-        """How history records a run on this server."""
-        return ModelRef(name=self.model, precision="remote", folder=self.base)
+    def count_tokens(self, text: str) -> int:
+        """An estimate (the API has no tokenizer): GPT-NeoX averages about 4 bytes a token on
+        English text."""
+        return max(1, round(len(text.encode()) / 4))
 
     def close(self) -> None:
         self._client.close()
@@ -181,12 +188,12 @@ class RemoteEngine(EngineBase):
             ttft_s=(meter.first_at or t_end) - meter.t0,
             total_s=t_end - meter.t0,
             tokens_per_s=meter.rate(n),
-            extra={"server": self.base, "model": self.model, "finish_reason": finish},
+            extra={"server": self.base, "model": self.model_id, "finish_reason": finish},
         )
 
     def _body(self, prompt: str, p: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "model": self.model,
+            "model": self.model_id,
             "prompt": prompt,
             "stream": True,
             "stream_options": {"include_usage": True},  # token counts in the last chunk

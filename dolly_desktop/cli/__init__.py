@@ -8,11 +8,12 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__
-from .commands import history, models, serve
-from .core.errors import DollyError
-from .core.logs import setup_logging
-from .core.params import RANGES, GenerationParams
+from dolly_desktop import __version__
+from dolly_desktop.cli import history, models, serve
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.params import RANGES, GenerationParams
+from dolly_desktop.logs import setup_logging
+from dolly_desktop.models.jobs import CHILD_FLAG, child_main
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -88,26 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .core.history import History, ModelRef
-    from .core.prompt import build_prompt
+    from dolly_desktop.generation.prompt import build_prompt
+    from dolly_desktop.history.store import History
 
     params = params_from_args(a)
     instruction = a.instruction if a.instruction not in (None, "-") else sys.stdin.read()
     prompt = build_prompt(instruction)  # refuse bad input before the model loads
     if a.remote:
-        from .core.remote import RemoteEngine
+        from dolly_desktop.generation.remote import RemoteEngine
 
         engine = RemoteEngine(a.remote, api_key=a.api_key)
-        model = engine.model_ref()
     else:
-        from .core.engine import Engine
+        from dolly_desktop.generation.local import Engine
 
         engine = Engine(a.model, a.device)
-        model = ModelRef.from_folder(engine.model_dir)
     history = History(enabled=not a.no_history)
 
     # Leaving this block without finish() records the run as cancelled or failed.
-    with history.start_run(instruction, params, model, engine.device) as run:
+    with history.start_run(instruction, params, engine.model, engine.device) as run:
 
         def out(piece: str) -> None:
             sys.stdout.write(piece)
@@ -131,8 +130,8 @@ def self_test(a: argparse.Namespace) -> int:
 
     import openvino
 
-    from .core.devices import list_devices
-    from .core.engine import Engine
+    from dolly_desktop.generation.devices import list_devices
+    from dolly_desktop.generation.local import Engine
 
     t0 = time.perf_counter()
     print(f"dolly-desktop {__version__}, OpenVINO {openvino.get_version()}")
@@ -148,7 +147,7 @@ def self_test(a: argparse.Namespace) -> int:
 
 
 def cmd_devices(a: argparse.Namespace) -> int:
-    from .core.devices import list_devices
+    from dolly_desktop.generation.devices import list_devices
 
     for d in list_devices():
         print(f"{d.id}\t{d.name}")
@@ -156,12 +155,15 @@ def cmd_devices(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [CHILD_FLAG]:  # a frozen bundle started as one of its own child jobs
+        return child_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(console=args.command is not None or args.self_test is not None)
     if args.self_test:
         args.func = self_test
     elif args.command is None:
-        from .ui.app import run_gui
+        from dolly_desktop.ui.app import run_gui
 
         return run_gui(model=args.model, screenshot=args.screenshot)
     try:
@@ -176,8 +178,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def gui_main() -> int:
-    return main()  # argv passes through: a bundle's export child runs `models export ...`
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return main()  # argv passes through: a bundle's child job runs `--child-job REQUEST`

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from ..core.errors import DollyError
-from ..core.history import Entry, History
+from dolly_desktop.errors import DollyError
+from dolly_desktop.history.store import Entry, History
 
 EXIT_NOTHING_FOUND = 1  # as grep: search ran fine and matched nothing
 

@@ -21,12 +21,20 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from . import paths
-from .atomic import remove_stale_staging, staged_folder
-from .capacity import DEFAULT_KEEP_FREE, check_disk, check_memory
-from .catalog import CHECKPOINT, EXPORT_RAM_FACTOR, compressed_bytes, export_disk_bytes, get_model
-from .compress import Int4Options, Precision, compress_ir
-from .download import (
+from dolly_desktop import paths
+from dolly_desktop.atomic import remove_stale_staging, staged_folder
+from dolly_desktop.errors import DollyError
+from dolly_desktop.models.cancel import Progress, raise_if_cancelled
+from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE, check_disk, check_memory
+from dolly_desktop.models.catalog import (
+    CHECKPOINT,
+    EXPORT_RAM_FACTOR,
+    compressed_bytes,
+    export_disk_bytes,
+    get_model,
+)
+from dolly_desktop.models.compress import Int4Options, compress_ir
+from dolly_desktop.models.download import (
     STATE_FILE,
     RepoListing,
     TransferCallback,
@@ -34,13 +42,12 @@ from .download import (
     hub_endpoint,
     partial_bytes,
 )
-from .errors import DollyError
-from .export import export_checkpoint
-from .jobs import Progress, raise_if_cancelled
-from .modeldir import (
+from dolly_desktop.models.export import export_checkpoint
+from dolly_desktop.models.folder import (
     CHECKPOINT_PATTERNS,
     MODEL_BIN,
     MODEL_XML,
+    Precision,
     inspect_model_dir,
     is_checkpoint,
     read_config,

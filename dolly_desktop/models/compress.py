@@ -7,24 +7,10 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
-from .errors import DollyError
-from .modeldir import MODEL_BIN, MODEL_XML
-
-
-class Precision(str, Enum):
-    FP16 = "FP16"
-    INT8 = "INT8"
-    INT4 = "INT4"
-
-    @classmethod
-    def parse(cls, text: str) -> Precision:
-        try:
-            return cls(text.upper())
-        except ValueError:
-            raise DollyError(f"Unknown precision {text!r}: choose FP16, INT8 or INT4.") from None
+from dolly_desktop.errors import DollyError
+from dolly_desktop.models.folder import MODEL_BIN, MODEL_XML, Precision
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import DollyError
-from .modeldir import DETOKENIZER_XML, TOKENIZER_XML
+from dolly_desktop.errors import DollyError
+from dolly_desktop.models.folder import DETOKENIZER_XML, TOKENIZER_XML
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .atomic import staged_folder
-from .compress import Int4Options, Precision, compress_ir
-from .errors import DollyError
-from .modeldir import inspect_model_dir, is_checkpoint
-from .ov_tokenizer import convert_tokenizer_files
+from dolly_desktop.atomic import staged_folder
+from dolly_desktop.errors import DollyError
+from dolly_desktop.models.compress import Int4Options, compress_ir
+from dolly_desktop.models.folder import Precision, inspect_model_dir, is_checkpoint
+from dolly_desktop.models.tokenizer import convert_tokenizer_files
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging.handlers
 import os
 import sys
 
-from . import paths
+from dolly_desktop import paths
 
 LOG_NAME = "dolly-desktop.log"
 

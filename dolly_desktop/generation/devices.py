@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import DollyError
+from dolly_desktop.errors import DollyError
 
 AUTO = "AUTO"
 # Virtual devices OpenVINO resolves to real ones: "AUTO", "AUTO:GPU,CPU", "HETERO:GPU,CPU".

@@ -7,10 +7,7 @@ import random
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +15,27 @@ import numpy as np
 import openvino as ov
 import openvino_genai as ov_genai
 
-from . import paths
-from .devices import check_device
-from .errors import DollyError
-from .memory import releasing_mapped_files
-from .modeldir import MODEL_BIN, ModelDir, inspect_model_dir
-from .ov_tokenizer import convert_tokenizer_files
-from .params import GenerationParams
-from .prompt import PROMPT_FORMAT, build_prompt, clean_response, find_end_token_id
+from dolly_desktop import paths
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.devices import check_device
+from dolly_desktop.generation.engine import (
+    EngineBase,
+    GenerationResult,
+    ModelRef,
+    StopReason,
+    TextCallback,
+)
+from dolly_desktop.generation.memory import releasing_mapped_files
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.generation.prompt import (
+    PROMPT_FORMAT,
+    clean_response,
+    find_end_token_id,
+)
+from dolly_desktop.models.folder import MODEL_BIN, ModelDir, inspect_model_dir
+from dolly_desktop.models.tokenizer import convert_tokenizer_files
 
 log = logging.getLogger(__name__)
-
-TextCallback = Callable[[str], None]
 
 # Measured with bench/cpu_settings.py on the 3b shape at INT4 (docs/benchmarks.md, "CPU
 # settings"). The stateful SDPA pipeline loads in 1.0 s against 3.7 s for genai's default
@@ -40,35 +46,6 @@ CPU_DEFAULTS: dict[str, Any] = {"ATTENTION_BACKEND": "SDPA"}
 
 # With reuse_template, prompts longer than this past the template head are prefilled whole.
 REUSE_MAX_NEW_TOKENS = 64
-
-
-class StopReason(str, Enum):
-    END = "end"  # the model said `### End` (or EOS)
-    LENGTH = "length"  # max new tokens, or the context is full
-    CANCELLED = "cancelled"
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]
-    input_tokens: int
-    stop_reason: StopReason
-    ttft_s: float  # submit to first token
-    total_s: float
-    tokens_per_s: float  # decode speed: tokens after the first over the time they took
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def generated_tokens(self) -> int:
-        return len(self.token_ids)
-
-    def metrics_line(self) -> str:
-        return (
-            f"{self.generated_tokens} tokens, {self.tokens_per_s:.1f} tok/s, "
-            f"first token {self.ttft_s * 1000:.0f} ms, prompt {self.input_tokens} tokens, "
-            f"stopped: {self.stop_reason.value}"
-        )
 
 
 class _Streamer(ov_genai.StreamerBase):
@@ -144,63 +121,6 @@ class _CancelAtOnce(ov_genai.StreamerBase):
         pass
 
 
-class EngineBase:
-    """What the window, the CLI and the server use, local or remote: Dolly's template, one
-    generation at a time, cancel from any thread. Subclasses implement `_run`."""
-
-    model_dir: Path | str
-    device: str
-    load_s: float
-    context_length: int
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cancel = threading.Event()
-
-    def cancel(self) -> None:
-        """Stop the running generation after the token being produced now."""
-        self._cancel.set()
-
-    def progress(self) -> tuple[int, float]:
-        """Tokens generated so far and their decode rate; safe to call from any thread."""
-        raise NotImplementedError
-
-    def generate(
-        self,
-        instruction: str,
-        params: GenerationParams | None = None,
-        on_text: TextCallback | None = None,
-        stop_token_ids: set[int] | None = None,
-    ) -> GenerationResult:
-        """Answer an instruction with Dolly's template, streaming text to `on_text`."""
-        return self.generate_from_prompt(build_prompt(instruction), params, on_text, stop_token_ids)
-
-    def generate_from_prompt(
-        self,
-        prompt: str,
-        params: GenerationParams | None = None,
-        on_text: TextCallback | None = None,
-        stop_token_ids: set[int] | None = None,
-    ) -> GenerationResult:
-        params = params or GenerationParams()
-        if not self._lock.acquire(blocking=False):
-            raise DollyError("A response is already being generated: stop it first.")
-        try:
-            self._cancel.clear()
-            return self._run(prompt, params, on_text, stop_token_ids)
-        finally:
-            self._lock.release()
-
-    def _run(
-        self,
-        prompt: str,
-        params: GenerationParams,
-        on_text: TextCallback | None,
-        stop_token_ids: set[int] | None,
-    ) -> GenerationResult:
-        raise NotImplementedError
-
-
 class Engine(EngineBase):
     """One loaded model on one device, with openvino-genai."""
 
@@ -217,6 +137,7 @@ class Engine(EngineBase):
         self.device = check_device(device)
         self.info: ModelDir = inspect_model_dir(Path(model_dir))
         self.model_dir = self.info.path
+        self.model = ModelRef.from_folder(self.model_dir)
         if not self.info.has_ov_tokenizer:
             convert_tokenizer_files(self.model_dir)
         cache = Path(cache_dir) if cache_dir else paths.compiled_cache_dir()
@@ -276,6 +197,14 @@ class Engine(EngineBase):
     @property
     def context_length(self) -> int:
         return self.info.context_length
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def close(self) -> None:
+        if self._primer is not None:
+            self._primer.join()  # an inference must not outlive its pipeline
+        del self.pipe
 
     def encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text).input_ids.data

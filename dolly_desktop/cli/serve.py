@@ -10,12 +10,12 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from ..core.errors import DollyError
+from dolly_desktop.errors import DollyError
 
 if TYPE_CHECKING:
     from types import FrameType
 
-    from ..core.history import ModelRef
+    from dolly_desktop.generation.engine import ModelRef
 
 API_KEY_ENV = "DOLLY_DESKTOP_API_KEY"  # keeps the key out of the process list
 DEFAULT_QUEUE = 4
@@ -60,9 +60,8 @@ def env_api_key() -> str | None:
 def cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..core.engine import Engine
-    from ..core.history import ModelRef
-    from ..core.server import OpenAIServer
+    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.server.app import OpenAIServer
 
     if not 0 <= a.port <= 65535:
         raise DollyError(f"The port must be from 0 to 65535; got {a.port}.")
@@ -76,7 +75,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         )
     sock = _listen(a.host, a.port)  # before the model loads: a busy port fails at once
     engine = Engine(a.model, a.device)
-    model_id = a.name or _model_id(ModelRef.from_folder(engine.model_dir))
+    model_id = a.name or _model_id(engine.model)
     server = OpenAIServer(engine, model_id, api_key=a.api_key, queue=a.queue)
     host, port = sock.getsockname()[:2]
     print(

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .capacity import GB
-from .compress import Precision
-from .errors import DollyError
+from dolly_desktop.errors import DollyError
+from dolly_desktop.models.capacity import GB
+from dolly_desktop.models.folder import Precision
 
 CHECKPOINT = "PyTorch"  # the store's folder name for an original (to-export) checkpoint
 

@@ -1,1 +1,0 @@
-"""Qt-free core shared by the GUI, the CLI and the tests. Nothing here imports Qt."""
