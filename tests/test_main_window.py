@@ -62,7 +62,7 @@ def test_streams_in_several_updates_and_matches_engine(qtbot, window, tiny_fp16)
     assert window._response_text == expected.text
     streamed = [u for u in updates if u]
     assert len(set(streamed)) > 2  # text grew piece by piece before the final render
-    assert "tokens/s" in window.stats_label.text()
+    assert "tok/s" in window.stats_label.text()
     assert window.submit_button.isEnabled() and not window.stop_button.isEnabled()
 
 

@@ -49,7 +49,7 @@ def test_remote_server_through_the_window(qtbot, tiny_models):
         assert w._response_text == expected.text
         assert len(pieces) > 1
         assert w.last_result.generated_tokens == 12
-        assert "tokens/s" in w.stats_label.text()
+        assert "tok/s" in w.stats_label.text()
 
         # Stop works the same as locally.
         w.set_params(GenerationParams(max_new_tokens=1000, seed=1))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.metrics import metrics_text
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import build_prompt
 from dolly_desktop.models.folder import Precision
@@ -63,10 +64,16 @@ class GenerationResult:
         return len(self.token_ids)
 
     def metrics_line(self) -> str:
-        return (
-            f"{self.generated_tokens} tokens, {self.tokens_per_s:.1f} tok/s, "
-            f"first token {self.ttft_s * 1000:.0f} ms, prompt {self.input_tokens} tokens, "
-            f"stopped: {self.stop_reason.value}"
+        return self.metrics_text()
+
+    def metrics_text(self, sep: str = ", ") -> str:
+        return metrics_text(
+            self.generated_tokens,
+            self.tokens_per_s,
+            self.ttft_s,
+            self.stop_reason.value,
+            self.input_tokens,
+            sep,
         )
 
 

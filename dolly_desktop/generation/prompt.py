@@ -21,13 +21,14 @@ INTRO_BLURB = (
 PROMPT_FORMAT = f"{INTRO_BLURB}\n\n{INSTRUCTION_KEY}\n{{instruction}}\n\n{RESPONSE_KEY}\n"
 
 MAX_INSTRUCTION_CHARS = 20_000
+EMPTY_INSTRUCTION = "The instruction is empty: type what you want Dolly to do."
 
 
 def build_prompt(instruction: str) -> str:
     """Wrap an instruction in Dolly's template; refuse an empty or absurdly long one."""
     text = instruction.strip()
     if not text:
-        raise DollyError("The instruction is empty: type what you want Dolly to do.")
+        raise DollyError(EMPTY_INSTRUCTION)
     if len(text) > MAX_INSTRUCTION_CHARS:
         raise DollyError(
             f"The instruction is {len(text)} characters long; the limit is {MAX_INSTRUCTION_CHARS}."

@@ -26,6 +26,7 @@ from typing import Any, Literal, TextIO
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.engine import GenerationResult, ModelRef
+from dolly_desktop.generation.metrics import metrics_text
 from dolly_desktop.generation.params import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -152,17 +153,15 @@ class Entry:
             error=d.get("error"),
         )
 
+    def metrics_text(self, sep: str = ", ") -> str:
+        """An interrupted run has no metrics: only what is known."""
+        return metrics_text(
+            self.generated_tokens, self.tokens_per_s, self.ttft_s, self.stop_reason, sep=sep
+        )
+
     def to_markdown(self) -> str:
         when = self.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
         model = f"{self.model.name} {self.model.precision}".strip()
-        facts = []  # an interrupted run has no metrics
-        if self.generated_tokens is not None:
-            facts.append(f"{self.generated_tokens} tokens")
-        if self.tokens_per_s is not None:
-            facts.append(f"{self.tokens_per_s:.1f} tok/s")
-        if self.ttft_s is not None:
-            facts.append(f"first token {self.ttft_s * 1000:.0f} ms")
-        facts.append(f"stopped: {self.stop_reason}")
         params = ", ".join(f"{k}={v}" for k, v in self.params.to_dict().items())
         lines = [
             f"## #{self.id} · {when} · {model} on {self.device}",
@@ -175,7 +174,7 @@ class Entry:
             "",
             self.response,
             "",
-            f"*{', '.join(facts)}; {params}*",
+            f"*{self.metrics_text()}; {params}*",
         ]
         if self.error:
             lines += ["", f"Error: {self.error}"]
@@ -247,8 +246,8 @@ class RunRecorder:
         try:
             self._history._update(self.entry_id, fields)  # type: ignore[arg-type]
         except sqlite3.Error as e:
-            # Losing history must never stop a generation: say so in the log and go on.
-            log.warning("history: could not save run %s: %s", self.entry_id, e)
+            # Losing history must never stop a generation: say so once and go on.
+            self._history._not_saved(e)
 
     def __enter__(self) -> RunRecorder:
         return self
@@ -274,11 +273,17 @@ class History:
         self.path = Path(path) if path is not None else paths.data_dir() / FILE_NAME
         self.enabled = enabled
         self.notice: str | None = None  # one sentence when the file could not be used
+        self.read_only = False  # shown, but nothing new is saved
+        self._told: set[str] = set()  # sentences already handed out by take_notice()
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         if enabled:
             self._db = self._open()
-            self._mark_interrupted()
+            if not self.read_only:
+                try:
+                    self._mark_interrupted()
+                except sqlite3.Error as e:  # locked by another process: next start does it
+                    log.warning("history: could not mark interrupted runs: %s", e)
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -291,6 +296,8 @@ class History:
         except sqlite3.DatabaseError as e:
             if _is_corrupt(e):
                 return self._start_over(seen, "corrupt", "is damaged")
+            if _is_read_only(e):
+                return self._read_only(e)
             return self._in_memory(f"cannot be used now ({e})")
         except OSError as e:
             return self._in_memory(f"cannot be opened ({e.strerror or e})")
@@ -320,9 +327,32 @@ class History:
         _migrate(conn)
         return conn
 
+    def _read_only(self, e: sqlite3.Error) -> sqlite3.Connection:
+        """A file we may read but not write (its mode, a read-only mount): show it as it is."""
+        try:
+            conn = _connect(str(self.path), read_only=True)
+            _check_version(conn)
+        except (sqlite3.Error, _NewerSchema) as again:
+            return self._in_memory(f"cannot be used now ({again})")
+        self.read_only = True
+        self._say(f"History is not being saved: {self.path} is read-only ({e}).")
+        return conn
+
     def _say(self, sentence: str) -> None:
         self.notice = sentence
         log.warning("%s", sentence)
+
+    def _not_saved(self, e: BaseException) -> None:
+        self._say(f"History is not being saved: {_first_line(e)}.")
+
+    def take_notice(self) -> str | None:
+        """The current notice if it has not been handed out before: each sentence is shown to
+        the person once, however often the same failure repeats."""
+        sentence = self.notice
+        if sentence is None or sentence in self._told:
+            return None
+        self._told.add(sentence)
+        return sentence
 
     def _mark_interrupted(self) -> None:
         """Persist 'interrupted' for runs whose writer died, so a reused pid cannot revive them."""
@@ -370,8 +400,12 @@ class History:
             status="running",
             owner=f"{os.getpid()}:{token}",
         )
-        with self._lock:
-            entry_id = self._insert(values)
+        try:
+            with self._lock:
+                entry_id = self._insert(values)
+        except sqlite3.Error as e:  # locked by another process, read-only, disk full: run on
+            self._not_saved(e)
+            return RunRecorder(self, None)
         _LIVE_RUNS.add(token)
         return RunRecorder(self, entry_id, token)
 
@@ -591,6 +625,18 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _is_read_only(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_READONLY
+    return "readonly" in str(e) or "read-only" in str(e)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _is_corrupt(e: sqlite3.DatabaseError) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut, QTextCursor
 from PySide6.QtWidgets import (
     QApplication,
@@ -32,23 +32,19 @@ from PySide6.QtWidgets import (
 
 from dolly_desktop import APP_NAME
 from dolly_desktop.generation.devices import list_devices
-from dolly_desktop.generation.engine import GenerationResult, StopReason
+from dolly_desktop.generation.engine import REMOTE, GenerationResult
 from dolly_desktop.generation.examples import EXAMPLES
+from dolly_desktop.generation.metrics import metrics_text
 from dolly_desktop.generation.params import RANGES, GenerationParams
+from dolly_desktop.generation.prompt import EMPTY_INSTRUCTION
 from dolly_desktop.history.store import Entry, History
 from dolly_desktop.logs import log_file
 from dolly_desktop.ui.history_panel import HistoryPanel
-from dolly_desktop.ui.settings import app_settings, engine_options, load_params, save_params
+from dolly_desktop.ui.settings import AppSettings
 from dolly_desktop.ui.settings_dialog import SettingsDialog
-from dolly_desktop.ui.workers import EngineThread
+from dolly_desktop.ui.workers import EngineThread, GenerateRequest, LoadRequest
 
 log = logging.getLogger(__name__)
-
-STOP_LABELS = {
-    StopReason.END: "finished",
-    StopReason.LENGTH: "reached max new tokens",
-    StopReason.CANCELLED: "stopped",
-}
 
 
 class InstructionEdit(QPlainTextEdit):
@@ -67,9 +63,8 @@ class InstructionEdit(QPlainTextEdit):
 
 class MainWindow(QMainWindow):
     # Requests to the engine thread: queued, so the GUI thread never waits on the engine.
-    request_load = Signal(str, str)
-    request_generate = Signal(str, object)
-    request_remote = Signal(str, str)
+    request_load = Signal(object)  # LoadRequest
+    request_generate = Signal(object)  # GenerateRequest
     # Emitted on the GUI thread when a load or a generation has ended, however it ended.
     load_done = Signal()
     response_done = Signal()
@@ -77,13 +72,12 @@ class MainWindow(QMainWindow):
     def __init__(self, model: str | None = None) -> None:
         super().__init__()
         self.setWindowTitle(APP_NAME)
-        self.settings = app_settings()
+        self.settings = AppSettings()
         self.engine_thread = EngineThread()
         self.worker = self.engine_thread.worker
-        keep = str(self.settings.value("history/enabled", "true")).lower() == "true"
-        self.history = History(enabled=keep)
-        self.worker.history = self.history
-        self.model_dir: str | None = None
+        self.history = History(enabled=self.settings.history_enabled)
+        self.model_dir: str | None = None  # what is loaded: a model folder or a server's URL
+        self.model_is_remote = False
         self.generating = False
         self.loading = False
         self.last_result: GenerationResult | None = None
@@ -236,7 +230,7 @@ class MainWindow(QMainWindow):
         q = Qt.ConnectionType.QueuedConnection
         self.request_load.connect(w.load, q)
         self.request_generate.connect(w.generate, q)
-        self.request_remote.connect(w.load_remote, q)
+        w.notice.connect(self._show_error, q)
         w.loading.connect(self._on_loading, q)
         w.loaded.connect(self._on_loaded, q)
         w.load_failed.connect(self._on_load_failed, q)
@@ -267,26 +261,23 @@ class MainWindow(QMainWindow):
     # ---- state ------------------------------------------------------------------------
     def _restore(self, model: str | None) -> None:
         s = self.settings
-        geometry = s.value("window/geometry")
-        if isinstance(geometry, QByteArray):
-            self.restoreGeometry(geometry)
-        splitter = s.value("window/splitter")
-        if isinstance(splitter, QByteArray):
-            self.splitter.restoreState(splitter)
-        self.set_params(load_params(s))
-        device = str(s.value("model/device", "CPU"))
-        i = self.device.findData(device)
+        if not s.window_geometry.isEmpty():
+            self.restoreGeometry(s.window_geometry)
+        if not s.window_splitter.isEmpty():
+            self.splitter.restoreState(s.window_splitter)
+        self.set_params(s.load_params())
+        i = self.device.findData(s.device)
         self.device.setCurrentIndex(i if i >= 0 else 0)
-        folder = model or s.value("model/folder")
-        remote = str(s.value("model/remote_url", "") or "")
-        if not model and remote:
-            self.load_remote(remote, str(s.value("model/remote_key", "") or ""))
+        folder = model or s.model_folder
+        if not model and s.remote_url:
+            self.load_remote(s.remote_url, s.remote_key)
         elif folder:
-            self.load_model(str(folder))
+            self.load_model(folder)
         else:
             self._show_no_model()
-        if self.history.notice:
-            self._show_error(self.history.notice)
+        notice = self.history.take_notice()
+        if notice:
+            self._show_error(notice)
         self._update_buttons()
 
     def params(self) -> GenerationParams:
@@ -325,14 +316,14 @@ class MainWindow(QMainWindow):
         self.loading = True
         self.model_dir = None
         self._update_buttons()
-        self.worker.options = engine_options(self.settings)
-        self.request_load.emit(folder, self.device.currentData())
+        options = self.settings.engine_options()
+        self.request_load.emit(LoadRequest(folder, self.device.currentData(), options))
 
     def load_remote(self, url: str, api_key: str = "") -> None:
         self.loading = True
         self.model_dir = None
         self._update_buttons()
-        self.request_remote.emit(url, api_key)
+        self.request_load.emit(LoadRequest(url, remote=True, api_key=api_key))
 
     def open_settings(self) -> SettingsDialog:
         if self.settings_dialog is None:
@@ -340,6 +331,7 @@ class MainWindow(QMainWindow):
             self.settings_dialog.model_chosen.connect(lambda folder, _d: self.load_model(folder))
             self.settings_dialog.remote_chosen.connect(self.load_remote)
             self.settings_dialog.device_chosen.connect(self._device_from_settings)
+        self.settings_dialog.current_folder = self.model_dir
         self.settings_dialog.refresh()
         self.settings_dialog.show()
         self.settings_dialog.raise_()
@@ -352,13 +344,13 @@ class MainWindow(QMainWindow):
         self._reload()
 
     def _reload(self) -> None:
-        folder = self.settings.value("model/folder")
-        self.settings.setValue("model/device", self.device.currentData())
-        if folder and not self.generating:
-            self.load_model(str(folder))
+        self.settings.device = self.device.currentData()
+        folder = self.model_dir  # what this window has loaded, if it is a local model
+        if folder and not self.model_is_remote and not self.generating:
+            self.load_model(folder)
 
     def choose_model_folder(self) -> None:
-        start = str(self.settings.value("model/folder") or Path.home())
+        start = self.settings.model_folder or str(Path.home())
         folder = QFileDialog.getExistingDirectory(self, "Open an OpenVINO model folder", start)
         if folder:
             self.load_model(folder)
@@ -373,13 +365,17 @@ class MainWindow(QMainWindow):
     def _on_loaded(self, folder: str, device: str, seconds: float) -> None:
         self.loading = False
         self.model_dir = folder
+        self.model_is_remote = device == REMOTE
+        if self.settings_dialog is not None:
+            self.settings_dialog.current_folder = folder
+            self.settings_dialog.refresh()
         self.busy.hide()
-        if device == "remote":  # `folder` is the server's URL
-            self.settings.setValue("model/remote_url", folder)
+        if self.model_is_remote:  # `folder` is the server's URL: restored at the next start
+            self.settings.remote_url = folder
         else:
-            self.settings.setValue("model/folder", folder)
-            self.settings.setValue("model/remote_url", "")
-            self.settings.setValue("model/device", device)
+            self.settings.model_folder = folder
+            self.settings.remote_url = ""
+            self.settings.device = device
         self.model_label.setText(f"{_model_name(folder)} · {device}")
         self.model_label.setToolTip(folder)
         self.stats_label.setText(f"Model loaded in {seconds:.1f} s")
@@ -416,9 +412,9 @@ class MainWindow(QMainWindow):
             self._show_error(str(e))
             return
         if not text.strip():
-            self._show_error("The instruction is empty: type what you want Dolly to do.")
+            self._show_error(EMPTY_INSTRUCTION)
             return
-        save_params(self.settings, params)
+        self.settings.save_params(params)
         self._hide_banner()
         self.generating = True
         self.last_result = None
@@ -427,7 +423,7 @@ class MainWindow(QMainWindow):
         self.stats_label.setText("Waiting for the first token…")
         self._update_buttons()
         self.live_timer.start()
-        self.request_generate.emit(text, params)
+        self.request_generate.emit(GenerateRequest(text, params, self.history))
 
     def stop(self) -> None:
         if self.generating:
@@ -448,7 +444,7 @@ class MainWindow(QMainWindow):
     def _show_live_stats(self) -> None:
         n, tps = self.worker.progress()
         if n:
-            self.stats_label.setText(f"{n} tokens · {tps:.1f} tokens/s")
+            self.stats_label.setText(metrics_text(n, tps, sep=" · "))
 
     @Slot(object)
     def _on_finished(self, result: GenerationResult) -> None:
@@ -460,10 +456,7 @@ class MainWindow(QMainWindow):
         self.response.setMarkdown(result.text)
         if was_at_end:
             bar.setValue(bar.maximum())
-        self.stats_label.setText(
-            f"{result.tokens_per_s:.1f} tokens/s · first token {result.ttft_s * 1000:.0f} ms · "
-            f"{result.generated_tokens} tokens · {STOP_LABELS[result.stop_reason]}"
-        )
+        self.stats_label.setText(result.metrics_text(" · "))
         self._update_buttons()
 
     @Slot(str)
@@ -488,14 +481,8 @@ class MainWindow(QMainWindow):
         self._response_text = entry.response
         self.response.setMarkdown(entry.response)
         self.last_result = None
-        if entry.tokens_per_s is not None:
-            self.stats_label.setText(
-                f"{entry.tokens_per_s:.1f} tokens/s · first token {(entry.ttft_s or 0) * 1000:.0f}"
-                f" ms · {entry.generated_tokens} tokens · {entry.stop_reason}"
-                f" · {entry.model.name} {entry.model.precision} on {entry.device}"
-            )
-        else:
-            self.stats_label.setText(f"{entry.stop_reason} · {entry.model.name}")
+        model = f"{entry.model.name} {entry.model.precision} on {entry.device}"
+        self.stats_label.setText(f"{entry.metrics_text(' · ')} · {model}")
         self._update_buttons()
 
     def rerun_entry(self, entry: Entry) -> None:
@@ -503,11 +490,10 @@ class MainWindow(QMainWindow):
         self.submit()
 
     def set_history_enabled(self, keep: bool) -> None:
-        self.settings.setValue("history/enabled", "true" if keep else "false")
+        self.settings.history_enabled = keep
         if self.generating:
             return  # takes effect from the next window; the running recorder stays valid
         self.history = History(enabled=keep)
-        self.worker.history = self.history
         self.history_panel.set_history(self.history)
 
     # ---- small actions ----------------------------------------------------------------
@@ -565,10 +551,10 @@ class MainWindow(QMainWindow):
 
     # ---- closing ----------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:
-        self.settings.setValue("window/geometry", self.saveGeometry())
-        self.settings.setValue("window/splitter", self.splitter.saveState())
+        self.settings.window_geometry = self.saveGeometry()
+        self.settings.window_splitter = self.splitter.saveState()
         try:
-            save_params(self.settings, self.params())
+            self.settings.save_params(self.params())
         except Exception:
             log.exception("parameters not saved")
         self.settings.sync()

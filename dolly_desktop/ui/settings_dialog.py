@@ -4,7 +4,6 @@ and choose the variant and the device it runs on."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import Signal
@@ -31,30 +30,18 @@ from PySide6.QtWidgets import (
 )
 
 from dolly_desktop import paths
+from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.devices import list_devices
-from dolly_desktop.models.capacity import GB
-from dolly_desktop.models.catalog import CATALOG
+from dolly_desktop.models.capacity import format_bytes
 from dolly_desktop.models.download import TransferProgress
 from dolly_desktop.models.folder import Precision
 from dolly_desktop.models.jobs import ChildJob, compress_job, export_job
-from dolly_desktop.models.store import InstalledModel, Store
-from dolly_desktop.ui.jobs import Job
+from dolly_desktop.models.listing import Listed, list_models
+from dolly_desktop.models.store import Store
+from dolly_desktop.ui.background import Job, ProgressFn
+from dolly_desktop.ui.settings import AppSettings
 
 HINTS = {"": "Default", "LATENCY": "Latency (one person chatting)", "THROUGHPUT": "Throughput"}
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    variant: str
-    repo_id: str | None
-    installed: InstalledModel | None
-    approx_bytes: int | None
-    ram_bytes: int | None
-
-
-def _gb(n: int | None) -> str:
-    return "" if n is None else f"{n / GB:.2f} GB"
 
 
 class SettingsDialog(QDialog):
@@ -62,14 +49,17 @@ class SettingsDialog(QDialog):
     remote_chosen = Signal(str, str)  # url, api key
     device_chosen = Signal(str)
 
-    def __init__(self, parent: QWidget | None, settings, store: Store | None = None) -> None:
+    def __init__(
+        self, parent: QWidget | None, settings: AppSettings, store: Store | None = None
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Model settings")
         self.settings = settings
         self.store = store or Store()
         self.store.cleanup()  # staging left by a job that was killed
         self.job: Job | None = None
-        self.rows: list[Row] = []
+        self.rows: list[Listed] = []
+        self.current_folder: str | None = None  # the window says what it has loaded
         self.endpoint: str | None = None  # the Hub; None: HF_ENDPOINT or huggingface.co
         tabs = QTabWidget()
         tabs.addTab(self._models_page(), "Models")
@@ -140,16 +130,14 @@ class SettingsDialog(QDialog):
         self.device = QComboBox(objectName="settings_device")
         for d in list_devices():
             self.device.addItem(d.label(), d.id)
-        i = self.device.findData(str(self.settings.value("model/device", "CPU")))
+        i = self.device.findData(self.settings.device)
         self.device.setCurrentIndex(max(i, 0))
         self.hint = QComboBox(objectName="perf_hint")
         for key, label in HINTS.items():
             self.hint.addItem(label, key)
-        self.hint.setCurrentIndex(
-            max(self.hint.findData(self.settings.value("inference/hint", "")), 0)
-        )
+        self.hint.setCurrentIndex(max(self.hint.findData(self.settings.performance_hint), 0))
         self.cache = QLineEdit(objectName="cache_dir")
-        self.cache.setText(str(self.settings.value("inference/cache_dir", "")))
+        self.cache.setText(self.settings.cache_dir)
         self.cache.setPlaceholderText(str(paths.compiled_cache_dir()))
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse_cache)
@@ -168,11 +156,11 @@ class SettingsDialog(QDialog):
         # Remote server: a choice beside the local devices.
         self.remote_url = QLineEdit(objectName="remote_url")
         self.remote_url.setPlaceholderText("http://HOST:8000/v1 (dolly-desktop serve) or .../v3")
-        self.remote_url.setText(str(self.settings.value("model/remote_url", "") or ""))
+        self.remote_url.setText(self.settings.remote_url)
         self.remote_key = QLineEdit(objectName="remote_key")
         self.remote_key.setEchoMode(QLineEdit.EchoMode.Password)
         self.remote_key.setPlaceholderText("optional API key")
-        self.remote_key.setText(str(self.settings.value("model/remote_key", "") or ""))
+        self.remote_key.setText(self.settings.remote_key)
         self.test_button = QPushButton("Test")
         self.use_remote_button = QPushButton("Use remote server")
         self.remote_status = QLabel(wordWrap=True, objectName="remote_status")
@@ -206,7 +194,7 @@ class SettingsDialog(QDialog):
         if not url:
             self.remote_status.setText("Type the server's URL first.")
             return
-        self.settings.setValue("model/remote_key", key)
+        self.settings.remote_key = key
         self.remote_chosen.emit(url, key)
         self.remote_status.setText(f"Connecting to {url}…")
 
@@ -217,57 +205,28 @@ class SettingsDialog(QDialog):
             self._inference_changed()
 
     def _inference_changed(self) -> None:
-        self.settings.setValue("model/device", self.device.currentData())
-        self.settings.setValue("inference/hint", self.hint.currentData())
-        self.settings.setValue("inference/cache_dir", self.cache.text().strip())
+        self.settings.device = self.device.currentData()
+        self.settings.performance_hint = self.hint.currentData()
+        self.settings.cache_dir = self.cache.text().strip()
         self.device_chosen.emit(self.device.currentData())
 
     # ---- the table --------------------------------------------------------------------
     def refresh(self) -> None:
-        installed = {(m.name, m.variant): m for m in self.store.list()}
-        rows: list[Row] = []
-        for model in CATALOG.values():
-            for v in model.variants:
-                key = (model.name, v.precision.value)
-                rows.append(
-                    Row(
-                        model.name,
-                        v.precision.value,
-                        v.repo_id,
-                        installed.pop(key, None),
-                        v.download_bytes,
-                        v.run_ram_bytes,
-                    )
-                )
-        for (name, variant), m in sorted(installed.items()):
-            rows.append(Row(name, variant, None, m, None, None))
-        self.rows = rows
-        current = str(self.settings.value("model/folder", ""))
-        self.table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            m = row.installed
-            if m is None:
-                state = "available to download" if row.repo_id else "export from the original"
-                size = f"about {_gb(row.approx_bytes)}"
-            else:
-                state = "installed" if m.runnable else (m.problem or "checkpoint, export it")
-                if str(m.path) == current:
-                    state = "in use"
-                size = _gb(m.size_bytes)
-                if m.compression_line:
-                    size += f" ({m.compression_line})"
+        self.rows = list_models(self.store)
+        self.table.setRowCount(len(self.rows))
+        for r, row in enumerate(self.rows):
             cells = [
                 row.name,
                 row.variant,
-                state,
-                size,
-                f"about {_gb(row.ram_bytes)}" if row.ram_bytes else "",
+                row.state(in_use=self.current_folder),
+                row.size_text(),
+                row.ram_text(),
             ]
             for c, text in enumerate(cells):
                 self.table.setItem(r, c, QTableWidgetItem(text))
         self._sync_buttons()
 
-    def selected_row(self) -> Row | None:
+    def selected_row(self) -> Listed | None:
         rows = self.table.selectionModel().selectedRows()
         return self.rows[rows[0].row()] if rows else None
 
@@ -293,7 +252,6 @@ class SettingsDialog(QDialog):
     def use_selected(self) -> None:
         row = self.selected_row()
         if row and row.installed and row.installed.runnable:
-            self.settings.setValue("model/folder", str(row.installed.path))
             self.model_chosen.emit(str(row.installed.path), self.device.currentData())
             self.refresh()
             self._say(f"Loading {row.name} {row.variant}…")
@@ -306,11 +264,9 @@ class SettingsDialog(QDialog):
         def progress_of(emit):
             def on(p: TransferProgress) -> None:
                 eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
-                emit(
-                    f"{p.stage} {p.file}: {p.done_bytes / GB:.2f} of {p.total_bytes / GB:.2f} GB"
-                    f" at {p.speed_bps / 1e6:.1f} MB/s{eta}",
-                    p.fraction,
-                )
+                done, total = format_bytes(p.done_bytes), format_bytes(p.total_bytes)
+                speed = format_bytes(p.speed_bps)
+                emit(f"{p.stage} {p.file}: {done} of {total} at {speed}/s{eta}", p.fraction)
 
             return on
 
@@ -332,20 +288,12 @@ class SettingsDialog(QDialog):
             if not src:
                 return
         precision = Precision(self.precision.currentText())
-        child: list[ChildJob] = []
-
-        def work(emit, cancel: threading.Event):
-            job = export_job(self.store, Path(src), precision, progress=emit)
-            child.append(job)
-            if cancel.is_set():
-                job.cancel()
-            return job.run()
-
-        self._run(
-            f"Exporting {Path(src).name} to {precision.value}",
-            work,
-            on_cancel=lambda: [j.cancel() for j in child],
-        )
+        try:
+            child = export_job(self.store, Path(src), precision)
+        except DollyError as e:
+            self._say(str(e), error=True)
+            return
+        self._run_child(f"Exporting {Path(src).name} to {precision.value}", child)
 
     def compress_selected(self) -> None:
         row = self.selected_row()
@@ -355,18 +303,12 @@ class SettingsDialog(QDialog):
         if precision is Precision.FP16:
             self._say("Choose INT8 or INT4 as the target precision to compress to.")
             return
-        child: list[ChildJob] = []
-
-        def work(emit, cancel: threading.Event):
-            job = compress_job(self.store, row.name, precision, progress=emit)
-            child.append(job)
-            return job.run()
-
-        self._run(
-            f"Compressing {row.name} to {precision.value}",
-            work,
-            on_cancel=lambda: [j.cancel() for j in child],
-        )
+        try:
+            child = compress_job(self.store, row.name, precision)
+        except DollyError as e:
+            self._say(str(e), error=True)
+            return
+        self._run_child(f"Compressing {row.name} to {precision.value}", child)
 
     def import_folder(self, src: str | None = None) -> None:
         if src is None:
@@ -410,6 +352,16 @@ class SettingsDialog(QDialog):
         self._say("")
         job.start()
         self._sync_buttons()
+
+    def _run_child(self, title: str, child: ChildJob) -> None:
+        """A child job, made here on the GUI thread, so that a Cancel that comes before it
+        has started still reaches it (it then never starts)."""
+
+        def work(emit: ProgressFn, _cancel: threading.Event) -> Path:
+            child.progress = emit
+            return child.run()
+
+        self._run(title, work, on_cancel=child.cancel)
 
     def _job_ended(self) -> None:
         self._show_job(None)

@@ -4,13 +4,16 @@ queued signals and hears back through signals; cancel is a direct, thread-safe c
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from dolly_desktop.errors import DollyError
-from dolly_desktop.generation.engine import EngineBase, GenerationResult
+from dolly_desktop.generation.engine import REMOTE, EngineBase
 from dolly_desktop.generation.local import Engine
 from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.history.runs import run_and_record
 from dolly_desktop.history.store import History
 
 log = logging.getLogger(__name__)
@@ -24,80 +27,87 @@ def describe(e: BaseException) -> str:
     return f"Something went wrong: {e}. Details are in the log file."
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """A model to load: a local folder on a device with Engine options, or a remote server."""
+
+    folder: str  # a model folder, or the server's URL when `remote`
+    device: str = "CPU"
+    options: dict[str, Any] = field(default_factory=dict)  # Engine keyword arguments
+    remote: bool = False
+    api_key: str = ""
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One answer: everything the worker needs comes with it, nothing is set from outside."""
+
+    instruction: str
+    params: GenerationParams
+    history: History
+
+
 class EngineWorker(QObject):
-    """Owns the Engine; lives on its own QThread, so loading and generating never block the
+    """Owns the engine; lives on its own QThread, so loading and generating never block the
     window. Requests run one at a time in the order they were sent."""
 
-    loading = Signal(str, str)  # folder, device
-    loaded = Signal(str, str, float)  # folder, device, seconds
+    loading = Signal(str, str)  # folder or URL, device
+    loaded = Signal(str, str, float)  # folder or URL, device, seconds
     load_failed = Signal(str)
     piece = Signal(str)  # one per streamed piece of text
     finished = Signal(object)  # GenerationResult
     failed = Signal(str)
+    notice = Signal(str)  # a history problem, once per sentence: the answer still comes
 
     def __init__(self) -> None:
         super().__init__()
         self.engine: EngineBase | None = None
-        self.history = History(enabled=False)  # the window sets the real one
-        self.options: dict = {}  # Engine keyword arguments (cache_dir, properties)
         self._closing = False
 
-    @Slot(str, str)
-    def load(self, folder: str, device: str) -> None:
+    @Slot(object)
+    def load(self, req: LoadRequest) -> None:
         if self._closing:
             return
-        self.loading.emit(folder, device)
-        self.engine = None  # free the old model before the new one is read
+        self.loading.emit(req.folder, REMOTE if req.remote else req.device)
+        self._drop_engine()  # free the old model before the new one is read
         try:
-            # Warms up behind the indicator; a person reads between answers, which is when the
-            # engine prefills Dolly's template head for the next one.
-            engine = Engine(folder, device, reuse_template=True, **self.options)
+            engine: EngineBase
+            if req.remote:
+                from dolly_desktop.generation.remote import RemoteEngine
+
+                engine = RemoteEngine(req.folder, req.api_key or None)
+            else:
+                # Warms up behind the indicator; a person reads between answers, which is when
+                # the engine prefills Dolly's template head for the next one.
+                engine = Engine(req.folder, req.device, reuse_template=True, **req.options)
         except Exception as e:
             self.load_failed.emit(describe(e))
             return
         self.engine = engine
-        self.loaded.emit(folder, device, engine.load_s + engine.warmup_s)
+        self.loaded.emit(req.folder, engine.device, engine.load_s)
 
-    @Slot(str, str)
-    def load_remote(self, url: str, api_key: str) -> None:
-        """Use an OpenAI-compatible server (dolly-desktop serve, OpenVINO Model Server)."""
-        from dolly_desktop.generation.remote import RemoteEngine
-
-        if self._closing:
-            return
-        self.loading.emit(url, "remote")
-        self.engine = None
-        try:
-            engine = RemoteEngine(url, api_key or None)
-        except Exception as e:
-            self.load_failed.emit(describe(e))
-            return
-        self.engine = engine
-        self.loaded.emit(url, engine.device, engine.load_s)
-
-    @Slot(str, object)
-    def generate(self, instruction: str, params: GenerationParams) -> None:
+    @Slot(object)
+    def generate(self, req: GenerateRequest) -> None:
         if self._closing:
             return
         if self.engine is None:
             self.failed.emit("No model is loaded: open a model folder first.")
             return
-        engine = self.engine
-        run = self.history.start_run(instruction, params, engine.model, engine.device)
-
-        def on_text(piece: str) -> None:
-            # May run on an openvino-genai thread: Qt queues the signal to the window.
-            self.piece.emit(piece)
-            run.append(piece)
-
         try:
-            with run:  # a run left without finish() is recorded as cancelled or failed
-                result: GenerationResult = engine.generate(instruction, params, on_text)
-                run.finish(result)
-        except Exception as e:
+            # on_text may run on an openvino-genai thread: Qt queues the signal to the window.
+            result = run_and_record(
+                self.engine, req.history, req.instruction, req.params,
+                self.piece.emit, self.notice.emit,
+            )  # fmt: skip
+        except Exception as e:  # every request ends in finished or failed, whatever happened
             self.failed.emit(describe(e))
             return
         self.finished.emit(result)
+
+    def _drop_engine(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.close()
 
     def cancel(self) -> None:
         """Called from the GUI thread while generate() runs here."""

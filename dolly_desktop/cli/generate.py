@@ -1,0 +1,97 @@
+"""`dolly-desktop generate` and `--self-test`: answer on the terminal through the same
+run-and-record path as the window."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dolly_desktop import __version__
+from dolly_desktop.cli.options import EXIT_INTERRUPTED, add_param_options, params_from_args
+from dolly_desktop.cli.serve import API_KEY_ENV, env_api_key
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.params import GenerationParams
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="answer one instruction on the terminal")
+    g.set_defaults(func=cmd_generate)
+    where = g.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", help="OpenVINO model folder")
+    where.add_argument(
+        "--remote",
+        metavar="URL",
+        help="an OpenAI-compatible server instead: http://HOST:PORT/v1 for dolly-desktop "
+        "serve, http://HOST:PORT/v3 for OpenVINO Model Server",
+    )
+    g.add_argument(
+        "--api-key",
+        default=env_api_key(),
+        metavar="KEY",
+        help=f"with --remote: the server's API key (default: ${API_KEY_ENV})",
+    )
+    g.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
+    add_param_options(g)
+    g.add_argument("--no-history", action="store_true", help="do not record this run")
+    g.add_argument("instruction", nargs="?", help="the instruction (default: read stdin)")
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from dolly_desktop.generation.engine import EngineBase
+    from dolly_desktop.generation.prompt import build_prompt
+    from dolly_desktop.history.runs import run_and_record
+    from dolly_desktop.history.store import History
+
+    params = params_from_args(a)
+    instruction = a.instruction if a.instruction not in (None, "-") else sys.stdin.read()
+    build_prompt(instruction)  # refuse bad input before the model loads
+    engine: EngineBase
+    if a.remote:
+        from dolly_desktop.generation.remote import RemoteEngine
+
+        engine = RemoteEngine(a.remote, api_key=a.api_key)
+    else:
+        from dolly_desktop.generation.local import Engine
+
+        engine = Engine(a.model, a.device)
+    history = History(enabled=not a.no_history)
+
+    def out(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    def warn(sentence: str) -> None:
+        print(f"dolly-desktop: {sentence}", file=sys.stderr)
+
+    try:
+        result = run_and_record(engine, history, instruction, params, out, warn)
+    except KeyboardInterrupt:
+        engine.cancel()
+        return EXIT_INTERRUPTED
+    finally:
+        engine.close()
+    sys.stdout.write("\n")
+    print(result.metrics_line(), file=sys.stderr)
+    return 0
+
+
+def self_test(a: argparse.Namespace) -> int:
+    """Check an install (or a bundle) end to end: devices, model load, a few tokens."""
+    import time
+
+    import openvino
+
+    from dolly_desktop.generation.devices import list_devices
+    from dolly_desktop.generation.local import Engine
+
+    t0 = time.perf_counter()
+    print(f"dolly-desktop {__version__}, OpenVINO {openvino.get_version()}")
+    print("devices: " + ", ".join(d.id for d in list_devices()))
+    engine = Engine(a.self_test, "CPU")
+    print(f"model loaded in {engine.load_s:.2f} s, warmed up in {engine.warmup_s:.2f} s")
+    result = engine.generate("Who is Dolly?", GenerationParams(greedy=True, max_new_tokens=8))
+    if result.generated_tokens < 1:
+        raise DollyError("the model generated no tokens.")
+    print(result.metrics_line())
+    print(f"self-test passed in {time.perf_counter() - t0:.2f} s")
+    return 0

@@ -1,0 +1,46 @@
+"""Run and record: the one path by which the window and the CLI answer an instruction.
+
+The text reaches `on_text` first and the history second, so what is saved was always shown.
+A history that cannot be written never stops the run: `History` says so once in its notice
+(`take_notice`), and the answer comes all the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dolly_desktop.generation.engine import EngineBase, GenerationResult, TextCallback
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.history.store import History
+
+Notify = Callable[[str], None]
+
+
+def run_and_record(
+    engine: EngineBase,
+    history: History,
+    instruction: str,
+    params: GenerationParams,
+    on_text: TextCallback | None = None,
+    notify: Notify | None = None,
+) -> GenerationResult:
+    """Generate with `engine`, streaming to `on_text` and recording the run in `history`.
+
+    Leaving early (cancel, an error, KeyboardInterrupt) records the run as cancelled or failed
+    with the text shown so far. `notify` gets each history problem's sentence once."""
+    run = history.start_run(instruction, params, engine.model, engine.device)
+
+    def out(piece: str) -> None:
+        if on_text is not None:
+            on_text(piece)
+        run.append(piece)
+
+    try:
+        with run:
+            result = engine.generate(instruction, params, out)
+            run.finish(result)
+    finally:
+        sentence = history.take_notice()
+        if sentence is not None and notify is not None:
+            notify(sentence)
+    return result
