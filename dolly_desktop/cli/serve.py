@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 API_KEY_ENV = "DOLLY_DESKTOP_API_KEY"  # keeps the key out of the process list
 DEFAULT_QUEUE = 4
+DEFAULT_READ_TIMEOUT_S = 30.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +50,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--name", metavar="ID", help="model id shown to clients (default: from the folder name)"
     )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients may reach the server by, besides localhost and IP "
+        "addresses (repeatable)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web page origin (https://app.example) allowed to call the API from a browser "
+        "(repeatable; default: none)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT_S,
+        metavar="S",
+        help="seconds a client has to send a request's headers, and again its body "
+        f"(default: {DEFAULT_READ_TIMEOUT_S:g})",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -67,6 +92,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         raise DollyError(f"The port must be from 0 to 65535; got {a.port}.")
     if a.queue < 0:
         raise DollyError(f"The queue length must be 0 or more; got {a.queue}.")
+    if not a.read_timeout > 0:
+        raise DollyError(f"The read timeout must be over 0 seconds; got {a.read_timeout:g}.")
     if not _is_loopback(a.host) and not a.api_key:
         print(
             f"dolly-desktop: warning: listening on {a.host} without --api-key: "
@@ -76,7 +103,15 @@ def cmd_serve(a: argparse.Namespace) -> int:
     sock = _listen(a.host, a.port)  # before the model loads: a busy port fails at once
     engine = Engine(a.model, a.device)
     model_id = a.name or _model_id(engine.model)
-    server = OpenAIServer(engine, model_id, api_key=a.api_key, queue=a.queue)
+    server = OpenAIServer(
+        engine,
+        model_id,
+        api_key=a.api_key,
+        queue=a.queue,
+        host_names=(a.host, *a.allow_host),
+        origins=tuple(a.allow_origin),
+        body_timeout_s=a.read_timeout,
+    )
     host, port = sock.getsockname()[:2]
     print(
         f"Serving {model_id} on {engine.device} at http://{_url_host(host)}:{port}/v1 "
@@ -84,12 +119,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    config = uvicorn.Config(
-        server.app,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=30,  # a long prompt's prefill cannot be interrupted
-    )
+    config = server.uvicorn_config(a.read_timeout)
 
     class Uvicorn(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -32,9 +32,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic_core
+import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -43,14 +45,21 @@ from dolly_desktop.generation.engine import EngineBase, GenerationResult, StopRe
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import (
     INTRO_BLURB,
+    MAX_INSTRUCTION_CHARS,
+    PROMPT_FORMAT,
     RESPONSE_KEY,
     build_prompt,
 )
 from dolly_desktop.generation.text import StreamText
+from dolly_desktop.server.errors import ApiError, internal_error
+from dolly_desktop.server.guard import Guard, protocol_with_header_deadline
 
 log = logging.getLogger(__name__)
 
+MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1 << 20  # a 20 000-character instruction is ~80 kB even as JSON escapes
+BODY_TIMEOUT_S = 30.0  # the whole body must arrive within this once the headers are in
+MAX_STOP_CHARS = 200  # each stop string; they are searched for as every piece arrives
 KEEPALIVE_S = 5.0  # an SSE comment this often while a request waits, so clients do not time out
 # API field -> GenerationParams field: their checks (type, range) are GenerationParams' own.
 _SAMPLING_FIELDS = {
@@ -61,40 +70,6 @@ _SAMPLING_FIELDS = {
     "repetition_penalty": "repetition_penalty",
     "seed": "seed",
 }
-
-
-class ApiError(Exception):
-    """An OpenAI-shaped error response: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        kind: str = "invalid_request_error",
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind, self.code = (
-            status,
-            message,
-            param,
-            kind,
-            code,
-        )
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
 
 
 class _Gate:
@@ -229,6 +204,9 @@ class OpenAIServer:
         model_id: str,
         api_key: str | None,
         queue: int,
+        host_names: tuple[str, ...] = (),
+        origins: tuple[str, ...] = (),
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         if queue < 0:
             raise DollyError("The queue length must be 0 or more.")
@@ -237,9 +215,10 @@ class OpenAIServer:
         self.api_key = api_key or None
         self.queue = queue
         self.created = int(time.time())
+        self.body_timeout_s = body_timeout_s
         self._gate: _Gate | None = None  # made on the server's event loop
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.app = Starlette(
+        self.routes = Starlette(
             routes=[
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
@@ -249,9 +228,23 @@ class OpenAIServer:
             exception_handlers={
                 ApiError: _api_error,
                 HTTPException: _http_error,
-                Exception: _unexpected_error,
             },
             lifespan=self._lifespan,
+        )
+        # Host, Origin and Content-Type checks before any route; errors no route answered.
+        self.app = Guard(self.routes, host_names, origins)
+
+    def uvicorn_config(self, read_timeout_s: float) -> uvicorn.Config:
+        """How uvicorn runs this app: headers within `read_timeout_s` of a connection opening
+        or of the last answer, idle connections closed after 5 s, headers at most 16 KiB."""
+        return uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            http=protocol_with_header_deadline(read_timeout_s),
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=30,  # a long prompt's prefill cannot be interrupted
         )
 
     @asynccontextmanager
@@ -294,7 +287,7 @@ class OpenAIServer:
 
     async def completions(self, request: Request) -> Response:
         self._authorize(request)
-        body = await _read_json(request)
+        body = await self._read_json(request)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]  # one prompt in a list, as some clients send it
@@ -305,7 +298,7 @@ class OpenAIServer:
 
     async def chat_completions(self, request: Request) -> Response:
         self._authorize(request)
-        body = await _read_json(request)
+        body = await self._read_json(request)
         instruction = _last_user_message(body.get("messages"))
         limit = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         req = await self._parse(body, _as_prompt(instruction, "messages"), "messages", limit)
@@ -313,11 +306,45 @@ class OpenAIServer:
 
     # --- request handling
 
+    async def _read_json(self, request: Request) -> dict[str, Any]:
+        """The body as a JSON object: at most MAX_BODY_BYTES, within body_timeout_s."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise _too_large()
+
+        async def read() -> bytes:
+            raw = bytearray()
+            async for part in request.stream():
+                raw += part
+                if len(raw) > MAX_BODY_BYTES:
+                    raise _too_large()
+            return bytes(raw)
+
+        try:
+            raw = await asyncio.wait_for(read(), self.body_timeout_s)
+        except TimeoutError as e:
+            raise ApiError(
+                408, f"The request body did not arrive within {self.body_timeout_s:g} s."
+            ) from e
+        except ClientDisconnect as e:
+            log.info("%s %s: the client left before sending its body", request.method,
+                     request.url.path)  # fmt: skip
+            raise ApiError(400, "The request body ended early.") from e
+        try:
+            body = pydantic_core.from_json(raw)
+        except ValueError as e:
+            raise ApiError(400, f"The request body is not valid JSON: {e}.") from e
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        return body
+
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
             return
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # The scheme is case-insensitive (RFC 9110); the key is compared in constant time.
+        right = secrets.compare_digest(given.strip().encode(), self.api_key.encode())
+        if not (right and scheme.lower() == "bearer"):
             raise ApiError(
                 401,
                 "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
@@ -331,8 +358,12 @@ class OpenAIServer:
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise ApiError(400, "model must be a string.", "model")
-        if body.get("n", 1) != 1:
+        n = body.get("n", 1)
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n != 1):
             raise ApiError(400, "Only one choice per request (n = 1) is supported.", "n")
+        logprobs = body.get("logprobs")
+        if (logprobs is not None and logprobs is not False) or body.get("top_logprobs") is not None:
+            raise ApiError(400, "Log probabilities are not supported.", "logprobs")
         stream = body.get("stream")
         if stream is not None and not isinstance(stream, bool):
             raise ApiError(400, "stream must be true or false.", "stream")
@@ -347,7 +378,7 @@ class OpenAIServer:
             include_usage=options.get("include_usage") is True,
         )
         # Refused here rather than by the engine after the request waited for its turn.
-        n = len(await asyncio.to_thread(self.engine.encode, prompt))
+        n = await asyncio.to_thread(self.engine.count_tokens, prompt)
         if n >= self.engine.context_length:
             raise ApiError(
                 400,
@@ -478,24 +509,23 @@ def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _read_json(request: Request) -> dict[str, Any]:
-    raw = bytearray()
-    async for part in request.stream():
-        raw += part
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, f"The request body is over {MAX_BODY_BYTES >> 20} MiB.")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"The request body is not valid JSON: {e}.") from e
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.")
-    return body
+def _too_large() -> ApiError:
+    return ApiError(413, f"The request body is over {MAX_BODY_BYTES >> 20} MiB.")
+
+
+_TEMPLATE_CHARS = len(PROMPT_FORMAT.format(instruction=""))
 
 
 def _as_prompt(text: str, field: str) -> str:
     """The model's prompt for an instruction, or a whole Dolly prompt as is."""
     if text.startswith(INTRO_BLURB) and text.endswith(f"{RESPONSE_KEY}\n"):
+        if len(text) > MAX_INSTRUCTION_CHARS + _TEMPLATE_CHARS:  # before it is tokenized
+            raise ApiError(
+                400,
+                f"The prompt is {len(text)} characters long; the limit is "
+                f"{MAX_INSTRUCTION_CHARS + _TEMPLATE_CHARS}.",
+                field,
+            )
         return text
     try:
         return build_prompt(text)
@@ -555,6 +585,8 @@ def _stops(stop: Any) -> list[str]:
         raise ApiError(400, "stop must be a string or a list of strings.", "stop")
     if len(stops) > 4:
         raise ApiError(400, "stop holds at most 4 strings.", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise ApiError(400, f"Each stop string is at most {MAX_STOP_CHARS} characters.", "stop")
     return stops
 
 
@@ -583,7 +615,7 @@ def _engine_error(e: BaseException) -> ApiError:
     if isinstance(e, DollyError) and e.__cause__ is None:
         return ApiError(400, str(e))
     log.error("generation failed", exc_info=e)
-    return ApiError(500, f"Generation failed: {e}", kind="server_error")
+    return internal_error()
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -595,8 +627,3 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = f"{request.method} {request.url.path}: {exc.detail}."
     return ApiError(exc.status_code, message).response()
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return ApiError(500, f"Internal error: {exc}", kind="server_error").response()
