@@ -83,29 +83,35 @@ def test_killed_generate_keeps_partial_text_marked_interrupted(tiny_models, tmp_
             env=home_env(home),
         )
         printed = bytearray()
-        first_at: list[float] = []
+        arrivals: list[tuple[float, int]] = []  # (when, bytes printed by then)
 
         def read() -> None:  # bytes, not text: no newline translation between print and DB
             while chunk := os.read(proc.stdout.fileno(), 4096):  # type: ignore[union-attr]
                 printed.extend(chunk)
-                first_at.append(time.monotonic())
+                arrivals.append((time.monotonic(), len(printed)))
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         deadline = time.monotonic() + 120
-        while not (first_at and time.monotonic() - first_at[0] > 1.5):
+        while not (arrivals and time.monotonic() - arrivals[0][0] > 2.5):
             assert proc.poll() is None, "generation ended before it could be killed"
             assert time.monotonic() < deadline, "no text within 120 s"
             time.sleep(0.02)
+        killed_at = time.monotonic()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()  # reaped: its pid is no longer alive
         reader.join(10)
     shown = printed.decode("utf-8")
+    # Everything printed one flush interval (plus scheduling slack) before the kill was saved.
+    due = killed_at - history_mod.FLUSH_INTERVAL_S - 0.3
+    must_have = max((n for t, n in arrivals if t <= due), default=0)
+    assert must_have > arrivals[0][1], "the test must cover more than the first piece"
 
     (entry,) = History(history_file(home)).list()
     assert entry.stop_reason == "interrupted"
     assert entry.response, "nothing of the shown text was saved"
     assert shown.startswith(entry.response)
+    assert len(entry.response.encode()) >= must_have, (len(entry.response.encode()), must_have)
     assert entry.instruction == instruction.strip()
     assert entry.generated_tokens is None and entry.finished_at is not None
     assert entry.model == ModelRef.from_folder(tiny_models["FP16"])

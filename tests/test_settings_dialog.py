@@ -94,3 +94,31 @@ def test_switching_device_reloads_the_model(qtbot, tiny_fp16):
     assert w.worker.engine.device == "AUTO"
     assert w.device.currentData() == "AUTO"
     w.close()
+
+
+def test_cancel_before_a_compress_has_started_installs_nothing(
+    qtbot, window, tiny_models, monkeypatch
+):
+    """Cancel clicked while the compression is still being set up (its child not started yet)
+    must stop it: before, the cancel was lost and the compressed model installed anyway."""
+    import time
+
+    from dolly_desktop.models import jobs
+    from dolly_desktop.ui import settings_dialog
+
+    Store().import_folder(tiny_models["FP16"], name="tiny")
+
+    def slow_compress_job(*args, **kwargs):
+        time.sleep(0.5)  # a slow start: the Cancel below comes before the child exists
+        return jobs.compress_job(*args, **kwargs)
+
+    monkeypatch.setattr(settings_dialog, "compress_job", slow_compress_job)
+    dialog = window.open_settings()
+    dialog.table.selectRow(_row_of(dialog, "tiny", "FP16"))
+    dialog.precision.setCurrentIndex(dialog.precision.findText("INT8"))
+    dialog.compress_selected()
+    dialog.cancel_job()
+    with qtbot.waitSignal(dialog.job.ended, timeout=JOB_MS):
+        pass
+    assert "cancelled; nothing was installed" in dialog.message.text(), dialog.message.text()
+    assert [m.variant for m in Store().list() if m.name == "tiny"] == ["FP16"]

@@ -16,6 +16,14 @@ from dolly_desktop.history.store import Entry, History
 EXIT_NOTHING_FOUND = 1  # as grep: search ran fine and matched nothing
 
 
+def _open() -> History:
+    """The history, with anything wrong with its file said once on stderr."""
+    history = History()
+    for sentence in history.take_notices():
+        print(f"dolly-desktop: {sentence}", file=sys.stderr)
+    return history
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `history` parser; set `func` on it (see dolly_desktop/cli.py)."""
     p = sub.add_parser("history", help="list, search, export or clear past runs")
@@ -54,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    entries = History().list(limit=a.limit)
+    entries = _open().list(limit=a.limit)
     if not entries:
         print("The history is empty.", file=sys.stderr)
     _print_rows(entries)
@@ -63,7 +71,7 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 def cmd_search(a: argparse.Namespace) -> int:
     text = " ".join(a.text)
-    found = History().list(limit=a.limit, query=text)
+    found = _open().list(limit=a.limit, query=text)
     if not found:
         print(f"Nothing in the history matches {text!r}.", file=sys.stderr)
         return EXIT_NOTHING_FOUND
@@ -72,13 +80,13 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 
 def cmd_show(a: argparse.Namespace) -> int:
-    (entry,) = History().entries([a.id])
+    (entry,) = _open().entries([a.id])
     sys.stdout.write(entry.to_markdown())
     return 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    history = History()
+    history = _open()
     write = history.export_jsonl if a.format == "jsonl" else history.export_markdown
     if a.output is None:
         write(sys.stdout, a.id)
@@ -89,7 +97,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_import(a: argparse.Namespace) -> int:
-    history = History()
+    history = _open()
     if a.file == "-":
         n = history.import_jsonl(sys.stdin)
     else:
@@ -103,14 +111,14 @@ def cmd_import(a: argparse.Namespace) -> int:
 
 
 def cmd_delete(a: argparse.Namespace) -> int:
-    history = History()
+    history = _open()
     history.entries([a.id])  # a clear error for an id that is not there
     history.delete(a.id)
     return 0
 
 
 def cmd_clear(a: argparse.Namespace) -> int:
-    history = History()
+    history = _open()
     n = history.count()
     if not a.yes:
         if not sys.stdin.isatty():

@@ -27,7 +27,8 @@ def run_and_record(
     """Generate with `engine`, streaming to `on_text` and recording the run in `history`.
 
     Leaving early (cancel, an error, KeyboardInterrupt) records the run as cancelled or failed
-    with the text shown so far. `notify` gets each history problem's sentence once."""
+    with the text shown so far. `notify` gets each history problem's sentence once, those
+    from opening the file included."""
     run = history.start_run(instruction, params, engine.model, engine.device)
 
     def out(piece: str) -> None:
@@ -40,7 +41,7 @@ def run_and_record(
             result = engine.generate(instruction, params, out)
             run.finish(result)
     finally:
-        sentence = history.take_notice()
-        if sentence is not None and notify is not None:
-            notify(sentence)
+        for sentence in history.take_notices():
+            if notify is not None:
+                notify(sentence)
     return result

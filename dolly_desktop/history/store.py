@@ -274,7 +274,8 @@ class History:
         self.enabled = enabled
         self.notice: str | None = None  # one sentence when the file could not be used
         self.read_only = False  # shown, but nothing new is saved
-        self._told: set[str] = set()  # sentences already handed out by take_notice()
+        self._told: set[str] = set()  # every sentence said, each handed out once
+        self._pending: list[str] = []  # said, not yet handed out by take_notices()
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         if enabled:
@@ -340,19 +341,21 @@ class History:
 
     def _say(self, sentence: str) -> None:
         self.notice = sentence
-        log.warning("%s", sentence)
+        # The interface shows it (take_notices); the log keeps it without a second console line.
+        log.info("%s", sentence)
+        if sentence not in self._told:
+            self._told.add(sentence)
+            self._pending.append(sentence)
 
     def _not_saved(self, e: BaseException) -> None:
         self._say(f"History is not being saved: {_first_line(e)}.")
 
-    def take_notice(self) -> str | None:
-        """The current notice if it has not been handed out before: each sentence is shown to
-        the person once, however often the same failure repeats."""
-        sentence = self.notice
-        if sentence is None or sentence in self._told:
-            return None
-        self._told.add(sentence)
-        return sentence
+    def take_notices(self) -> list[str]:
+        """Sentences not handed out before: each is shown to the person once, however often
+        the same failure repeats."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return pending
 
     def _mark_interrupted(self) -> None:
         """Persist 'interrupted' for runs whose writer died, so a reused pid cannot revive them."""

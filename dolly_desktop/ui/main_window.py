@@ -275,8 +275,7 @@ class MainWindow(QMainWindow):
             self.load_model(folder)
         else:
             self._show_no_model()
-        notice = self.history.take_notice()
-        if notice:
+        for notice in self.history.take_notices():
             self._show_error(notice)
         self._update_buttons()
 
@@ -494,6 +493,8 @@ class MainWindow(QMainWindow):
         if self.generating:
             return  # takes effect from the next window; the running recorder stays valid
         self.history = History(enabled=keep)
+        for notice in self.history.take_notices():
+            self._show_error(notice)
         self.history_panel.set_history(self.history)
 
     # ---- small actions ----------------------------------------------------------------
