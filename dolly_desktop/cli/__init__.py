@@ -1,4 +1,10 @@
-"""The one entry point: the GUI by default, headless subcommands that reuse the core."""
+"""The one entry point: the window by default, headless subcommands (one module each:
+generate, devices, history, models, serve) over the same rooms the window uses.
+
+May import everything below it: ui and server (it starts them), history, generation, models,
+the basics. Heavy packages (openvino, PySide6, starlette) only inside the command that needs
+them, so `--help`, `history` and `generate --remote` start light.
+"""
 
 from __future__ import annotations
 
