@@ -52,8 +52,29 @@ class Request:
     sent: int = 0  # body bytes sent
 
 
+def tree(root: Path) -> dict[str, tuple[bool, int, int]]:
+    """Every entry under `root` (is it a folder, size, mtime): what a refusal must leave alone.
+    Tests of downloads share it, so it lives with the stand-in Hub."""
+    return {
+        p.relative_to(root).as_posix(): (p.is_dir(), p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in root.rglob("*")
+    }
+
+
 def _git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _describe(p: Path) -> _File:
+    """A file as the Hub keeps it: LFS (sha256 and a pointer) by suffix, else a git blob."""
+    data = p.read_bytes()
+    if p.suffix not in LFS_SUFFIXES:
+        return _File(p, len(data), _git_blob_id(data), None)
+    sha = hashlib.sha256(data).hexdigest()
+    pointer = (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n"
+    ).encode()
+    return _File(p, len(data), _git_blob_id(pointer), sha, len(pointer))
 
 
 class HubServer:
@@ -81,21 +102,14 @@ class HubServer:
         """Serve every file under `folder` as `repo_id`; return the commit id."""
         repo = _Repo(commit or uuid.uuid4().hex + uuid.uuid4().hex[:8])
         for p in sorted(folder.rglob("*")):
-            if not p.is_file():
-                continue
-            data = p.read_bytes()
-            name = p.relative_to(folder).as_posix()
-            if p.suffix in LFS_SUFFIXES:
-                sha = hashlib.sha256(data).hexdigest()
-                pointer = (
-                    f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\n"
-                    f"size {len(data)}\n"
-                ).encode()
-                repo.files[name] = _File(p, len(data), _git_blob_id(pointer), sha, len(pointer))
-            else:
-                repo.files[name] = _File(p, len(data), _git_blob_id(data), None)
+            if p.is_file():
+                repo.files[p.relative_to(folder).as_posix()] = _describe(p)
         self.repos[repo_id] = repo
         return repo.commit
+
+    def add_file(self, repo_id: str, name: str, source: Path) -> None:
+        """List `source` as `name` in the repo: any name, also one no folder could hold."""
+        self.repos[repo_id].files[name] = _describe(source)
 
     def cut_once(self, repo_id: str, filename: str, after_bytes: int) -> None:
         """The next GET of this file sends `after_bytes` of its body, then drops the line."""

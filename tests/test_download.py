@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
+from hub_server import HubServer, tree
 from huggingface_hub import constants
 
 from dolly_desktop.errors import DollyError
@@ -203,3 +203,36 @@ def test_errors_are_one_clear_sentence(hub, store, tiny_models, monkeypatch):
     with pytest.raises(DollyError, match="already exists"):
         store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
     assert len(hub.requests) == n  # refused before asking the Hub anything
+
+
+UNSAFE_NAMES = [
+    "download.json",  # the partial download's own state
+    "DOWNLOAD.json",  # the same file on a case-insensitive disk
+    "dolly-desktop.json",  # the installed folder's record of its source
+    "config.json.part",  # would pass for config.json still arriving
+    "../x",
+    "../../dolly-v2-3b/INT4/config.json",
+    "a/../../x",
+    "./x",
+    "a//x",
+    "..\\x",
+    "x\x00y",
+    "x\ny",
+    "x" * 260,
+]
+
+
+@pytest.mark.parametrize("name", [*UNSAFE_NAMES, "ABSOLUTE"])
+def test_a_listing_with_an_unsafe_name_is_refused_before_anything_is_written(
+    hub, store, tiny_models, tmp_path, name
+):
+    if name == "ABSOLUTE":  # somewhere a test may write to if the refusal failed
+        name = str(tmp_path / "escaped")
+    hub.add_file(INT4_REPO, name, tiny_models["INT4"] / "config.json")
+    before = tree(tmp_path)
+    with pytest.raises(DollyError) as e:
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
+    assert str(e.value).startswith(f"{INT4_REPO} lists a file with an unsafe name, {name!r} (")
+    assert len(str(e.value).splitlines()) == 1
+    assert tree(tmp_path) == before
+    assert not any("/resolve/" in r.path or "/cdn/" in r.path for r in hub.requests)

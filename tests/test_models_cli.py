@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
+from hub_server import HubServer, tree
+from huggingface_hub import constants
 
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.cancel import Cancelled
@@ -219,3 +220,32 @@ def test_refusals_exit_2_with_one_line(store, tiny_checkpoint, tmp_path):
         assert len(lines) == 1 and message in lines[0], (args, p.stderr)
         assert p.stdout == "", (args, p.stdout)
     assert not store.root.exists() or _leftovers(store.root) == []
+
+
+def test_remove_partial_touches_nothing_but_a_partial_download(
+    store, tiny_models, tmp_path, monkeypatch
+):
+    # A real partial download (the weights fail their checksum, the other files are kept) next
+    # to an installed model: `..` once named the whole store, `.` every partial download.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    store.import_folder(tiny_models["INT8"], name="dolly-v2-3b")
+    with HubServer() as hub:
+        hub.add_repo(INT4_REPO, tiny_models["INT4"])
+        hub.corrupt(INT4_REPO, MODEL_BIN)
+        with pytest.raises(DollyError, match="does not match"):
+            store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
+    [partial] = store.partial_downloads()
+    assert partial.bytes_done > 0
+    before = tree(tmp_path)
+    s = ["--store", str(store.root)]
+    for target in ("..", ".", "../..", "/"):
+        p = run("remove", target, "--partial", *s)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, (target, p.stderr)
+        assert f"{target!r} is not a Hub repo id" in lines[0], (target, p.stderr)
+        assert tree(tmp_path) == before, target
+    p = run("remove", INT4_REPO, "--partial", *s)
+    assert p.returncode == 0, p.stderr
+    assert store.partial_downloads() == [] and [m.label for m in store.list()] == [
+        "dolly-v2-3b/INT8"
+    ]

@@ -3,12 +3,14 @@ the catalog, and the disk/memory checks (real checks against a threshold, no moc
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hub_server import tree
 
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.params import GenerationParams
@@ -157,10 +159,39 @@ def test_remove_a_variant(store, tiny_models):
     assert store.list() == [] and list(store.root.iterdir()) == []
     with pytest.raises(DollyError, match="not installed"):
         store.remove("tiny", "INT4")
-    with pytest.raises(DollyError, match="cannot be a model name"):
-        store.remove("../etc", "INT4")
-    with pytest.raises(DollyError, match="Unknown variant"):
-        store.remove("tiny", "INT3")
+    store.import_folder(tiny_models["INT4"], name="tiny")
+    before = tree(store.root)
+    for name in ("../etc", "..", ".", "", "a/b", "/tmp", "x" * 101, ".downloads", "x\x00"):
+        with pytest.raises(DollyError, match="cannot be a model name"):
+            store.remove(name, "INT4")
+    for variant in ("INT3", "..", ".", "", "INT4/..", "../INT4"):
+        with pytest.raises(DollyError, match="Unknown variant"):
+            store.remove("tiny", variant)
+    assert tree(store.root) == before
+
+
+def test_a_store_folder_that_leads_outside_the_store_is_not_removed(store, tiny_models, tmp_path):
+    elsewhere = shutil.copytree(tiny_models["INT4"], tmp_path / "elsewhere" / "INT4")
+    (store.root / "tiny").mkdir(parents=True)
+    (store.root / "tiny" / "INT4").symlink_to(elsewhere)
+    before = tree(tmp_path)
+    with pytest.raises(DollyError, match=r"is not inside .*: refusing to delete or write it\.$"):
+        store.remove("tiny", "INT4")
+    assert tree(tmp_path) == before
+
+
+def test_partial_download_names_are_repo_ids_only(store, tmp_path):
+    kept = store.root / ".downloads" / "OpenVINO--dolly-v2-3b-int4-ov"
+    kept.mkdir(parents=True)
+    (kept / "openvino_model.bin.part").write_bytes(b"x" * 1000)
+    (store.root / "tiny" / "INT4").mkdir(parents=True)
+    before = tree(tmp_path)
+    for repo in ("..", ".", "", "/", "../..", "a/../..", "a/b/c", "a--b", str(tmp_path), "a\\b"):
+        with pytest.raises(DollyError, match=f"^{re.escape(repr(repo))} is not a Hub repo id"):
+            store.discard_partial(repo)
+    assert tree(tmp_path) == before
+    store.discard_partial("OpenVINO/dolly-v2-3b-int4-ov")
+    assert not kept.exists() and (store.root / "tiny" / "INT4").is_dir()
 
 
 def test_cleanup_removes_what_a_killed_job_left(store, tiny_models):

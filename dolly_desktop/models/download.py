@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import httpx
 from huggingface_hub import HfApi, constants, hf_hub_url
@@ -37,11 +37,11 @@ from dolly_desktop.atomic import staged_folder
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.cancel import Cancelled, raise_if_cancelled
 from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE, check_disk, format_bytes
+from dolly_desktop.models.names import PART_SUFFIX, STATE_FILE, hub_file_name, inside
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 8 << 20  # for checksums
-STATE_FILE = "download.json"
 SKIPPED_FILES = {".gitattributes"}  # git plumbing, not part of the model
 TIMEOUT = httpx.Timeout(30.0, read=60.0)  # a stalled connection fails, and is resumed
 REPORT_EVERY_S = 0.1
@@ -104,7 +104,7 @@ def list_repo(
     for s in info.siblings or []:
         if s.rfilename in SKIPPED_FILES:
             continue
-        _check_name(s.rfilename, repo_id)
+        hub_file_name(s.rfilename, repo_id)
         size = s.lfs.size if s.lfs else s.size
         if size is None:
             raise DollyError(f"{endpoint} did not report the size of {s.rfilename} in {repo_id}.")
@@ -178,7 +178,7 @@ def download_repo(
     try:
         with staged_folder(dest, check=check) as out:
             for f in listing.files:
-                target = out / f.name
+                target = inside(out, out / f.name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(partial_dir / f.name, target)
             if on_staged is not None:
@@ -211,7 +211,7 @@ def _start_afresh(partial_dir: Path, listing: RepoListing) -> None:
 
 
 def _part(path: Path) -> Path:
-    return path.with_name(path.name + ".part")
+    return path.with_name(path.name + PART_SUFFIX)
 
 
 def _bytes_on_disk(folder: Path, f: RemoteFile) -> int:
@@ -231,7 +231,7 @@ def _fetch_file(
     retries: int,
     repo_id: str,
 ) -> None:
-    final = folder / f.name
+    final = inside(folder, folder / f.name)
     if final.is_file() and final.stat().st_size == f.size:
         return  # verified when it was renamed from .part
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -329,12 +329,6 @@ def _verify(path: Path, f: RemoteFile, cancel: threading.Event | None) -> bool:
             raise_if_cancelled(cancel)
             h.update(chunk)
     return h.hexdigest() == (f.sha256 or f.blob_id)
-
-
-def _check_name(name: str, repo_id: str) -> None:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or "\\" in name or not name:
-        raise DollyError(f"{repo_id} lists a file with an unsafe name: {name!r}.")
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from pathlib import Path
 from dolly_desktop import paths
 from dolly_desktop.atomic import remove_stale_staging, staged_folder
 from dolly_desktop.errors import DollyError
+from dolly_desktop.models import names
 from dolly_desktop.models.cancel import Progress, raise_if_cancelled
 from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE, check_disk, check_memory
 from dolly_desktop.models.catalog import (
@@ -35,7 +36,6 @@ from dolly_desktop.models.catalog import (
 )
 from dolly_desktop.models.compress import Int4Options, compress_ir
 from dolly_desktop.models.download import (
-    STATE_FILE,
     RepoListing,
     TransferCallback,
     download_repo,
@@ -52,20 +52,17 @@ from dolly_desktop.models.folder import (
     is_checkpoint,
     read_config,
 )
+from dolly_desktop.models.names import META_FILE, STATE_FILE, VARIANTS
 
 log = logging.getLogger(__name__)
 
-# FP32 only arrives by import (optimum-cli's default for small models); the app makes the rest.
-VARIANTS = ("FP16", "INT8", "INT4", "FP32", CHECKPOINT)
 # The OpenVINO notebook's own folders, inside a folder named after the model.
 NOTEBOOK_LAYOUT = {
     "FP16": "FP16",
     "INT8_compressed_weights": "INT8",
     "INT4_compressed_weights": "INT4",
 }
-META_FILE = "dolly-desktop.json"  # where a store folder came from; genai ignores it
 DOWNLOADS = ".downloads"  # partial downloads, kept across runs for resuming
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 _ELEMENT_TYPE = re.compile(rb'element_type="(\w+)"')
 COPY_CHUNK = 8 << 20
 
@@ -149,13 +146,7 @@ class Store:
     # -- names and places -------------------------------------------------------------------
 
     def path_for(self, name: str, variant: str) -> Path:
-        if not _NAME.fullmatch(name):
-            raise DollyError(
-                f"{name!r} cannot be a model name: use letters, digits, '.', '-' or '_'."
-            )
-        if variant not in VARIANTS:
-            raise DollyError(f"Unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}.")
-        return self.root / name / variant
+        return self.root / names.model_name(name) / names.variant_name(variant)
 
     @staticmethod
     def default_name(src: Path) -> str:
@@ -166,7 +157,8 @@ class Store:
         return name[:100]
 
     def _partial_dir(self, repo_id: str) -> Path:
-        return self.root / DOWNLOADS / repo_id.replace("/", "--")
+        downloads = self.root / DOWNLOADS
+        return names.inside(downloads, downloads / names.partial_folder(repo_id))
 
     # -- what is installed ------------------------------------------------------------------
 
@@ -229,7 +221,7 @@ class Store:
         (path / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
     def remove(self, name: str, variant: str) -> None:
-        path = self.path_for(name, variant)
+        path = names.inside(self.root, self.path_for(name, variant))
         if not path.is_dir():
             raise DollyError(f"{name}/{variant} is not installed.")
         # Rename first (under a staging name, so cleanup() finishes an interrupted removal):
@@ -268,7 +260,7 @@ class Store:
             try:
                 repo_id = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))["repo_id"]
             except (OSError, ValueError, KeyError, TypeError):
-                repo_id = folder.name.replace("--", "/")
+                repo_id = names.repo_of_partial_folder(folder.name)
             found.append(PartialDownload(repo_id, folder, partial_bytes(folder)))
         return found
 
@@ -423,8 +415,9 @@ class Store:
         path = Path(text).expanduser()
         if path.exists():
             return path.absolute()
-        if _NAME.fullmatch(text) and self.path_for(text, CHECKPOINT).is_dir():
-            return self.path_for(text, CHECKPOINT)
+        with contextlib.suppress(DollyError):  # not a store name either: the sentence below
+            if (stored := self.path_for(text, CHECKPOINT)).is_dir():
+                return stored
         raise DollyError(
             f"There is no folder {text} and no downloaded checkpoint of that name in the store."
         )
