@@ -32,19 +32,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
     add_param_options(g)
+    g.add_argument(
+        "--context",
+        metavar="FILE",
+        help="a passage for Dolly to work from (UTF-8 text; - reads stdin), given in the "
+        "Input: format Dolly was trained on",
+    )
     g.add_argument("--no-history", action="store_true", help="do not record this run")
     g.add_argument("instruction", nargs="?", help="the instruction (default: read stdin)")
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from dolly_desktop.generation.engine import EngineBase
-    from dolly_desktop.generation.prompt import build_prompt
+    from dolly_desktop.generation.prompt import build_prompt, read_text_file
     from dolly_desktop.history.runs import run_and_record
     from dolly_desktop.history.store import History
 
     params = params_from_args(a)
+    if a.context == "-" and a.instruction in (None, "-"):
+        raise DollyError("With --context -, give the instruction as an argument.")
     instruction = a.instruction if a.instruction not in (None, "-") else sys.stdin.read()
-    build_prompt(instruction)  # refuse bad input before the model loads
+    context = read_text_file(a.context) if a.context else ""
+    build_prompt(instruction, context)  # refuse bad input before the model loads
     engine: EngineBase
     if a.remote:
         from dolly_desktop.generation.remote import RemoteEngine
@@ -64,7 +73,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         print(f"dolly-desktop: {sentence}", file=sys.stderr)
 
     try:
-        result = run_and_record(engine, history, instruction, params, out, warn)
+        result = run_and_record(engine, history, instruction, params, out, warn, context)
     except KeyboardInterrupt:
         engine.cancel()
         return EXIT_INTERRUPTED

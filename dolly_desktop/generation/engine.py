@@ -116,9 +116,12 @@ class EngineBase:
         params: GenerationParams | None = None,
         on_text: TextCallback | None = None,
         stop_token_ids: set[int] | None = None,
+        context: str = "",
     ) -> GenerationResult:
-        """Answer an instruction with Dolly's template, streaming text to `on_text`."""
-        return self.generate_from_prompt(build_prompt(instruction), params, on_text, stop_token_ids)
+        """Answer an instruction (with a passage to work from, if `context`) in Dolly's
+        template, streaming text to `on_text`."""
+        prompt = build_prompt(instruction, context)
+        return self.generate_from_prompt(prompt, params, on_text, stop_token_ids)
 
     def generate_from_prompt(
         self,

@@ -23,13 +23,15 @@ def run_and_record(
     params: GenerationParams,
     on_text: TextCallback | None = None,
     notify: Notify | None = None,
+    context: str = "",
 ) -> GenerationResult:
-    """Generate with `engine`, streaming to `on_text` and recording the run in `history`.
+    """Generate with `engine` (with a passage to work from, if `context`), streaming to
+    `on_text` and recording the run in `history`.
 
     Leaving early (cancel, an error, KeyboardInterrupt) records the run as cancelled or failed
     with the text shown so far. `notify` gets each history problem's sentence once, those
     from opening the file included."""
-    run = history.start_run(instruction, params, engine.model, engine.device)
+    run = history.start_run(instruction, params, engine.model, engine.device, context)
 
     def out(piece: str) -> None:
         if on_text is not None:
@@ -38,7 +40,7 @@ def run_and_record(
 
     try:
         with run:
-            result = engine.generate(instruction, params, out)
+            result = engine.generate(instruction, params, out, context=context)
             run.finish(result)
     finally:
         for sentence in history.take_notices():

@@ -80,6 +80,33 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             VALUES (new.id, new.instruction, new.response);
         END""",
     ),
+    # 2: the passage Dolly worked from (Input:), searchable with the instruction and response.
+    (
+        "ALTER TABLE entries ADD COLUMN context TEXT NOT NULL DEFAULT ''",
+        "DROP TRIGGER entries_ai",
+        "DROP TRIGGER entries_ad",
+        "DROP TRIGGER entries_au",
+        "DROP TABLE entries_fts",
+        """CREATE VIRTUAL TABLE entries_fts USING fts5 (
+            instruction, response, context, content='entries', content_rowid='id',
+            tokenize='unicode61 remove_diacritics 2')""",
+        "INSERT INTO entries_fts (entries_fts) VALUES ('rebuild')",
+        """CREATE TRIGGER entries_ai AFTER INSERT ON entries BEGIN
+            INSERT INTO entries_fts (rowid, instruction, response, context)
+            VALUES (new.id, new.instruction, new.response, new.context);
+        END""",
+        """CREATE TRIGGER entries_ad AFTER DELETE ON entries BEGIN
+            INSERT INTO entries_fts (entries_fts, rowid, instruction, response, context)
+            VALUES ('delete', old.id, old.instruction, old.response, old.context);
+        END""",
+        """CREATE TRIGGER entries_au AFTER UPDATE OF instruction, response, context ON entries
+        BEGIN
+            INSERT INTO entries_fts (entries_fts, rowid, instruction, response, context)
+            VALUES ('delete', old.id, old.instruction, old.response, old.context);
+            INSERT INTO entries_fts (rowid, instruction, response, context)
+            VALUES (new.id, new.instruction, new.response, new.context);
+        END""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -105,6 +132,7 @@ class Entry:
     tokens_per_s: float | None
     stop_reason: Status  # 'running' only while its writer is alive
     error: str | None
+    context: str = ""  # the passage Dolly worked from, if any
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON Lines form (export and import)."""
@@ -113,6 +141,7 @@ class Entry:
             "created_at": _iso(self.created_at),
             "finished_at": _iso(self.finished_at) if self.finished_at else None,
             "instruction": self.instruction,
+            "context": self.context,
             "response": self.response,
             "params": self.params.to_dict(),
             "model": {
@@ -140,6 +169,7 @@ class Entry:
             created_at=_parse_time(d["created_at"]),
             finished_at=_parse_time(d["finished_at"]) if d.get("finished_at") else None,
             instruction=str(d["instruction"]),
+            context=str(d.get("context") or ""),  # exports before contexts have none
             response=str(d["response"]),
             params=GenerationParams.from_dict(d["params"]),
             model=ModelRef(**d["model"]),
@@ -170,6 +200,7 @@ class Entry:
             "",
             self.instruction,
             "",
+            *(["### Input", "", self.context, ""] if self.context else []),
             "### Response",
             "",
             self.response,
@@ -383,7 +414,12 @@ class History:
     # ---- recording -----------------------------------------------------------------------
 
     def start_run(
-        self, instruction: str, params: GenerationParams, model: ModelRef, device: str
+        self,
+        instruction: str,
+        params: GenerationParams,
+        model: ModelRef,
+        device: str,
+        context: str = "",
     ) -> RunRecorder:
         """Insert a 'running' row now, so even a run killed at its first token is kept."""
         if self._db is None:
@@ -394,6 +430,7 @@ class History:
             created_at=now,
             updated_at=now,
             instruction=instruction.strip(),  # what the prompt was built from
+            context=context.strip(),
             response="",
             params=json.dumps(params.to_dict()),
             model_name=model.name,
@@ -708,6 +745,7 @@ def _entry(row: sqlite3.Row) -> Entry:
         created_at=_parse_time(row["created_at"]),
         finished_at=_parse_time(finished) if finished else None,
         instruction=row["instruction"],
+        context=row["context"],
         response=row["response"],
         params=GenerationParams.from_dict(json.loads(row["params"])),
         model=ModelRef(row["model_name"], row["model_precision"], row["model_folder"]),
@@ -728,6 +766,7 @@ def _columns(e: Entry) -> dict[str, Any]:
         updated_at=_iso(e.finished_at or e.created_at),
         finished_at=_iso(e.finished_at) if e.finished_at else None,
         instruction=e.instruction,
+        context=e.context,
         response=e.response,
         params=json.dumps(e.params.to_dict()),
         model_name=e.model.name,
