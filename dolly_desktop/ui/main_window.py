@@ -33,18 +33,22 @@ from PySide6.QtWidgets import (
 from dolly_desktop import APP_NAME
 from dolly_desktop.generation.devices import list_devices
 from dolly_desktop.generation.engine import REMOTE, GenerationResult
-from dolly_desktop.generation.examples import EXAMPLES
+from dolly_desktop.generation.examples import CONTEXT_EXAMPLES, EXAMPLES
 from dolly_desktop.generation.metrics import metrics_text
 from dolly_desktop.generation.params import RANGES, GenerationParams
 from dolly_desktop.generation.prompt import EMPTY_INSTRUCTION
 from dolly_desktop.history.store import Entry, History
 from dolly_desktop.logs import log_file
+from dolly_desktop.ui.context_pane import ContextPane
 from dolly_desktop.ui.history_panel import HistoryPanel
 from dolly_desktop.ui.settings import AppSettings
 from dolly_desktop.ui.settings_dialog import SettingsDialog
 from dolly_desktop.ui.workers import EngineThread, GenerateRequest, LoadRequest
 
 log = logging.getLogger(__name__)
+
+
+WITH_PASSAGE = "  (with a passage)"
 
 
 class InstructionEdit(QPlainTextEdit):
@@ -101,6 +105,8 @@ class MainWindow(QMainWindow):
 
         self.examples = QListWidget(objectName="examples")
         self.examples.addItems(EXAMPLES)
+        for instruction, _passage in CONTEXT_EXAMPLES:
+            self.examples.addItem(f"{instruction}{WITH_PASSAGE}")
         self.examples.setWordWrap(True)
         self.examples.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.examples.setSpacing(2)
@@ -135,7 +141,9 @@ class MainWindow(QMainWindow):
         ev = QVBoxLayout(editor)
         ev.setContentsMargins(0, 0, 0, 0)
         ev.addWidget(QLabel("Instruction"))
-        ev.addWidget(self.instruction)
+        ev.addWidget(self.instruction, 2)
+        self.context_pane = ContextPane()
+        ev.addWidget(self.context_pane, 3)
         ev.addLayout(buttons)
         responder = QWidget()
         rv = QVBoxLayout(responder)
@@ -244,6 +252,10 @@ class MainWindow(QMainWindow):
         self.clear_button.clicked.connect(self.clear)
         self.copy_button.clicked.connect(self.copy_response)
         self.examples.itemClicked.connect(lambda item: self.use_example(item.text()))
+        self.instruction.textChanged.connect(self.context_pane.schedule_count)
+        self.spins["max_new_tokens"].valueChanged.connect(self.context_pane.schedule_count)
+        self.context_pane.changed.connect(self._count_prompt)
+        self.context_pane.fit_changed.connect(lambda _fits: self._update_buttons())
         self.open_action.triggered.connect(self.choose_model_folder)
         self.open_button.clicked.connect(self.choose_model_folder)
         self.settings_button.clicked.connect(self.open_settings)
@@ -304,7 +316,8 @@ class MainWindow(QMainWindow):
 
     def _update_buttons(self) -> None:
         ready = self.model_dir is not None and not self.loading
-        self.submit_button.setEnabled(ready and not self.generating)
+        fits = self.context_pane.fits
+        self.submit_button.setEnabled(ready and not self.generating and fits)
         self.stop_button.setEnabled(self.generating)
         self.device.setEnabled(not self.generating and not self.loading)
         self.open_action.setEnabled(not self.generating)
@@ -363,6 +376,7 @@ class MainWindow(QMainWindow):
     @Slot(str, str, float)
     def _on_loaded(self, folder: str, device: str, seconds: float) -> None:
         self.loading = False
+        self.context_pane.schedule_count()  # the new model's tokenizer counts now
         self.model_dir = folder
         self.model_is_remote = device == REMOTE
         if self.settings_dialog is not None:
@@ -404,6 +418,9 @@ class MainWindow(QMainWindow):
     def submit(self) -> None:
         if self.generating or self.loading or self.model_dir is None:
             return
+        if not self.context_pane.fits:
+            self._show_error(f"The prompt does not fit: {self.context_pane.meter.text()}.")
+            return
         text = self.instruction.toPlainText()
         try:
             params = self.params()
@@ -422,7 +439,8 @@ class MainWindow(QMainWindow):
         self.stats_label.setText("Waiting for the first token…")
         self._update_buttons()
         self.live_timer.start()
-        self.request_generate.emit(GenerateRequest(text, params, self.history))
+        context = self.context_pane.text()
+        self.request_generate.emit(GenerateRequest(text, params, self.history, context))
 
     def stop(self) -> None:
         if self.generating:
@@ -476,6 +494,7 @@ class MainWindow(QMainWindow):
         if self.generating:
             return
         self.instruction.setPlainText(entry.instruction)
+        self.context_pane.set_text(entry.context)
         self.set_params(entry.params)
         self._response_text = entry.response
         self.response.setMarkdown(entry.response)
@@ -498,7 +517,22 @@ class MainWindow(QMainWindow):
         self.history_panel.set_history(self.history)
 
     # ---- small actions ----------------------------------------------------------------
+    def _count_prompt(self) -> None:
+        """The token meter, counted with the loaded model's own tokenizer."""
+        engine = None if self.loading else self.worker.engine
+        self.context_pane.count(
+            self.instruction.toPlainText(),
+            int(self.spins["max_new_tokens"].value()),
+            engine.count_tokens if engine is not None else None,
+            engine.context_length if engine is not None else 0,
+        )
+
     def use_example(self, text: str) -> None:
+        for instruction, passage in CONTEXT_EXAMPLES:
+            if text in (instruction, f"{instruction}{WITH_PASSAGE}"):
+                self.instruction.setPlainText(instruction)
+                self.context_pane.set_text(passage)
+                return
         self.instruction.setPlainText(text)
         self.instruction.setFocus()
 

@@ -45,6 +45,7 @@ class GenerateRequest:
     instruction: str
     params: GenerationParams
     history: History
+    context: str = ""  # a passage to work from, in Dolly's Input: format
 
 
 class EngineWorker(QObject):
@@ -97,7 +98,7 @@ class EngineWorker(QObject):
             # on_text may run on an openvino-genai thread: Qt queues the signal to the window.
             result = run_and_record(
                 self.engine, req.history, req.instruction, req.params,
-                self.piece.emit, self.notice.emit,
+                self.piece.emit, self.notice.emit, req.context,
             )  # fmt: skip
         except Exception as e:  # every request ends in finished or failed, whatever happened
             self.failed.emit(describe(e))
