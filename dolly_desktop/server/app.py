@@ -13,9 +13,10 @@ Choices a client should know (also in docs/remote.md):
 - Without `max_tokens` a response is at most GenerationParams' default (256 tokens).
 - `stop` strings apply to the response text: it is cut before the first one found.
 
-The engine runs one generation at a time, so requests take turns: one runs, up to `queue`
-wait, and any more are refused at once with 429. A client that goes away (a closed stream, or
-a dropped connection while it waits) cancels its generation, which frees the engine.
+`slots` requests are answered at once: 1 with the one-stream engine, the batch size with
+continuous batching (generation/batching.py). Up to `queue` more wait their turn, and any more
+are refused at once with 429 (server/queue.py). A client that goes away (a closed stream, or a
+dropped connection while it waits) cancels its own generation only.
 """
 
 from __future__ import annotations
@@ -24,12 +25,9 @@ import asyncio
 import json
 import logging
 import secrets
-import threading
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pydantic_core
@@ -41,8 +39,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dolly_desktop.errors import DollyError
-from dolly_desktop.generation.engine import EngineBase, GenerationResult, StopReason
-from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.generation.engine import EngineBase, GenerationResult
 from dolly_desktop.generation.prompt import (
     INTRO_BLURB,
     MAX_INSTRUCTION_CHARS,
@@ -50,149 +47,17 @@ from dolly_desktop.generation.prompt import (
     RESPONSE_KEY,
     build_prompt,
 )
-from dolly_desktop.generation.text import StreamText
+from dolly_desktop.server import api
 from dolly_desktop.server.errors import ApiError, internal_error
 from dolly_desktop.server.guard import Guard, protocol_with_header_deadline
+from dolly_desktop.server.queue import Gate, Job
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1 << 20  # a 20 000-character instruction is ~80 kB even as JSON escapes
 BODY_TIMEOUT_S = 30.0  # the whole body must arrive within this once the headers are in
-MAX_STOP_CHARS = 200  # each stop string; they are searched for as every piece arrives
 KEEPALIVE_S = 5.0  # an SSE comment this often while a request waits, so clients do not time out
-# API field -> GenerationParams field: their checks (type, range) are GenerationParams' own.
-_SAMPLING_FIELDS = {
-    "max_tokens": "max_new_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "repetition_penalty": "repetition_penalty",
-    "seed": "seed",
-}
-
-
-class _Gate:
-    """One generation at a time (the engine allows no more), `capacity` admitted in all."""
-
-    def __init__(self, queue: int) -> None:
-        self.lock = asyncio.Lock()
-        self.capacity = queue + 1
-        self.admitted = 0
-        self.running: _Job | None = None
-        self.closing = False  # the server is stopping: answer nobody new
-
-
-def _shutting_down() -> ApiError:
-    return ApiError(503, "The server is shutting down.", kind="server_error")
-
-
-class _Job:
-    """One request's generation: waits for its turn, runs in a worker thread, and hands text
-    and the outcome to the event loop as events ("text", str), ("done", result), ("error", e).
-    """
-
-    def __init__(
-        self,
-        rid: str,
-        engine: EngineBase,
-        prompt: str,
-        params: GenerationParams,
-        stops: list[str],
-        gate: _Gate,
-    ) -> None:
-        self.rid = rid
-        self.engine = engine
-        self.prompt = prompt
-        self.params = params
-        self.text = StreamText(stops)
-        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.running = False
-        self.abandoned = threading.Event()  # read by the engine's thread
-        self._loop = asyncio.get_running_loop()
-        self._gate = gate
-        gate.admitted += 1
-        self.task = asyncio.create_task(self._run())
-        self.task.add_done_callback(self._leave)
-
-    def _leave(self, _: asyncio.Task) -> None:
-        self._gate.admitted -= 1
-
-    async def _run(self) -> tuple[str, Any]:
-        gate = self._gate
-        event: tuple[str, Any]
-        async with gate.lock:
-            if self.abandoned.is_set():
-                return ("gone", None)
-            event = ("error", _shutting_down()) if gate.closing else await self._in_thread()
-        if event[0] == "done":
-            result: GenerationResult = event[1]
-            reason = "cancelled" if self.abandoned.is_set() else self.finish_reason(result)
-            log.info("%s: %s (%s)", self.rid, result.metrics_line(), reason)
-            if (
-                gate.closing
-                and result.stop_reason is StopReason.CANCELLED
-                and not self.text.stopped
-            ):
-                event = ("error", _shutting_down())  # cut short: say so, not "length"
-        self.events.put_nowait(event)
-        return event
-
-    async def _in_thread(self) -> tuple[str, Any]:
-        """Generate on a worker thread; the caller holds the lock."""
-        self.running = True
-        self._gate.running = self
-        work = self._loop.run_in_executor(None, self._generate)
-        try:
-            return ("done", await asyncio.shield(work))
-        except asyncio.CancelledError:
-            # The event loop is being torn down: keep the lock until the engine has stopped.
-            self.engine.cancel()
-            await asyncio.wait([work])
-            raise
-        except Exception as e:
-            return ("error", e)
-        finally:
-            self.running = False
-            self._gate.running = None
-
-    def _generate(self) -> GenerationResult:
-        return self.engine.generate_from_prompt(self.prompt, self.params, self._on_text)
-
-    def _on_text(self, piece: str) -> None:  # on the engine's thread
-        if self.abandoned.is_set() or self._gate.closing:
-            # Also covers a cancel that came before generate() cleared the engine's flag.
-            self.engine.cancel()
-            return
-        delta = self.text.feed(piece)
-        if self.text.stopped:
-            self.engine.cancel()  # a stop string or template key: the rest is not wanted
-        if delta:
-            self._loop.call_soon_threadsafe(self.events.put_nowait, ("text", delta))
-
-    def abandon(self) -> None:
-        """The client is gone: leave the queue, or stop the engine if it is ours."""
-        if self.task.done():
-            return
-        self.abandoned.set()
-        if self.running:
-            self.engine.cancel()
-        else:
-            self.task.cancel()  # still waiting: leave the queue now
-
-    def finish_reason(self, result: GenerationResult) -> str:
-        return "stop" if self.text.stopped or result.stop_reason is StopReason.END else "length"
-
-
-@dataclass
-class _Request:
-    """A validated generation request."""
-
-    prompt: str
-    params: GenerationParams
-    stops: list[str]
-    stream: bool
-    include_usage: bool
 
 
 class OpenAIServer:
@@ -207,16 +72,24 @@ class OpenAIServer:
         host_names: tuple[str, ...] = (),
         origins: tuple[str, ...] = (),
         body_timeout_s: float = BODY_TIMEOUT_S,
+        slots: int = 1,
+        session: Callable[[], EngineBase] | None = None,
     ) -> None:
+        """`slots` generations at a time; with more than one, `session()` must give an engine
+        for one request whose cancel() stops only that request (BatchingEngine.session)."""
         if queue < 0:
             raise DollyError("The queue length must be 0 or more.")
+        if slots < 1 or (slots > 1 and session is None):
+            raise DollyError("Several slots need an engine session per request.")
+        self.slots = slots
+        self.session = session or (lambda: engine)
         self.engine = engine
         self.model_id = model_id
         self.api_key = api_key or None
         self.queue = queue
         self.created = int(time.time())
         self.body_timeout_s = body_timeout_s
-        self._gate: _Gate | None = None  # made on the server's event loop
+        self._gate: Gate | None = None  # made on the server's event loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self.routes = Starlette(
             routes=[
@@ -249,10 +122,11 @@ class OpenAIServer:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self._gate = _Gate(self.queue)
+        self._gate = Gate(self.slots, self.queue, self.session)
         self._loop = asyncio.get_running_loop()
         yield
-        self.engine.cancel()  # in case anything still runs
+        self._gate.close()  # in case anything still runs
+        self._gate.threads.shutdown(wait=False)
 
     def close_soon(self) -> None:
         """Stop answering: the running generation is cancelled, waiting and new requests get
@@ -261,11 +135,8 @@ class OpenAIServer:
             self._loop.call_soon_threadsafe(self._close)
 
     def _close(self) -> None:
-        gate = self._gate
-        if gate is not None:
-            gate.closing = True
-            if gate.running is not None:
-                self.engine.cancel()
+        if self._gate is not None:
+            self._gate.close()
 
     # --- routes
 
@@ -287,26 +158,19 @@ class OpenAIServer:
 
     async def completions(self, request: Request) -> Response:
         self._authorize(request)
-        body = await self._read_json(request)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]  # one prompt in a list, as some clients send it
-        if not isinstance(prompt, str):
-            raise ApiError(400, "prompt must be one string: the instruction.", "prompt")
-        req = await self._parse(body, _as_prompt(prompt, "prompt"), "prompt", "max_tokens")
-        return await self._answer(request, req, chat=False)
+        req = api.parse(api.CompletionRequest, await self._read_json(request))
+        prompt = _as_prompt(req.instruction(), "prompt")
+        return await self._answer(request, req, await self._checked(prompt, "prompt"), chat=False)
 
     async def chat_completions(self, request: Request) -> Response:
         self._authorize(request)
-        body = await self._read_json(request)
-        instruction = _last_user_message(body.get("messages"))
-        limit = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        req = await self._parse(body, _as_prompt(instruction, "messages"), "messages", limit)
-        return await self._answer(request, req, chat=True)
+        req = api.parse(api.ChatRequest, await self._read_json(request))
+        prompt = _as_prompt(req.instruction(), "messages")
+        return await self._answer(request, req, await self._checked(prompt, "messages"), chat=True)
 
     # --- request handling
 
-    async def _read_json(self, request: Request) -> dict[str, Any]:
+    async def _read_json(self, request: Request) -> Any:
         """The body as a JSON object: at most MAX_BODY_BYTES, within body_timeout_s."""
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -331,12 +195,9 @@ class OpenAIServer:
                      request.url.path)  # fmt: skip
             raise ApiError(400, "The request body ended early.") from e
         try:
-            body = pydantic_core.from_json(raw)
+            return pydantic_core.from_json(raw)
         except ValueError as e:
             raise ApiError(400, f"The request body is not valid JSON: {e}.") from e
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object.")
-        return body
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -352,61 +213,26 @@ class OpenAIServer:
                 code="invalid_api_key",
             )
 
-    async def _parse(
-        self, body: dict[str, Any], prompt: str, prompt_field: str, limit_field: str
-    ) -> _Request:
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise ApiError(400, "model must be a string.", "model")
-        n = body.get("n", 1)
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n != 1):
-            raise ApiError(400, "Only one choice per request (n = 1) is supported.", "n")
-        logprobs = body.get("logprobs")
-        if (logprobs is not None and logprobs is not False) or body.get("top_logprobs") is not None:
-            raise ApiError(400, "Log probabilities are not supported.", "logprobs")
-        stream = body.get("stream")
-        if stream is not None and not isinstance(stream, bool):
-            raise ApiError(400, "stream must be true or false.", "stream")
-        options = body.get("stream_options") or {}
-        if not isinstance(options, dict):
-            raise ApiError(400, "stream_options must be an object.", "stream_options")
-        req = _Request(
-            prompt=prompt,
-            params=_params(body, limit_field),
-            stops=_stops(body.get("stop")),
-            stream=bool(stream),
-            include_usage=options.get("include_usage") is True,
-        )
-        # Refused here rather than by the engine after the request waited for its turn.
+    async def _checked(self, prompt: str, field: str) -> str:
+        """The prompt, refused here if over the context rather than by the engine after the
+        request waited for its turn."""
         n = await asyncio.to_thread(self.engine.count_tokens, prompt)
         if n >= self.engine.context_length:
             raise ApiError(
                 400,
                 f"The prompt is {n} tokens; this model reads at most "
                 f"{self.engine.context_length - 1}. Shorten the instruction.",
-                prompt_field,
+                field,
                 code="context_length_exceeded",
             )
-        return req
+        return prompt
 
-    def _admit(self, rid: str, req: _Request) -> _Job:
-        gate = self._gate
-        assert gate is not None, "the app runs without its lifespan"
-        if gate.closing:
-            raise _shutting_down()
-        if gate.admitted >= gate.capacity:
-            raise ApiError(
-                429,
-                f"The server is busy: one request is being answered and {self.queue} are "
-                "waiting. Try again shortly.",
-                kind="rate_limit_error",
-                code="queue_full",
-            )
-        return _Job(rid, self.engine, req.prompt, req.params, req.stops, gate)
-
-    async def _answer(self, request: Request, req: _Request, chat: bool) -> Response:
-        reply = _Reply(self.model_id, chat)
-        job = self._admit(reply.id, req)
+    async def _answer(
+        self, request: Request, req: api.GenerationRequest, prompt: str, chat: bool
+    ) -> Response:
+        reply = api.Reply(self.model_id, chat)
+        assert self._gate is not None, "the app runs without its lifespan"
+        job = self._gate.admit(reply.id, prompt, req.params(), req.stops())
         if req.stream:
             return StreamingResponse(
                 self._stream(job, reply, req.include_usage),
@@ -423,14 +249,14 @@ class OpenAIServer:
             return Response(status_code=499)  # nobody is listening
         result: GenerationResult = value
         text = job.text.text
-        return JSONResponse(reply.whole(text, job.finish_reason(result), _usage(result)))
+        return JSONResponse(reply.whole(text, job.finish_reason(result), api.Usage.of(result)))
 
-    async def _stream(self, job: _Job, reply: _Reply, include_usage: bool) -> AsyncIterator[str]:
+    async def _stream(self, job: Job, reply: api.Reply, include_usage: bool) -> AsyncIterator[str]:
         # Starlette cancels this generator when the client disconnects; `finally` then
         # cancels the generation (or takes the request out of the queue).
         try:
             if reply.chat:
-                yield reply.chunk({"role": "assistant", "content": ""})
+                yield reply.chunk(None, first=True)
             while True:
                 try:
                     kind, value = await asyncio.wait_for(job.events.get(), KEEPALIVE_S)
@@ -441,14 +267,14 @@ class OpenAIServer:
                     yield reply.chunk(value)
                     continue
                 if kind == "error":
-                    yield _sse(_engine_error(value).body())
+                    yield api.sse(json.dumps(_engine_error(value).body()))
                 else:
                     tail = job.text.finish()
                     if tail:
                         yield reply.chunk(tail)
                     yield reply.chunk(None, job.finish_reason(value))
                     if include_usage:
-                        yield _sse(reply.usage_chunk(_usage(value)))
+                        yield reply.usage_chunk(api.Usage.of(value))
                 break
             yield "data: [DONE]\n\n"
         finally:
@@ -462,51 +288,6 @@ class OpenAIServer:
             "owned_by": "dolly-desktop",
             "max_model_len": self.engine.context_length,  # vLLM's name for the context
         }
-
-
-class _Reply:
-    """Response bodies in OpenAI's shapes for one request."""
-
-    def __init__(self, model_id: str, chat: bool) -> None:
-        self.chat = chat
-        self.model_id = model_id
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        self.created = int(time.time())
-
-    def _head(self, suffix: str = "") -> dict[str, Any]:
-        kind = "chat.completion" if self.chat else "text_completion"
-        return {"id": self.id, "object": kind + suffix, "created": self.created}
-
-    def whole(self, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None}
-        choice["finish_reason"] = finish
-        return {**self._head(), "model": self.model_id, "choices": [choice], "usage": usage}
-
-    def chunk(self, delta: str | dict[str, str] | None, finish: str | None = None) -> str:
-        if self.chat:
-            content = (
-                delta if isinstance(delta, dict) else {} if delta is None else {"content": delta}
-            )
-            choice: dict[str, Any] = {"index": 0, "delta": content}
-        else:
-            choice = {"index": 0, "text": delta or "", "logprobs": None}
-        choice["finish_reason"] = finish
-        suffix = ".chunk" if self.chat else ""
-        return _sse({**self._head(suffix), "model": self.model_id, "choices": [choice]})
-
-    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
-        suffix = ".chunk" if self.chat else ""
-        return {**self._head(suffix), "model": self.model_id, "choices": [], "usage": usage}
-
-
-# --- helpers
-
-
-def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 def _too_large() -> ApiError:
@@ -533,64 +314,7 @@ def _as_prompt(text: str, field: str) -> str:
         raise ApiError(400, str(e), field) from e
 
 
-def _last_user_message(messages: Any) -> str:
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list of messages.", "messages")
-    for m in reversed(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ApiError(400, "Each message must be an object with a role.", "messages")
-        if m["role"] != "user":
-            continue
-        content = m.get("content")
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list) and all(
-            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-            for p in content
-        ):
-            return "\n".join(p["text"] for p in content)
-        raise ApiError(400, "A user message's content must be text.", "messages")
-    raise ApiError(400, "messages has no user message: it holds the instruction.", "messages")
-
-
-def _params(body: dict[str, Any], limit_field: str) -> GenerationParams:
-    values: dict[str, Any] = {}
-    for api, name in _SAMPLING_FIELDS.items():
-        field = limit_field if api == "max_tokens" else api
-        value = body.get(field)
-        if value is None:
-            continue
-        if api == "temperature" and _is_number(value) and value == 0:
-            values["greedy"] = True
-            continue
-        if api == "top_k" and _is_number(value) and value == -1:
-            value = 0  # "all tokens" in vLLM and OVMS; 0 is the same here
-        try:
-            GenerationParams(**{name: value})  # the one place ranges and types are checked
-        except DollyError as e:
-            raise ApiError(400, str(e), field) from e
-        values[name] = value
-    return GenerationParams(**values)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _stops(stop: Any) -> list[str]:
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise ApiError(400, "stop must be a string or a list of strings.", "stop")
-    if len(stops) > 4:
-        raise ApiError(400, "stop holds at most 4 strings.", "stop")
-    if any(len(s) > MAX_STOP_CHARS for s in stops):
-        raise ApiError(400, f"Each stop string is at most {MAX_STOP_CHARS} characters.", "stop")
-    return stops
-
-
-async def _wait_unless_gone(request: Request, job: _Job) -> tuple[str, Any]:
+async def _wait_unless_gone(request: Request, job: Job) -> tuple[str, Any]:
     """The job's outcome; ("gone", None) as soon as the client has disconnected."""
     while True:
         done, _ = await asyncio.wait([job.task], timeout=0.25)  # a cheap check
@@ -598,14 +322,6 @@ async def _wait_unless_gone(request: Request, job: _Job) -> tuple[str, Any]:
             return job.task.result() if not job.task.cancelled() else ("gone", None)
         if await request.is_disconnected():
             return ("gone", None)
-
-
-def _usage(result: GenerationResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.input_tokens,
-        "completion_tokens": result.generated_tokens,
-        "total_tokens": result.input_tokens + result.generated_tokens,
-    }
 
 
 def _engine_error(e: BaseException) -> ApiError:

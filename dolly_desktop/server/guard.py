@@ -28,7 +28,7 @@ from dolly_desktop.server.errors import ApiError, internal_error
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_NAMES = ("localhost",)
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 class Guard:
