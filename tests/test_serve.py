@@ -27,6 +27,7 @@ from dolly_desktop.generation.params import GenerationParams
 INSTRUCTION = "Who is Dolly?"
 START_TIMEOUT_S = 90
 SERVE = (sys.executable, "-m", "dolly_desktop.cli", "serve")
+CAPACITY = 8  # by default 4 requests are decoded together (--max-batch) and 4 wait (--queue)
 
 
 @dataclass
@@ -246,7 +247,7 @@ def test_eight_concurrent_requests_answered_or_refused(server, client, reference
     for e in refused:
         assert isinstance(e, openai.RateLimitError)
         assert e.status_code == 429 and "busy" in e.body["message"]
-    assert len(answered) >= 5  # one running and four waiting always fit
+    assert len(answered) == CAPACITY  # four running and four waiting always fit
     report_figure(
         "serve, 8 concurrent requests", f"{len(answered)} answered, {len(refused)} refused (429)"
     )
@@ -264,9 +265,10 @@ def test_full_queue_refuses_at_once_and_a_dropped_waiter_leaves_it(server, clien
                 return s.status_code  # the stream closes here: it leaves at once
 
         streams = [
-            stack.enter_context(http.stream("POST", "/completions", json=body)) for _ in range(5)
+            stack.enter_context(http.stream("POST", "/completions", json=body))
+            for _ in range(CAPACITY)
         ]
-        assert all(s.status_code == 200 for s in streams)  # one running, four waiting
+        assert all(s.status_code == 200 for s in streams)  # four running, four waiting
         t0 = time.monotonic()
         r = http.post("/completions", json={"prompt": "one more", "max_tokens": 4})
         assert r.status_code == 429 and time.monotonic() - t0 < 2

@@ -15,11 +15,12 @@ from dolly_desktop.errors import DollyError
 if TYPE_CHECKING:
     from types import FrameType
 
-    from dolly_desktop.generation.engine import ModelRef
+    from dolly_desktop.generation.engine import EngineBase, ModelRef
 
 API_KEY_ENV = "DOLLY_DESKTOP_API_KEY"  # keeps the key out of the process list
 DEFAULT_QUEUE = 4
 DEFAULT_READ_TIMEOUT_S = 30.0
+DEFAULT_MAX_BATCH = 4  # generation.batching's; not imported here, which would load OpenVINO
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,6 +75,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds a client has to send a request's headers, and again its body "
         f"(default: {DEFAULT_READ_TIMEOUT_S:g})",
     )
+    p.add_argument(
+        "--batching",
+        choices=("on", "off"),
+        default="on",
+        help="decode several requests together (continuous batching; default: on); off "
+        "answers one at a time with the app's one-stream engine",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        metavar="N",
+        help=f"requests decoded together with batching on (default: {DEFAULT_MAX_BATCH})",
+    )
+    p.add_argument(
+        "--kv-cache",
+        type=int,
+        metavar="GB",
+        help="KV cache size with batching on (default: room for --max-batch full contexts, "
+        "at most a quarter of free memory, at least 1 GB)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -85,7 +107,6 @@ def env_api_key() -> str | None:
 def cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
-    from dolly_desktop.generation.local import Engine
     from dolly_desktop.server.app import OpenAIServer
 
     if not 0 <= a.port <= 65535:
@@ -94,6 +115,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
         raise DollyError(f"The queue length must be 0 or more; got {a.queue}.")
     if not a.read_timeout > 0:
         raise DollyError(f"The read timeout must be over 0 seconds; got {a.read_timeout:g}.")
+    if a.max_batch < 1:
+        raise DollyError(f"--max-batch must be 1 or more; got {a.max_batch}.")
+    if a.kv_cache is not None and a.kv_cache < 1:
+        raise DollyError(f"--kv-cache must be 1 GB or more; got {a.kv_cache}.")
     if not _is_loopback(a.host) and not a.api_key:
         print(
             f"dolly-desktop: warning: listening on {a.host} without --api-key: "
@@ -101,13 +126,29 @@ def cmd_serve(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     sock = _listen(a.host, a.port)  # before the model loads: a busy port fails at once
-    engine = Engine(a.model, a.device)
+    engine: EngineBase
+    if a.batching == "on":
+        from dolly_desktop.generation.batching import BatchingEngine
+
+        engine = batch = BatchingEngine(
+            a.model, a.device, max_batch=a.max_batch, cache_gb=a.kv_cache
+        )
+        slots, session = a.max_batch, batch.session
+        answering = f"up to {a.max_batch} requests at once; {batch.kv.line()}"
+    else:
+        from dolly_desktop.generation.local import Engine
+
+        engine = Engine(a.model, a.device)
+        slots, session = 1, None
+        answering = "one request at a time"
     model_id = a.name or _model_id(engine.model)
     server = OpenAIServer(
         engine,
         model_id,
         api_key=a.api_key,
         queue=a.queue,
+        slots=slots,
+        session=session,
         host_names=(a.host, *a.allow_host),
         origins=tuple(a.allow_origin),
         body_timeout_s=a.read_timeout,
@@ -115,7 +156,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     print(
         f"Serving {model_id} on {engine.device} at http://{_url_host(host)}:{port}/v1 "
-        "(Ctrl+C stops)",
+        f"(Ctrl+C stops): {answering}, {a.queue} more may wait.",
         file=sys.stderr,
         flush=True,
     )
@@ -127,8 +168,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
             super().handle_exit(sig, frame)
 
     # uvicorn raises Ctrl+C again once it has shut down cleanly.
-    with contextlib.suppress(KeyboardInterrupt):
-        Uvicorn(config).run(sockets=[sock])
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            Uvicorn(config).run(sockets=[sock])
+    finally:
+        engine.close()
     print("Stopped.", file=sys.stderr)
     return 0
 

@@ -1,0 +1,429 @@
+"""Continuous batching: many requests decoded together, for `serve`.
+
+openvino-genai's ContinuousBatchingPipeline keeps the KV cache in blocks (paged attention) and
+decodes every running request in one step: each step reads the weights once for all of them,
+so on a CPU, where decoding is bound by memory bandwidth, four streams cost little more than
+one. One scheduler thread owns the pipeline: it adds new requests between steps, steps, and
+hands each request's new tokens to that request's streamer.
+
+`BatchingEngine` follows the engine contract for one request per call, but calls may overlap
+(each its own sampling parameters and seed). `cancel()` stops every running request; a
+`session()` is an engine of its own for one request at a time whose `cancel()` drops only its
+request. Dolly's stop at `### End`, the token accounting and the sampling settings are the
+one-stream engine's own (generation/local.py), so both engines answer alike: greedy answers
+are the same token for token (on exact f32 precision, tests/test_serve_batching.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import openvino_genai as ov_genai
+
+from dolly_desktop import paths
+from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.devices import check_device
+from dolly_desktop.generation.engine import (
+    EngineBase,
+    GenerationResult,
+    ModelRef,
+    StopReason,
+    TextCallback,
+)
+from dolly_desktop.generation.local import Engine, _first_line, _Streamer
+from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.generation.prompt import clean_response, find_end_token_id
+from dolly_desktop.models.capacity import available_memory_bytes, format_bytes
+from dolly_desktop.models.folder import ModelDir, inspect_model_dir, read_config
+from dolly_desktop.models.tokenizer import convert_tokenizer_files
+
+log = logging.getLogger(__name__)
+
+GIB = 1 << 30
+DEFAULT_MAX_BATCH = 4
+MAX_BATCHED_TOKENS = 256  # prompt tokens per step: a long prefill is split, streams go on
+KV_SHARE_OF_FREE_RAM = 0.25  # the default KV cache takes at most this much of free memory
+
+
+@dataclass(frozen=True)
+class KvPlan:
+    """The KV cache: its size in GB (genai's unit) and what it holds."""
+
+    cache_gb: int
+    bytes_per_token: int
+    tokens: int  # how many tokens of context fit, across all running requests
+    reason: str
+
+    def line(self) -> str:
+        return (
+            f"KV cache {self.cache_gb} GB: {self.tokens} tokens of context in all "
+            f"({format_bytes(self.bytes_per_token)} a token; {self.reason})"
+        )
+
+
+def kv_bytes_per_token(info: ModelDir, properties: dict[str, Any]) -> int:
+    """K and V for every layer, in the cache's precision (u8 unless asked otherwise; u8
+    keeps a scale and a zero point per head as well, counted here as a quarter more)."""
+    cfg = read_config(info.path)
+    layers = int(cfg.get("num_hidden_layers", 32))
+    hidden = int(cfg.get("hidden_size", 2560))
+    precision = str(properties.get("KV_CACHE_PRECISION", "u8")).lower()
+    size = {"f32": 4, "f16": 2, "bf16": 2}.get(precision, 1.25)
+    return math.ceil(2 * layers * hidden * size)
+
+
+def plan_kv_cache(
+    info: ModelDir,
+    max_batch: int,
+    properties: dict[str, Any],
+    cache_gb: int | None = None,
+    free_bytes: int | None = None,
+) -> KvPlan:
+    """Room for `max_batch` full contexts, at most a quarter of free memory, at least 1 GB;
+    or `cache_gb` as given."""
+    per_token = kv_bytes_per_token(info, properties)
+    if cache_gb is not None:
+        if cache_gb < 1:
+            raise DollyError(f"The KV cache must be at least 1 GB; got {cache_gb}.")
+        reason = "as asked"
+    else:
+        want = max_batch * info.context_length * per_token
+        free = available_memory_bytes() if free_bytes is None else free_bytes
+        reason = f"{max_batch} full contexts of {info.context_length} tokens"
+        if free is not None and want > free * KV_SHARE_OF_FREE_RAM:
+            want = int(free * KV_SHARE_OF_FREE_RAM)
+            reason = f"a quarter of the {format_bytes(free)} of free memory"
+        cache_gb = max(1, round(want / GIB))
+    return KvPlan(cache_gb, per_token, cache_gb * GIB // per_token, reason)
+
+
+@dataclass
+class _Request:
+    """One generation in the batch, from submit to its result."""
+
+    rid: int
+    ids: list[int]
+    config: ov_genai.GenerationConfig
+    streamer: _Streamer
+    cancel: threading.Event
+    submitted: float
+    handle: ov_genai.GenerationHandle | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class BatchingEngine(EngineBase):
+    """One model on one device, many requests at once (openvino-genai continuous batching)."""
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        device: str = "CPU",
+        max_batch: int = DEFAULT_MAX_BATCH,
+        cache_gb: int | None = None,
+        properties: dict[str, Any] | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        super().__init__()
+        if max_batch < 1:
+            raise DollyError(f"The batch must hold at least 1 request; got {max_batch}.")
+        self.device = check_device(device)
+        self.info = inspect_model_dir(Path(model_dir))
+        self.model_dir = self.info.path
+        self.model = ModelRef.from_folder(self.model_dir)
+        self.max_batch = max_batch
+        if not self.info.has_ov_tokenizer:
+            convert_tokenizer_files(self.model_dir)
+        props = dict(properties or {})
+        cache = Path(cache_dir) if cache_dir else paths.compiled_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        props["CACHE_DIR"] = str(cache)
+        self.kv = plan_kv_cache(self.info, max_batch, props, cache_gb)
+        scheduler = ov_genai.SchedulerConfig()
+        scheduler.max_num_seqs = max_batch
+        scheduler.max_num_batched_tokens = MAX_BATCHED_TOKENS
+        scheduler.cache_size = self.kv.cache_gb
+        scheduler.dynamic_split_fuse = True
+        # Dolly's shared template head is 21 tokens, less than one KV block: nothing to share.
+        scheduler.enable_prefix_caching = False
+        t0 = time.perf_counter()
+        try:
+            self.pipe = ov_genai.ContinuousBatchingPipeline(
+                str(self.model_dir), scheduler, self.device, props
+            )
+        except RuntimeError as e:
+            raise DollyError(
+                f"The model in {self.model_dir} could not be loaded on {self.device}: "
+                f"{_first_line(e)}"
+            ) from e
+        self.tokenizer = self.pipe.get_tokenizer()
+        self.eos_id = int(self.tokenizer.get_eos_token_id())
+        self.end_id = find_end_token_id(self.encode, self.eos_id)
+        self._ids = itertools.count()
+        self._cond = threading.Condition()
+        self._incoming: list[_Request] = []
+        self._running: list[_Request] = []  # the scheduler thread's own
+        self._sessions: set[_Session] = set()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="batching-scheduler", daemon=True)
+        self._thread.start()
+        self.load_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        # The CPU plugin repacks weights on the first inference: now, not in the first answer.
+        self.session().generate("Hi", GenerationParams(greedy=True, max_new_tokens=1))
+        self.warmup_s = time.perf_counter() - t1
+        log.info(
+            "loaded %s on %s for batches of %d in %.2f s, warmed up in %.2f s; %s",
+            self.model_dir, self.device, max_batch, self.load_s, self.warmup_s, self.kv.line(),
+        )  # fmt: skip
+
+    # --- the engine contract
+
+    @property
+    def context_length(self) -> int:
+        return self.info.context_length
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text).input_ids.data
+        return [int(i) for i in ids[0]]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def session(self) -> EngineBase:
+        """An engine for one request at a time on this batch: its cancel() drops only that
+        request."""
+        return _Session(self)
+
+    def generate_from_prompt(
+        self,
+        prompt: str,
+        params: GenerationParams | None = None,
+        on_text: TextCallback | None = None,
+        stop_token_ids: set[int] | None = None,
+    ) -> GenerationResult:
+        """As the contract says, but calls may overlap: each is its own request."""
+        return self.session().generate_from_prompt(prompt, params, on_text, stop_token_ids)
+
+    def cancel(self) -> None:
+        """Stop every running request."""
+        with self._cond:
+            sessions = list(self._sessions)
+        for s in sessions:
+            s.cancel()
+
+    def progress(self) -> tuple[int, float]:
+        """Tokens generated so far and the decode rate, summed over the running requests."""
+        with self._cond:
+            streamers = [r.streamer for r in (*self._running, *self._incoming)]
+        return sum(len(s.tokens) for s in streamers), sum(s.rate() for s in streamers)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        del self.pipe
+
+    # --- requests
+
+    def _submit(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        on_text: TextCallback | None,
+        extra_stops: set[int] | None,
+        cancel: threading.Event,
+        session: _Session,
+    ) -> GenerationResult:
+        t0 = time.perf_counter()
+        ids = self.encode(prompt)
+        room = self.context_length - len(ids)
+        if room < 1:
+            raise DollyError(
+                f"The prompt is {len(ids)} tokens; this model reads at most "
+                f"{self.context_length - 1}. Shorten the instruction."
+            )
+        stops = {self.eos_id} | ({self.end_id} if self.end_id is not None else set())
+        stops |= extra_stops or set()
+        max_new = min(params.max_new_tokens, room)
+        # The one-stream engine's sampling settings, on this pipeline's base config.
+        config = Engine._config(_ConfigSource(self.pipe), params, max_new)  # type: ignore[arg-type]
+        streamer = _Streamer(self.tokenizer, on_text, cancel, stops, max_new)
+        req = _Request(next(self._ids), ids, config, streamer, cancel, t0)
+        with self._cond:
+            if self._closing:
+                raise DollyError("The engine is closed.")
+            self._sessions.add(session)
+            self._incoming.append(req)
+            self._cond.notify_all()
+        try:
+            req.done.wait()
+        finally:
+            with self._cond:
+                self._sessions.discard(session)
+        if req.error is not None:
+            raise req.error
+        return self._result(req)
+
+    def _result(self, req: _Request) -> GenerationResult:
+        s = req.streamer
+        t_end = time.perf_counter()
+        if s.hit_stop:
+            reason = StopReason.END
+        elif req.cancel.is_set():
+            reason = StopReason.CANCELLED
+        else:
+            reason = StopReason.LENGTH
+        first = s.first_at or t_end
+        return GenerationResult(
+            text=clean_response(self.tokenizer.decode(s.tokens)),
+            token_ids=s.tokens,
+            input_tokens=len(req.ids),
+            stop_reason=reason,
+            ttft_s=first - req.submitted,
+            total_s=t_end - req.submitted,
+            tokens_per_s=s.rate(),
+            extra={"prefilled_tokens": len(req.ids), "batch_rid": req.rid},
+        )
+
+    # --- the scheduler thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._incoming or self._running or self._closing):
+                    self._cond.wait()
+                if self._closing:
+                    for req in self._incoming:
+                        self._fail(req, DollyError("The engine was closed."))
+                    for req in list(self._running):
+                        req.handle.cancel()  # type: ignore[union-attr]
+                        req.cancel.set()
+                        self._finish(req)
+                    return
+                incoming, self._incoming = self._incoming, []
+            for req in incoming:
+                self._start(req)
+            self._drop_cancelled()
+            if not self._running:
+                continue
+            try:
+                self.pipe.step()
+            except RuntimeError as e:
+                error = DollyError(f"Generation failed on {self.device}: {_first_line(e)}")
+                error.__cause__ = e
+                log.error("a batch step failed", exc_info=e)
+                for req in self._running:
+                    self._fail(req, error)
+                self._running = []
+                continue
+            for req in list(self._running):
+                self._collect(req)
+
+    def _start(self, req: _Request) -> None:
+        if req.cancel.is_set():  # cancelled before it was added
+            self._finish(req)
+            return
+        tensor = ov.Tensor(np.array([req.ids], dtype=np.int64))
+        try:
+            req.handle = self.pipe.add_request(req.rid, tensor, req.config)
+        except RuntimeError as e:
+            error = DollyError(f"Generation failed on {self.device}: {_first_line(e)}")
+            error.__cause__ = e
+            self._fail(req, error)
+            return
+        self._running.append(req)
+
+    def _drop_cancelled(self) -> None:
+        """Requests cancelled while waiting for their prefill (no token to stop them at)."""
+        for req in list(self._running):
+            if req.cancel.is_set():
+                req.handle.cancel()  # type: ignore[union-attr]
+                self._finish(req)
+
+    def _collect(self, req: _Request) -> None:
+        """Hand the request's new tokens to its streamer; finish it when it ends."""
+        handle = req.handle
+        assert handle is not None
+        ended = False
+        if handle.can_read():
+            for output in handle.read().values():
+                for token in output.generated_ids:
+                    if req.streamer.write(token) != ov_genai.StreamingStatus.RUNNING:
+                        ended = True  # a stop token, cancel, or max new tokens
+                        break
+        status = handle.get_status()
+        if status == ov_genai.GenerationStatus.IGNORED:
+            self._fail(
+                req,
+                DollyError(
+                    "The request did not fit in the KV cache: start the server with a larger "
+                    "cache or a smaller batch."
+                ),
+            )
+            return
+        if ended and status == ov_genai.GenerationStatus.RUNNING:
+            handle.cancel()  # its KV blocks are freed for the others
+        if ended or status != ov_genai.GenerationStatus.RUNNING:
+            self._finish(req)
+
+    def _finish(self, req: _Request) -> None:
+        req.streamer.end()
+        if req in self._running:
+            self._running.remove(req)
+        req.done.set()
+
+    def _fail(self, req: _Request, error: BaseException) -> None:
+        req.error = error
+        if req.handle is not None and req.handle.get_status() == ov_genai.GenerationStatus.RUNNING:
+            req.handle.cancel()
+        self._finish(req)
+
+
+class _ConfigSource:
+    """What Engine._config reads its base generation config from."""
+
+    def __init__(self, pipe: ov_genai.ContinuousBatchingPipeline) -> None:
+        self.pipe = self
+        self.get_generation_config = pipe.get_config
+
+
+class _Session(EngineBase):
+    """One request at a time on a BatchingEngine; cancel() drops only this session's request."""
+
+    def __init__(self, batch: BatchingEngine) -> None:
+        super().__init__()
+        self.batch = batch
+        self.model = batch.model
+        self.device = batch.device
+        self.load_s = batch.load_s
+        self._streamer: _Streamer | None = None
+
+    @property
+    def context_length(self) -> int:
+        return self.batch.context_length
+
+    def count_tokens(self, text: str) -> int:
+        return self.batch.count_tokens(text)
+
+    def progress(self) -> tuple[int, float]:
+        return self.batch.progress()
+
+    def _run(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        on_text: TextCallback | None,
+        stop_token_ids: set[int] | None,
+    ) -> GenerationResult:
+        return self.batch._submit(prompt, params, on_text, stop_token_ids, self._cancel, self)

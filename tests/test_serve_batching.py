@@ -1,0 +1,144 @@
+"""Continuous batching (generation/batching.py): several requests decoded together, each
+answered exactly as alone; then the same through `dolly-desktop serve`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dolly_desktop.generation.engine import GenerationResult, StopReason
+from dolly_desktop.generation.params import GenerationParams
+from tests.conftest import EXACT
+
+INSTRUCTIONS = [f"Question {i}: what is {w}?" for i, w in enumerate("abcd")]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_fp16) -> Iterator:
+    from dolly_desktop.generation.batching import BatchingEngine
+
+    engine = BatchingEngine(tiny_fp16, "CPU", max_batch=4, properties=EXACT)
+    yield engine
+    engine.close()
+
+
+class Timed:
+    """A generation's text callback that dates its first and last pieces."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def __call__(self, piece: str) -> None:
+        now = time.monotonic()
+        self.first = self.first or now
+        self.last = now
+
+
+def run_together(batch, jobs: list[tuple[str, GenerationParams]]) -> list[GenerationResult]:
+    """Each job on its own thread, all started at once; results in order."""
+    results: list[GenerationResult | None] = [None] * len(jobs)
+    start = threading.Barrier(len(jobs))
+
+    def one(i: int) -> None:
+        start.wait()
+        results[i] = batch.generate(
+            jobs[i][0], jobs[i][1], jobs[i][2] if len(jobs[i]) > 2 else None
+        )
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+def test_four_greedy_answers_decoded_together_equal_each_alone(batch, engine):
+    params = GenerationParams(greedy=True, max_new_tokens=120)
+    alone = [engine.generate(i, params) for i in INSTRUCTIONS]  # the one-stream engine
+    assert len({r.text for r in alone}) == 4  # else a mix-up could go unseen
+    clocks = [Timed() for _ in INSTRUCTIONS]
+    together = run_together(
+        batch, [(i, params, c) for i, c in zip(INSTRUCTIONS, clocks, strict=True)]
+    )
+    for a, b in zip(alone, together, strict=True):
+        assert b.token_ids == a.token_ids and b.text == a.text
+        assert b.stop_reason == a.stop_reason and b.input_tokens == a.input_tokens
+    # Decoded together: every stream had its first piece before any had its last.
+    assert max(c.first for c in clocks) < min(c.last for c in clocks)
+
+
+def test_seeded_sampling_is_the_same_batched_or_alone(batch, engine):
+    jobs = [
+        (i, GenerationParams(max_new_tokens=60, seed=7 + n)) for n, i in enumerate(INSTRUCTIONS)
+    ]
+    alone = [engine.generate(i, p) for i, p in jobs]
+    together = run_together(batch, jobs)
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+
+
+def test_cancel_drops_only_its_own_request(batch, engine):
+    params = GenerationParams(greedy=True, max_new_tokens=200)
+    sessions = [batch.session() for _ in range(3)]
+    results: list[GenerationResult | None] = [None] * 3
+    pieces = [0, 0, 0]
+
+    def one(n: int) -> None:
+        def on_text(piece: str) -> None:
+            pieces[n] += 1
+            if n == 1 and pieces[n] == 5:
+                sessions[1].cancel()  # as the server does when its client goes
+
+        results[n] = sessions[n].generate(INSTRUCTIONS[n], params, on_text)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    cancelled = results[1]
+    assert cancelled.stop_reason is StopReason.CANCELLED and cancelled.generated_tokens < 20
+    for n in (0, 2):
+        alone = engine.generate(INSTRUCTIONS[n], params)
+        assert results[n].token_ids == alone.token_ids
+        assert results[n].stop_reason is alone.stop_reason
+
+
+def test_a_cancel_before_the_first_token_leaves_the_batch_serving(batch):
+    session = batch.session()
+    session.cancel()
+    r = session.generate("Hi", GenerationParams(greedy=True, max_new_tokens=50), lambda _: None)
+    assert r.generated_tokens <= 50
+    again = batch.generate("Hi", GenerationParams(greedy=True, max_new_tokens=5))
+    assert again.generated_tokens == 5 or again.stop_reason is StopReason.END
+
+
+def test_the_kv_cache_default_follows_the_model_and_free_memory(tiny_fp16, tmp_path):
+    import json
+
+    from dolly_desktop.generation.batching import GIB, plan_kv_cache
+    from dolly_desktop.models.folder import ModelDir, inspect_model_dir
+
+    tiny = inspect_model_dir(tiny_fp16)
+    small = plan_kv_cache(tiny, 4, {}, free_bytes=64 * GIB)
+    assert small.cache_gb == 1 and small.tokens >= 4 * tiny.context_length  # the floor
+    assert plan_kv_cache(tiny, 4, EXACT, free_bytes=64 * GIB).bytes_per_token == (
+        small.bytes_per_token * 4 / 1.25
+    )
+    (tmp_path / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 32, "hidden_size": 2560})
+    )
+    b3 = ModelDir(path=tmp_path, context_length=2048, has_ov_tokenizer=True, weights_bytes=0)
+    # dolly-v2-3b at u8: 200 KiB a token; 8 contexts of 2048 tokens = 3.4 GB.
+    plan = plan_kv_cache(b3, 8, {}, free_bytes=64 * GIB)
+    assert plan.cache_gb == 3 and plan.tokens >= 7 * 2048 and "8 full contexts" in plan.reason
+    tight = plan_kv_cache(b3, 8, {}, free_bytes=6 * GIB)  # a quarter of free memory at most
+    assert tight.cache_gb == 2 and "quarter" in tight.reason
+    assert plan_kv_cache(b3, 4, {}, cache_gb=5).cache_gb == 5
+    with pytest.raises(Exception, match="at least 1 GB"):
+        plan_kv_cache(b3, 4, {}, cache_gb=0)
