@@ -52,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.self_test:
         args.func = generate.self_test
     elif args.command is None:
+        from dolly_desktop.ui import qt_libs
+
+        problem = qt_libs.check()  # before Qt loads, which would name one library of several
+        if problem:
+            print(problem, file=sys.stderr)
+            return qt_libs.EXIT_MISSING
         from dolly_desktop.ui.app import run_gui
 
         return run_gui(model=args.model, screenshot=args.screenshot)
