@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+import openai
 import pytest
 
 from dolly_desktop.generation.engine import GenerationResult, StopReason
 from dolly_desktop.generation.params import GenerationParams
 from tests.conftest import EXACT
+from tests.test_serve import Served, make_reference, serve_process, server_log
 
 INSTRUCTIONS = [f"Question {i}: what is {w}?" for i, w in enumerate("abcd")]
 
@@ -142,3 +145,99 @@ def test_the_kv_cache_default_follows_the_model_and_free_memory(tiny_fp16, tmp_p
     assert plan_kv_cache(b3, 4, {}, cache_gb=5).cache_gb == 5
     with pytest.raises(Exception, match="at least 1 GB"):
         plan_kv_cache(b3, 4, {}, cache_gb=0)
+
+
+# --- through `dolly-desktop serve`
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models):
+    return make_reference(tiny_models["INT4"])
+
+
+@pytest.fixture(scope="module")
+def batching_server(tiny_models) -> Iterator[Served]:
+    with serve_process(tiny_models["INT4"]) as served:  # batching is the default
+        yield served
+
+
+@dataclass
+class Stream:
+    """One streamed completion as a client saw it."""
+
+    rid: str = ""
+    text: str = ""
+    first: float | None = None
+    last: float | None = None
+    finish: str | None = None
+
+
+def stream_all(url: str, instructions: list[str], max_tokens: int, close_after=None):
+    """Stream each instruction from its own client thread, all at once; the client of
+    `close_after[0]` goes away after close_after[1] chunks."""
+    streams = [Stream() for _ in instructions]
+    start = threading.Barrier(len(instructions))
+
+    def one(n: int) -> None:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+        start.wait()
+        it = client.completions.create(
+            model="any", prompt=instructions[n], max_tokens=max_tokens, temperature=0, stream=True
+        )
+        s = streams[n]
+        for count, chunk in enumerate(it, 1):
+            now = time.monotonic()
+            s.rid = chunk.id
+            s.first = s.first or now
+            s.last = now
+            s.text += chunk.choices[0].text
+            s.finish = chunk.choices[0].finish_reason or s.finish
+            if close_after and close_after[0] == n and count == close_after[1]:
+                it.close()
+                return
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(instructions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return streams
+
+
+def test_four_streams_are_decoded_together(batching_server, reference):
+    streams = stream_all(batching_server.url, INSTRUCTIONS, 150)
+    for s, instruction in zip(streams, INSTRUCTIONS, strict=True):
+        ref = reference(instruction, 150)
+        assert s.text == ref.text
+        assert s.finish == ("stop" if ref.stop_reason is StopReason.END else "length")
+    # Every stream had its first token before any stream ended.
+    assert max(s.first for s in streams) < min(s.last for s in streams)
+
+
+def test_a_client_that_goes_away_cancels_only_its_own_request(batching_server, reference):
+    streams = stream_all(batching_server.url, INSTRUCTIONS[:3], 300, close_after=(1, 3))
+    for n in (0, 2):
+        assert streams[n].text == reference(INSTRUCTIONS[n], 300).text
+    gone = streams[1].rid
+    deadline = time.monotonic() + 10
+    while not any(gone in ln for ln in server_log()):
+        assert time.monotonic() < deadline, "the abandoned request was never logged"
+        time.sleep(0.1)
+    line = next(ln for ln in server_log() if gone in ln)
+    assert line.endswith("(cancelled)")
+    assert int(line.split(f"{gone}: ")[1].split(" tokens")[0]) < 300
+
+
+def test_one_at_a_time_without_batching(tiny_models, reference):
+    with serve_process(tiny_models["INT4"], "--batching", "off") as served:
+        assert "one request at a time" in served.stderr()
+        streams = stream_all(served.url, INSTRUCTIONS[:2], 150)
+    for s, instruction in zip(streams, INSTRUCTIONS, strict=False):
+        assert s.text == reference(instruction, 150).text
+    first, second = sorted(streams, key=lambda s: s.first)
+    assert second.first > first.last  # the second waited for the first
+
+
+def test_serve_prints_the_batch_and_the_kv_cache(batching_server):
+    line = batching_server.stderr()
+    assert "up to 4 requests at once" in line and "KV cache 1 GB" in line
