@@ -17,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="answer one instruction on the terminal")
     g.set_defaults(func=cmd_generate)
     where = g.add_mutually_exclusive_group(required=True)
-    where.add_argument("--model", help="OpenVINO model folder")
+    where.add_argument(
+        "--model",
+        help="a model folder, or an installed model: dolly-v2-3b (its best variant here) or "
+        "dolly-v2-3b/INT4",
+    )
     where.add_argument(
         "--remote",
         metavar="URL",
@@ -47,6 +51,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from dolly_desktop.generation.prompt import build_prompt, read_text_file
     from dolly_desktop.history.runs import run_and_record
     from dolly_desktop.history.store import History
+    from dolly_desktop.models.choice import resolve_model
 
     params = params_from_args(a)
     if a.context == "-" and a.instruction in (None, "-"):
@@ -62,7 +67,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     else:
         from dolly_desktop.generation.local import Engine
 
-        engine = Engine(a.model, a.device)
+        engine = Engine(resolve_model(a.model), a.device)
     history = History(enabled=not a.no_history)
 
     def out(piece: str) -> None:
@@ -92,11 +97,12 @@ def self_test(a: argparse.Namespace) -> int:
 
     from dolly_desktop.generation.devices import list_devices
     from dolly_desktop.generation.local import Engine
+    from dolly_desktop.models.choice import resolve_model
 
     t0 = time.perf_counter()
     print(f"dolly-desktop {__version__}, OpenVINO {openvino.get_version()}")
     print("devices: " + ", ".join(d.id for d in list_devices()))
-    engine = Engine(a.self_test, "CPU")
+    engine = Engine(resolve_model(a.self_test), "CPU")
     print(f"model loaded in {engine.load_s:.2f} s, warmed up in {engine.warmup_s:.2f} s")
     result = engine.generate("Who is Dolly?", GenerationParams(greedy=True, max_new_tokens=8))
     if result.generated_tokens < 1:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dolly_desktop.atomic import staged_folder
 from dolly_desktop.errors import DollyError
+from dolly_desktop.models import export_support
 from dolly_desktop.models.compress import Int4Options, compress_ir
 from dolly_desktop.models.folder import Precision, inspect_model_dir, is_checkpoint
 from dolly_desktop.models.tokenizer import convert_tokenizer_files
@@ -40,9 +41,7 @@ def export_checkpoint(
         from optimum.exporters.openvino import main_export
         from optimum.intel import OVConfig
     except ImportError as e:
-        raise DollyError(
-            "Exporting needs optimum-intel: install Dolly Desktop with the 'export' extra."
-        ) from e
+        raise DollyError(export_support.how_to_install()) from e
 
     with staged_folder(dest, check=inspect_model_dir) as out:
         # Named like staging, so remove_stale_staging() clears it if this process is killed.

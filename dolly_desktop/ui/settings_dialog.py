@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.devices import list_devices
+from dolly_desktop.models import export_support
 from dolly_desktop.models.capacity import format_bytes
 from dolly_desktop.models.download import TransferProgress
 from dolly_desktop.models.folder import Precision
@@ -283,6 +284,9 @@ class SettingsDialog(QDialog):
         )
 
     def export_checkpoint(self, src: str | None = None) -> None:
+        if not export_support.available():
+            self.offer_export_support()
+            return
         if src is None:
             src = QFileDialog.getExistingDirectory(self, "A PyTorch checkpoint folder to export")
             if not src:
@@ -294,6 +298,23 @@ class SettingsDialog(QDialog):
             self._say(str(e), error=True)
             return
         self._run_child(f"Exporting {Path(src).name} to {precision.value}", child)
+
+    def offer_export_support(self) -> None:
+        """Export needs torch and optimum-intel, which the app does not install up front."""
+        if export_support.pip_command() is None:  # a bundle: no pip to install with
+            self._say(export_support.how_to_install(), error=True)
+            return
+        size = format_bytes(export_support.APPROX_BYTES)
+        answer = QMessageBox.question(
+            self,
+            "Install export support",
+            f"Exporting a PyTorch checkpoint needs torch and optimum-intel (about {size}), which "
+            "are not installed yet. Install export support now?",
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            self._say(export_support.how_to_install())
+            return
+        self._run(f"Installing export support (about {size})", export_support.install)
 
     def compress_selected(self) -> None:
         row = self.selected_row()
