@@ -8,7 +8,8 @@
   X-Linked-Size) to /cdn/..., which serves the bytes with Range support, as the Hub's CDN does.
 - Faults for tests: `cut_once` drops the connection after N bytes of one GET of a file;
   `corrupt` flips a byte of a file as served; `throttle` makes a file arrive slowly (a slow
-  line, so that a test can stop a transfer halfway).
+  line, so that a test can stop a transfer halfway); `oversend` answers every GET of a file
+  with more bytes than it lists, saying so in Content-Length or not.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class HubServer:
         self._cuts: dict[tuple[str, str], int] = {}
         self._corrupt: set[tuple[str, str]] = set()
         self._rates: dict[tuple[str, str], float] = {}
+        self._oversend: dict[tuple[str, str], tuple[int, bool]] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -123,6 +125,11 @@ class HubServer:
             self._rates.pop((repo_id, filename), None)
         else:
             self._rates[(repo_id, filename)] = bytes_per_s
+
+    def oversend(self, repo_id: str, filename: str, total: int, declared: bool = True) -> None:
+        """Every GET of this file sends `total` bytes (the file, then zeros): with a
+        Content-Length that says so (`declared`), or none and the connection closed after."""
+        self._oversend[(repo_id, filename)] = (total, declared)
 
     def gets(self, filename: str) -> list[Request]:
         """Byte-serving GETs of a file (the CDN for LFS files), in order."""
@@ -229,10 +236,18 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 start = int(m.group(1))
                 end = min(int(m.group(2)), f.size - 1) if m.group(2) else f.size - 1
                 status = 206
+            length: int | None = end - start + 1
+            over = hub._oversend.get((repo_id, name))
+            if over is not None:
+                length = over[0] if over[1] else None
             self.req.status = status
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(end - start + 1))
+            if length is None:  # the body ends when the connection does
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(length))
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("ETag", f'"{f.sha256 or f.blob_id}"')
             self.send_header("X-Repo-Commit", commit)
@@ -242,6 +257,8 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if not body:
                 return
             data = bytearray(f.path.read_bytes()[start : end + 1])
+            if over is not None:
+                data += bytes(max(0, over[0] - len(data)))
             if (repo_id, name) in hub._corrupt and data:
                 data[len(data) // 2] ^= 0xFF
             limit = hub._cuts.pop((repo_id, name), None)

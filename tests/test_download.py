@@ -3,9 +3,11 @@ served as OpenVINO/dolly-v2-3b-int4-ov and the tiny checkpoint as databricks/dol
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,19 +51,43 @@ def _same_files(a: Path, b: Path) -> bool:
     return not mismatch and not errors
 
 
-def _cancel_when_file_grows(part: Path, size: int, cancel: threading.Event) -> threading.Thread:
-    """Set `cancel` from another thread (as the GUI would) once `part` holds `size` bytes."""
+def _cancel_when(happened: Callable[[], bool], cancel: threading.Event) -> threading.Thread:
+    """Set `cancel` from another thread (as the GUI would) once `happened()` is true."""
 
     def watch() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not cancel.is_set():
-            if part.is_file() and part.stat().st_size >= size:
+            if happened():
                 cancel.set()
             time.sleep(0.005)
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     return t
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+@contextlib.contextmanager
+def _largest_size(path: Path) -> Iterator[list[int]]:
+    """The largest size `path` reaches while the block runs (polled every millisecond)."""
+    largest = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.001):
+            with contextlib.suppress(OSError):
+                largest[0] = max(largest[0], path.stat().st_size)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        yield largest
+    finally:
+        stop.set()
+        t.join()
 
 
 def test_the_stand_in_behaves_like_the_hub_for_huggingface_hub(hub, tiny_models, tmp_path):
@@ -125,7 +151,7 @@ def test_cancel_keeps_the_partial_file_and_the_next_run_resumes(hub, store, tiny
     hub.throttle(INT4_REPO, MODEL_BIN, 8_000_000)  # ~1.7 s for the file: time to stop it
     cancel = threading.Event()
     part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (MODEL_BIN + ".part")
-    watcher = _cancel_when_file_grows(part, 2_000_000, cancel)
+    watcher = _cancel_when(lambda: _size(part) >= 2_000_000, cancel)
     with pytest.raises(Cancelled):
         store.download("dolly-v2-3b", "INT4", endpoint=hub.url, cancel=cancel)
     watcher.join()
@@ -146,7 +172,7 @@ def test_a_new_commit_discards_the_old_partial_files(hub, store, tiny_models):
     hub.throttle(INT4_REPO, MODEL_BIN, 8_000_000)
     cancel = threading.Event()
     part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (MODEL_BIN + ".part")
-    _cancel_when_file_grows(part, 1_000_000, cancel)
+    _cancel_when(lambda: _size(part) >= 1_000_000, cancel)
     with pytest.raises(Cancelled):
         store.download("dolly-v2-3b", "INT4", endpoint=hub.url, cancel=cancel)
     hub.throttle(INT4_REPO, MODEL_BIN, None)
@@ -163,6 +189,35 @@ def test_a_corrupt_file_is_refused_and_nothing_installed(hub, store, name):
     assert store.list() == []
     part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (name + ".part")
     assert not part.exists()  # the next run fetches that file afresh
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "no-length"])
+def test_a_server_sending_more_than_it_lists_fails_within_the_retries(hub, store, declared):
+    # 3 MB for a file listed at a few hundred bytes once drove an endless loop of GETs.
+    name = "config.json"
+    size = hub.repos[INT4_REPO].files[name].size
+    hub.oversend(INT4_REPO, name, 3_000_000, declared)
+    part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (name + ".part")
+    reports = []
+    cancel = threading.Event()  # a watchdog: the download must give up on its own, long before
+    _cancel_when(lambda: len(hub.gets(name)) > 10, cancel)
+    with _largest_size(part) as largest, pytest.raises(DollyError) as e:
+        store.download(
+            "dolly-v2-3b",
+            "INT4",
+            endpoint=hub.url,
+            retries=2,
+            progress=reports.append,
+            cancel=cancel,
+        )
+    # Declared: refused from the headers, before any byte; else cut off at the listed size.
+    why = f"it sent 3,000,000 bytes where {size:,} were due" if declared else "it sent more than"
+    assert str(e.value).startswith(f"The download of {name} from {INT4_REPO} keeps failing ({why}")
+    assert len(str(e.value).splitlines()) == 1
+    assert len(hub.gets(name)) == 3  # retries + 1
+    assert largest[0] <= size
+    assert all(r.done_bytes <= r.total_bytes for r in reports)
+    assert store.list() == []
 
 
 def test_refused_when_the_disk_is_too_small(hub, store, tmp_path):

@@ -221,6 +221,11 @@ def _bytes_on_disk(folder: Path, f: RemoteFile) -> int:
     return min(part.stat().st_size, f.size) if part.is_file() else 0
 
 
+class _Unusable(Exception):
+    """One answer that brought no usable bytes (too many, too few, cut): it counts against the
+    retries, so that no misbehaving server keeps the download going round forever."""
+
+
 def _fetch_file(
     url: str,
     headers: dict[str, str],
@@ -237,37 +242,32 @@ def _fetch_file(
     final.parent.mkdir(parents=True, exist_ok=True)
     part = _part(final)
     failures = 0
-    while True:
+    while (have := _size(part)) != f.size:
         raise_if_cancelled(cancel)
-        have = part.stat().st_size if part.is_file() else 0
-        if have > f.size:  # not ours to trust
+        if have > f.size:  # left by something else: not ours to trust
             meter.rewind(f.size)
             part.unlink()
-            have = 0
-        if have == f.size:
-            break
+            continue
         try:
-            got = _transfer(url, headers, part, have, f, meter, cancel)
-        except httpx.TransportError as e:  # cut, reset, timeout: resume from what arrived
+            _transfer(url, headers, part, have, f, meter, cancel)
+        except (httpx.TransportError, _Unusable) as e:  # cut, reset, timeout, wrong length
             raise_if_cancelled(cancel)
-            got = part.stat().st_size - have if part.is_file() else 0
-            failures = 0 if got > 0 else failures + 1
+            grew = _size(part) > have  # resume from what arrived
+            failures = 0 if grew else failures + 1
             if failures > retries:
+                why = str(e) or type(e).__name__
                 raise DollyError(
-                    f"The download of {f.name} from {repo_id} keeps failing ({e}): "
-                    "check the connection and download again to resume."
+                    f"The download of {f.name} from {repo_id} keeps failing ({why}): check the "
+                    "connection or the server, then download again to resume."
                 ) from e
-            delay = 0.0 if got > 0 else min(2.0**failures, 30.0)
-            log.warning("transfer of %s cut after %d bytes (%s); resuming", f.name, got, e)
+            log.warning(
+                "transfer of %s failed at %d bytes (%s); trying again", f.name, _size(part), e
+            )
+            delay = 0.0 if grew else min(2.0**failures, 30.0)
             if cancel is not None and cancel.wait(delay):
                 raise Cancelled() from None
             if cancel is None:
                 time.sleep(delay)
-            continue
-        if have + got < f.size:  # the server ended early without an error: ask for the rest
-            failures = 0 if got > 0 else failures + 1
-            if failures > retries:
-                raise DollyError(f"{repo_id} sent {f.name} short: download it again.")
     meter.stage("verifying", f.name)
     if not _verify(part, f, cancel):
         meter.rewind(f.size)
@@ -278,6 +278,10 @@ def _fetch_file(
     os.replace(part, final)
 
 
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
 def _transfer(
     url: str,
     headers: dict[str, str],
@@ -286,8 +290,11 @@ def _transfer(
     f: RemoteFile,
     meter: _Meter,
     cancel: threading.Event | None,
-) -> int:
-    """One GET from byte `have` on, appended to `part`; return the bytes received."""
+) -> None:
+    """One GET from byte `have` on, appended to `part` until it holds the file's `f.size` bytes.
+
+    Never more: an answer longer than promised (by the listing, or its own Content-Length) is
+    refused before it is written, and what it brought is dropped."""
     req = dict(headers)
     if have:
         req["Range"] = f"bytes={have}-"
@@ -304,14 +311,23 @@ def _transfer(
             have = 0
         elif have and not r.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
             raise DollyError(f"The server answered a resume of {f.name} with the wrong bytes.")
+        due = f.size - have
+        length = r.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > due:
+            raise _Unusable(f"it sent {int(length):,} bytes where {due:,} were due")
         got = 0
         with open(part, "ab" if have else "wb") as fh:
             for chunk in r.iter_raw():  # as it arrives: a cut loses nothing received
                 raise_if_cancelled(cancel)
+                if got + len(chunk) > due:
+                    fh.truncate(have)
+                    meter.rewind(got)
+                    raise _Unusable(f"it sent more than the {due:,} bytes due")
                 fh.write(chunk)
                 got += len(chunk)
                 meter.add(len(chunk))
-        return got
+        if got < due:  # ended early without an error: ask for the rest
+            raise _Unusable(f"it sent {got:,} of {due:,} bytes")
 
 
 def _verify(path: Path, f: RemoteFile, cancel: threading.Event | None) -> bool:
