@@ -112,15 +112,6 @@ def test_cancel_drops_only_its_own_request(batch, engine):
         assert results[n].stop_reason is alone.stop_reason
 
 
-def test_a_cancel_before_the_first_token_leaves_the_batch_serving(batch):
-    session = batch.session()
-    session.cancel()
-    r = session.generate("Hi", GenerationParams(greedy=True, max_new_tokens=50), lambda _: None)
-    assert r.generated_tokens <= 50
-    again = batch.generate("Hi", GenerationParams(greedy=True, max_new_tokens=5))
-    assert again.generated_tokens == 5 or again.stop_reason is StopReason.END
-
-
 def test_the_kv_cache_default_follows_the_model_and_free_memory(tiny_fp16, tmp_path):
     import json
 
@@ -241,3 +232,15 @@ def test_one_at_a_time_without_batching(tiny_models, reference):
 def test_serve_prints_the_batch_and_the_kv_cache(batching_server):
     line = batching_server.stderr()
     assert "up to 4 requests at once" in line and "KV cache 1 GB" in line
+
+
+def test_chat_max_completion_tokens_outranks_max_tokens(batching_server, reference):
+    client = openai.OpenAI(base_url=batching_server.url, api_key="-", max_retries=0)
+    r = client.chat.completions.create(
+        model="any",
+        messages=[{"role": "user", "content": INSTRUCTIONS[0]}],
+        temperature=0,
+        max_tokens=50,
+        max_completion_tokens=5,
+    )
+    assert r.usage.completion_tokens == reference(INSTRUCTIONS[0], 5).generated_tokens <= 5

@@ -42,8 +42,9 @@ from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.engine import EngineBase, GenerationResult
 from dolly_desktop.generation.prompt import (
     INTRO_BLURB,
+    MAX_CONTEXT_CHARS,
     MAX_INSTRUCTION_CHARS,
-    PROMPT_FORMAT,
+    PROMPT_WITH_INPUT_FORMAT,
     RESPONSE_KEY,
     build_prompt,
 )
@@ -294,17 +295,21 @@ def _too_large() -> ApiError:
     return ApiError(413, f"The request body is over {MAX_BODY_BYTES >> 20} MiB.")
 
 
-_TEMPLATE_CHARS = len(PROMPT_FORMAT.format(instruction=""))
+# The longest whole prompt build_prompt makes: an instruction and a passage at their limits.
+MAX_PROMPT_CHARS = (
+    MAX_INSTRUCTION_CHARS
+    + MAX_CONTEXT_CHARS
+    + len(PROMPT_WITH_INPUT_FORMAT.format(instruction="", input=""))
+)
 
 
 def _as_prompt(text: str, field: str) -> str:
     """The model's prompt for an instruction, or a whole Dolly prompt as is."""
     if text.startswith(INTRO_BLURB) and text.endswith(f"{RESPONSE_KEY}\n"):
-        if len(text) > MAX_INSTRUCTION_CHARS + _TEMPLATE_CHARS:  # before it is tokenized
+        if len(text) > MAX_PROMPT_CHARS:  # before it is tokenized
             raise ApiError(
                 400,
-                f"The prompt is {len(text)} characters long; the limit is "
-                f"{MAX_INSTRUCTION_CHARS + _TEMPLATE_CHARS}.",
+                f"The prompt is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.",
                 field,
             )
         return text
