@@ -13,7 +13,14 @@ from test_history import home_env
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.capacity import GB
 from dolly_desktop.models.catalog import CATALOG
-from dolly_desktop.models.choice import best_installed, recommend, resolve_model, run_ram_bytes
+from dolly_desktop.models.choice import (
+    MIN_TOK_S,
+    best_installed,
+    expected_tok_s,
+    recommend,
+    resolve_model,
+    run_ram_bytes,
+)
 from dolly_desktop.models.folder import Precision
 from dolly_desktop.models.store import InstalledModel, Store
 
@@ -53,8 +60,11 @@ def test_best_installed_skips_what_cannot_run():
 
 
 def test_first_start_recommendation_by_memory_and_disk():
-    big = recommend(ram=64 * GB, free_disk=200 * GB)
-    assert (big.model, big.precision) == ("dolly-v2-12b", Precision.INT8)
+    big = recommend(ram=64 * GB, free_disk=200 * GB)  # memory for 12b, but not the speed
+    assert (big.model, big.precision) == ("dolly-v2-3b", Precision.INT8)
+    assert expected_tok_s(big) >= MIN_TOK_S
+    faster = [v for m in CATALOG.values() for v in m.variants if expected_tok_s(v) >= MIN_TOK_S]
+    assert all(v.model == "dolly-v2-3b" for v in faster)
     small = recommend(ram=6 * GB, free_disk=200 * GB)
     assert small.model == "dolly-v2-3b" and small.run_ram_bytes <= 6 * GB
     no_disk = recommend(ram=64 * GB, free_disk=3 * GB)

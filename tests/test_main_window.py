@@ -144,10 +144,10 @@ def test_broken_model_folder_shows_error_and_app_stays_usable(qtbot, tiny_fp16, 
     w.close()
 
 
-def test_no_model_says_so(qtbot):
+def test_no_model_offers_the_first_run_panel(qtbot):
     w = open_window(qtbot)
-    assert "No model yet" in w.error_text()
-    assert w.open_button.isVisible() and not w.submit_button.isEnabled()
+    assert w.first_run.isVisible() and not w.submit_button.isEnabled()
+    assert w.first_run.download_button.text().startswith("Download dolly-v2-")
     w.close()
 
 

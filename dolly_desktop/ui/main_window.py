@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from dolly_desktop import APP_NAME
+from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.devices import list_devices
 from dolly_desktop.generation.engine import REMOTE, GenerationResult
 from dolly_desktop.generation.examples import CONTEXT_EXAMPLES, EXAMPLES
@@ -39,7 +40,10 @@ from dolly_desktop.generation.params import RANGES, GenerationParams
 from dolly_desktop.generation.prompt import EMPTY_INSTRUCTION
 from dolly_desktop.history.store import Entry, History
 from dolly_desktop.logs import log_file
+from dolly_desktop.models.choice import best_installed, resolve_model
+from dolly_desktop.models.store import Store
 from dolly_desktop.ui.context_pane import ContextPane
+from dolly_desktop.ui.first_run import FirstRunPanel
 from dolly_desktop.ui.history_panel import HistoryPanel
 from dolly_desktop.ui.settings import AppSettings
 from dolly_desktop.ui.settings_dialog import SettingsDialog
@@ -175,6 +179,9 @@ class MainWindow(QMainWindow):
         top.addWidget(self.settings_button)
         top.addWidget(self.open_button)
         lay.addLayout(top)
+        self.first_run = FirstRunPanel(Store())
+        self.first_run.hide()
+        lay.addWidget(self.first_run)
         lay.addWidget(self.splitter, 1)
         self.setCentralWidget(root)
 
@@ -268,6 +275,7 @@ class MainWindow(QMainWindow):
         self.history_panel.selected.connect(self.show_entry)
         self.history_panel.rerun.connect(self.rerun_entry)
         self.history_panel.enabled_changed.connect(self.set_history_enabled)
+        self._connect_first_run()
         self.response_done.connect(self.history_panel.refresh)
 
     # ---- state ------------------------------------------------------------------------
@@ -286,7 +294,7 @@ class MainWindow(QMainWindow):
         elif folder:
             self.load_model(folder)
         else:
-            self._show_no_model()
+            self._first_start()
         for notice in self.history.take_notices():
             self._show_error(notice)
         self._update_buttons()
@@ -325,6 +333,11 @@ class MainWindow(QMainWindow):
 
     # ---- model ------------------------------------------------------------------------
     def load_model(self, folder: str) -> None:
+        try:  # a store name (dolly-v2-3b, dolly-v2-3b/INT4) as well as a folder
+            folder = str(resolve_model(folder, self.first_run.store))
+        except DollyError as e:
+            self._show_error(str(e), offer_open=True)
+            return
         self.loading = True
         self.model_dir = None
         self._update_buttons()
@@ -379,6 +392,7 @@ class MainWindow(QMainWindow):
         self.context_pane.schedule_count()  # the new model's tokenizer counts now
         self.model_dir = folder
         self.model_is_remote = device == REMOTE
+        self.first_run.hide()
         if self.settings_dialog is not None:
             self.settings_dialog.current_folder = folder
             self.settings_dialog.refresh()
@@ -406,13 +420,23 @@ class MainWindow(QMainWindow):
         self._update_buttons()
         self.load_done.emit()
 
-    def _show_no_model(self) -> None:
-        self._show_banner(
-            "<b>No model yet.</b> Dolly Desktop runs a Dolly 2.0 model in OpenVINO format "
-            "(a folder with <tt>openvino_model.xml</tt>). Download or export one in Model "
-            "settings, or open a folder you already have.",
-            offer_open=True,
-        )
+    def _first_start(self) -> None:
+        """No model chosen yet: the best installed one loads without asking; with none, the
+        first-run panel offers the one this machine can run best."""
+        best = best_installed(self.first_run.store.list())
+        if best is not None:
+            self.load_model(str(best.path))
+            return
+        self.first_run.advise()
+        self.first_run.show()
+
+    def _connect_first_run(self) -> None:
+        p = self.first_run
+        p.installed.connect(self.load_model)
+        p.choose_other.connect(self.open_settings)
+        p.import_folder.connect(lambda: self.open_settings().import_folder())
+        p.use_remote.connect(lambda: self.open_settings().show_remote())
+        p.open_folder.connect(self.choose_model_folder)
 
     # ---- generation -------------------------------------------------------------------
     def submit(self) -> None:

@@ -4,6 +4,7 @@ and choose the variant and the device it runs on."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Signal
@@ -45,6 +46,18 @@ from dolly_desktop.ui.settings import AppSettings
 HINTS = {"": "Default", "LATENCY": "Latency (one person chatting)", "THROUGHPUT": "Throughput"}
 
 
+def download_progress(emit: ProgressFn) -> Callable[[TransferProgress], None]:
+    """A download's progress as a line for a progress label."""
+
+    def on(p: TransferProgress) -> None:
+        eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
+        done, total = format_bytes(p.done_bytes), format_bytes(p.total_bytes)
+        speed = format_bytes(p.speed_bps)
+        emit(f"{p.stage} {p.file}: {done} of {total} at {speed}/s{eta}", p.fraction)
+
+    return on
+
+
 class SettingsDialog(QDialog):
     model_chosen = Signal(str, str)  # folder, device
     remote_chosen = Signal(str, str)  # url, api key
@@ -62,7 +75,7 @@ class SettingsDialog(QDialog):
         self.rows: list[Listed] = []
         self.current_folder: str | None = None  # the window says what it has loaded
         self.endpoint: str | None = None  # the Hub; None: HF_ENDPOINT or huggingface.co
-        tabs = QTabWidget()
+        tabs = self.tabs = QTabWidget()
         tabs.addTab(self._models_page(), "Models")
         tabs.addTab(self._inference_page(), "Inference")
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
@@ -180,6 +193,12 @@ class SettingsDialog(QDialog):
         self.cache.editingFinished.connect(self._inference_changed)
         return page
 
+    def show_remote(self) -> None:
+        """The Inference page, where a remote server is chosen."""
+        self.tabs.setCurrentIndex(1)
+        self.show()
+        self.remote_url.setFocus()
+
     def test_remote(self) -> None:
         from dolly_desktop.generation.remote import RemoteEngine
 
@@ -262,15 +281,6 @@ class SettingsDialog(QDialog):
         if not row or not row.repo_id:
             return
 
-        def progress_of(emit):
-            def on(p: TransferProgress) -> None:
-                eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
-                done, total = format_bytes(p.done_bytes), format_bytes(p.total_bytes)
-                speed = format_bytes(p.speed_bps)
-                emit(f"{p.stage} {p.file}: {done} of {total} at {speed}/s{eta}", p.fraction)
-
-            return on
-
         self._run(
             f"Downloading {row.name} {row.variant}",
             lambda emit, cancel: self.store.download(
@@ -278,7 +288,7 @@ class SettingsDialog(QDialog):
                 row.variant,
                 repo_id=row.repo_id,
                 endpoint=self.endpoint,
-                progress=progress_of(emit),
+                progress=download_progress(emit),
                 cancel=cancel,
             ),
         )
