@@ -12,6 +12,7 @@ from dolly_desktop import APP_NAME
 from dolly_desktop.generation.examples import EXAMPLES
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.ui.icon import app_icon
+from dolly_desktop.ui.look import follow_color_scheme
 from dolly_desktop.ui.main_window import MainWindow
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def make_app() -> QApplication:
     app.setOrganizationName("Dolly Desktop")
     app.setDesktopFileName("dolly-desktop")
     app.setWindowIcon(app_icon())
+    follow_color_scheme(app)
     return app  # type: ignore[return-value]
 
 

@@ -34,7 +34,9 @@ class FirstRunPanel(QFrame):
         self.store = store
         self.endpoint: str | None = None  # the Hub; None: HF_ENDPOINT or huggingface.co
         self.job: Job | None = None
-        self.setStyleSheet("#first_run { border: 1px solid palette(mid); border-radius: 6px; }")
+        # A frame from the style, not a style sheet: a style sheet pins the colours it was
+        # polished with, and the panel would stay dark-on-dark after a switch to a dark scheme.
+        self.setFrameShape(QFrame.Shape.StyledPanel)
         self.title = QLabel("<h2>Welcome to Dolly Desktop</h2>")
         self.advice = QLabel(wordWrap=True, objectName="first_run_advice")
         self.download_button = QPushButton(objectName="first_run_download")

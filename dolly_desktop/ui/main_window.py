@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QMainWindow,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -45,6 +46,7 @@ from dolly_desktop.models.store import Store
 from dolly_desktop.ui.context_pane import ContextPane
 from dolly_desktop.ui.first_run import FirstRunPanel
 from dolly_desktop.ui.history_panel import HistoryPanel
+from dolly_desktop.ui.look import ZOOM_RANGE, ZOOM_STEP, name_controls
 from dolly_desktop.ui.settings import AppSettings
 from dolly_desktop.ui.settings_dialog import SettingsDialog
 from dolly_desktop.ui.workers import EngineThread, GenerateRequest, LoadRequest
@@ -92,7 +94,11 @@ class MainWindow(QMainWindow):
         self.settings_dialog: SettingsDialog | None = None
         self._response_text = ""
         self._build()
+        self._base_point_size = self.response.font().pointSizeF()
+        self._name_controls()
         self._connect()
+        if self.settings.zoom:
+            self.zoom(0)
         self._restore(model)
 
     # ---- building -------------------------------------------------------------------
@@ -197,6 +203,19 @@ class MainWindow(QMainWindow):
         self.live_timer = QTimer(self, interval=250)
         self.resize(1100, 720)
 
+    def _name_controls(self) -> None:
+        self.instruction.setAccessibleName("Instruction")
+        self.instruction.setAccessibleDescription("What you want Dolly to do; Ctrl+Enter sends")
+        self.response.setAccessibleName("Response")
+        self.examples.setAccessibleName("Examples")
+        self.side_tabs.setAccessibleName("Examples and history")
+        self.history_panel.setAccessibleName("History")
+        self.seed_check.setAccessibleName("Fixed seed")
+        self.seed.setAccessibleName("Seed")
+        self.submit_button.setAccessibleDescription("Generate a response (Ctrl+Enter)")
+        self.stop_button.setAccessibleDescription("Stop generating (Esc)")
+        name_controls(self)
+
     def _build_params(self) -> QGroupBox:
         box = QGroupBox("Parameters")
         form = QFormLayout(box)
@@ -233,10 +252,25 @@ class MainWindow(QMainWindow):
         self.settings_action = QAction("Model &settings…", self, shortcut=QKeySequence("Ctrl+,"))
         m.addAction(self.settings_action)
         m.addSeparator()
-        quit_action = QAction("&Quit", self, shortcut=QKeySequence.Quit)
+        quit_action = QAction("&Quit", self, shortcut=QKeySequence("Ctrl+Q"))
         quit_action.triggered.connect(self.close)
         m.addAction(quit_action)
+        v = self.menuBar().addMenu("&View")
+        self.zoom_in_action = QAction("Zoom &in", self)
+        self.zoom_in_action.setShortcuts([QKeySequence("Ctrl+="), QKeySequence.ZoomIn])
+        self.zoom_out_action = QAction("Zoom &out", self, shortcut=QKeySequence.ZoomOut)
+        self.zoom_reset_action = QAction("&Actual size", self, shortcut=QKeySequence("Ctrl+0"))
+        for action, steps in (
+            (self.zoom_in_action, ZOOM_STEP),
+            (self.zoom_out_action, -ZOOM_STEP),
+            (self.zoom_reset_action, None),
+        ):
+            action.triggered.connect(lambda _c=False, s=steps: self.zoom(s))
+            v.addAction(action)
         h = self.menuBar().addMenu("&Help")
+        self.shortcuts_action = QAction("&Keyboard shortcuts", self)
+        self.shortcuts_action.triggered.connect(self.show_shortcuts)
+        h.addAction(self.shortcuts_action)
         self.about_action = QAction(f"&About {APP_NAME}", self)
         h.addAction(self.about_action)
 
@@ -551,6 +585,35 @@ class MainWindow(QMainWindow):
             engine.context_length if engine is not None else 0,
         )
 
+    # ---- look -------------------------------------------------------------------------
+    def zoom(self, steps: int | None) -> None:
+        """Make the instruction, context and response text bigger or smaller (None: back to
+        the normal size); kept between runs."""
+        z = 0 if steps is None else self.settings.zoom + steps
+        z = max(ZOOM_RANGE[0], min(ZOOM_RANGE[1], z))
+        self.settings.zoom = z
+        for w in (self.instruction, self.response, self.context_pane.edit):
+            font = w.font()
+            font.setPointSizeF(max(4.0, self._base_point_size + z))
+            w.setFont(font)
+
+    def text_point_size(self) -> float:
+        return self.response.font().pointSizeF()
+
+    def shortcuts(self) -> list[tuple[str, str]]:
+        """Every keyboard shortcut, as Help lists them."""
+        pairs = [("Ctrl+Enter", "Submit the instruction"), ("Esc", "Stop generating")]
+        for action in self.findChildren(QAction):
+            for key in action.shortcuts():
+                text = key.toString(QKeySequence.SequenceFormat.NativeText)
+                if text:
+                    pairs.append((text, action.text().replace("&", "")))
+        return pairs
+
+    def show_shortcuts(self) -> None:
+        rows = "".join(f"<tr><td><b>{k}</b></td><td>{w}</td></tr>" for k, w in self.shortcuts())
+        QMessageBox.information(self, "Keyboard shortcuts", f"<table>{rows}</table>")
+
     def use_example(self, text: str) -> None:
         for instruction, passage in CONTEXT_EXAMPLES:
             if text in (instruction, f"{instruction}{WITH_PASSAGE}"):
@@ -583,8 +646,8 @@ class MainWindow(QMainWindow):
     def _show_banner(self, html: str, offer_open: bool = False, error: bool = False) -> None:
         self.banner.setProperty("error", error)
         self.banner.setStyleSheet(
-            "QLabel { padding: 8px; border-radius: 4px; background: %s; }"
-            % ("#fde7e9" if error else "#eef3fb")
+            "QLabel { padding: 8px; border-radius: 4px; background: %s; color: #1d1d1f; }"
+            % ("#fde7e9" if error else "#eef3fb")  # light in either scheme: dark text on it
         )
         self.banner.setText(html)
         self.banner.show()

@@ -55,6 +55,7 @@ class AppSettings:
     cache_dir = _Key("inference/cache_dir", "")
     window_geometry = _Key("window/geometry", QByteArray())
     window_splitter = _Key("window/splitter", QByteArray())
+    zoom = _Key("view/zoom", 0)  # points added to the text's normal size
 
     def __init__(self, qs: QSettings | None = None) -> None:
         path = str(paths.data_dir() / "settings.ini")

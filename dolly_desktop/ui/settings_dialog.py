@@ -76,8 +76,10 @@ class SettingsDialog(QDialog):
         self.current_folder: str | None = None  # the window says what it has loaded
         self.endpoint: str | None = None  # the Hub; None: HF_ENDPOINT or huggingface.co
         tabs = self.tabs = QTabWidget()
+        tabs.setAccessibleName("Model settings")
         tabs.addTab(self._models_page(), "Models")
         tabs.addTab(self._inference_page(), "Inference")
+        self.table.setAccessibleName("Models: installed and available")
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.close)
         lay = QVBoxLayout(self)
