@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -218,6 +219,22 @@ def test_a_server_sending_more_than_it_lists_fails_within_the_retries(hub, store
     assert largest[0] <= size
     assert all(r.done_bytes <= r.total_bytes for r in reports)
     assert store.list() == []
+
+
+def test_a_repo_whose_files_match_but_make_no_model_installs_nothing(
+    hub, store, tiny_models, tmp_path
+):
+    # Every checksum holds (the repo itself is broken): only the folder check stands between
+    # these files and an installed model that cannot load.
+    broken = shutil.copytree(tiny_models["INT4"], tmp_path / "broken")
+    with open(broken / MODEL_BIN, "r+b") as f:
+        f.truncate(1000)
+    hub.add_repo(INT4_REPO, broken)
+    with pytest.raises(DollyError, match=f"{MODEL_BIN} in .* is truncated"):
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
+    assert store.list() == [] and store.partial_downloads() == []
+    assert not (store.root / "dolly-v2-3b" / "INT4").exists()
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
 
 
 def test_refused_when_the_disk_is_too_small(hub, store, tmp_path):

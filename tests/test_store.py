@@ -88,6 +88,35 @@ def test_import_refuses_a_broken_source_and_installs_nothing(store, tiny_models,
     assert store.list() == [] and _hidden(store.root) == []
 
 
+def test_import_of_a_folder_without_weights_names_it_and_installs_nothing(
+    store, tiny_models, tmp_path
+):
+    src = shutil.copytree(tiny_models["INT4"], tmp_path / "no-weights")
+    (src / MODEL_BIN).unlink()
+    with pytest.raises(DollyError, match=f"^{re.escape(str(src))} has no {MODEL_BIN}"):
+        store.import_folder(src, name="tiny")
+    assert store.list() == [] and _hidden(store.root) == []
+
+
+def test_a_source_that_changes_while_it_is_copied_installs_nothing(store, tiny_models, tmp_path):
+    # It passed the look before copying (a flaky disk, another program writing): only the check
+    # of the copy, before it is renamed into place, keeps a broken model out of the store.
+    src = shutil.copytree(tiny_models["INT4"], tmp_path / "changing")
+    stages = []
+
+    def progress(stage: str, fraction: float) -> None:
+        if not stages:
+            with open(src / MODEL_BIN, "r+b") as f:
+                f.truncate(1000)
+        stages.append(stage)
+
+    with pytest.raises(DollyError, match=f"{MODEL_BIN} in .* is truncated"):
+        store.import_folder(src, name="tiny", progress=progress)
+    assert stages and stages[-1] == "copying"
+    assert store.list() == [] and _hidden(store.root) == []
+    assert not (store.root / "tiny" / "INT4").exists()
+
+
 def test_cancelled_import_leaves_nothing(store, tiny_models):
     cancel = threading.Event()
     stages = []
