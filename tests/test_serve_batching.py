@@ -206,9 +206,10 @@ def test_four_streams_are_decoded_together(batching_server, reference):
 
 
 def test_a_client_that_goes_away_cancels_only_its_own_request(batching_server, reference):
-    streams = stream_all(batching_server.url, INSTRUCTIONS[:3], 300, close_after=(1, 3))
+    # 1000 tokens: the abandoned answer must still be running when its client goes.
+    streams = stream_all(batching_server.url, INSTRUCTIONS[:3], 1000, close_after=(1, 3))
     for n in (0, 2):
-        assert streams[n].text == reference(INSTRUCTIONS[n], 300).text
+        assert streams[n].text == reference(INSTRUCTIONS[n], 1000).text
     gone = streams[1].rid
     deadline = time.monotonic() + 10
     while not any(gone in ln for ln in server_log()):
@@ -216,7 +217,7 @@ def test_a_client_that_goes_away_cancels_only_its_own_request(batching_server, r
         time.sleep(0.1)
     line = next(ln for ln in server_log() if gone in ln)
     assert line.endswith("(cancelled)")
-    assert int(line.split(f"{gone}: ")[1].split(" tokens")[0]) < 300
+    assert int(line.split(f"{gone}: ")[1].split(" tokens")[0]) < 1000
 
 
 def test_one_at_a_time_without_batching(tiny_models, reference):

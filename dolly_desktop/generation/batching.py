@@ -4,7 +4,8 @@ openvino-genai's ContinuousBatchingPipeline keeps the KV cache in blocks (paged 
 decodes every running request in one step: each step reads the weights once for all of them,
 so on a CPU, where decoding is bound by memory bandwidth, four streams cost little more than
 one. One scheduler thread owns the pipeline: it adds new requests between steps, steps, and
-hands each request's new tokens to that request's streamer.
+passes each request's new token ids to the thread that asked, which turns them into text
+(detokenizing, the text callback) while the next step runs.
 
 `BatchingEngine` follows the engine contract for one request per call, but calls may overlap
 (each its own sampling parameters and seed). `cancel()` stops every running request; a
@@ -19,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -118,7 +120,9 @@ class _Request:
     submitted: float
     handle: ov_genai.GenerationHandle | None = None
     error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    # Token ids from the scheduler thread, then None once the request has left the batch.
+    inbox: queue.SimpleQueue[list[int] | None] = field(default_factory=queue.SimpleQueue)
+    ended: threading.Event = field(default_factory=threading.Event)  # the streamer said stop
 
 
 class BatchingEngine(EngineBase):
@@ -267,13 +271,29 @@ class BatchingEngine(EngineBase):
             self._incoming.append(req)
             self._cond.notify_all()
         try:
-            req.done.wait()
+            self._stream(req)
         finally:
             with self._cond:
                 self._sessions.discard(session)
         if req.error is not None:
             raise req.error
         return self._result(req)
+
+    def _stream(self, req: _Request) -> None:
+        """On the caller's thread: turn the request's tokens into text (the streamer calls
+        on_text) while the scheduler thread steps the batch, until the request leaves it."""
+        try:
+            while (ids := req.inbox.get()) is not None:
+                for token in ids:
+                    if req.ended.is_set():
+                        break  # a stop token, cancel or the last allowed token came before
+                    if req.streamer.write(token) != ov_genai.StreamingStatus.RUNNING:
+                        req.ended.set()
+                        with self._cond:
+                            self._cond.notify_all()
+        finally:
+            req.ended.set()  # also when on_text raised: the batch must not go on with it
+            req.streamer.end()
 
     def _result(self, req: _Request) -> GenerationResult:
         s = req.streamer
@@ -314,7 +334,7 @@ class BatchingEngine(EngineBase):
                 incoming, self._incoming = self._incoming, []
             for req in incoming:
                 self._start(req)
-            self._drop_cancelled()
+            self._drop_ended()
             if not self._running:
                 continue
             try:
@@ -344,24 +364,22 @@ class BatchingEngine(EngineBase):
             return
         self._running.append(req)
 
-    def _drop_cancelled(self) -> None:
-        """Requests cancelled while waiting for their prefill (no token to stop them at)."""
+    def _drop_ended(self) -> None:
+        """Requests whose streamer said stop, or cancelled (maybe still in their prefill): out
+        of the batch, their KV blocks freed for the others."""
         for req in list(self._running):
-            if req.cancel.is_set():
+            if req.ended.is_set() or req.cancel.is_set():
                 req.handle.cancel()  # type: ignore[union-attr]
                 self._finish(req)
 
     def _collect(self, req: _Request) -> None:
-        """Hand the request's new tokens to its streamer; finish it when it ends."""
+        """Pass the request's new tokens to its caller; finish it when genai has."""
         handle = req.handle
         assert handle is not None
-        ended = False
         if handle.can_read():
-            for output in handle.read().values():
-                for token in output.generated_ids:
-                    if req.streamer.write(token) != ov_genai.StreamingStatus.RUNNING:
-                        ended = True  # a stop token, cancel, or max new tokens
-                        break
+            ids = [t for output in handle.read().values() for t in output.generated_ids]
+            if ids:
+                req.inbox.put(ids)
         status = handle.get_status()
         if status == ov_genai.GenerationStatus.IGNORED:
             self._fail(
@@ -371,17 +389,13 @@ class BatchingEngine(EngineBase):
                     "cache or a smaller batch."
                 ),
             )
-            return
-        if ended and status == ov_genai.GenerationStatus.RUNNING:
-            handle.cancel()  # its KV blocks are freed for the others
-        if ended or status != ov_genai.GenerationStatus.RUNNING:
+        elif status != ov_genai.GenerationStatus.RUNNING:
             self._finish(req)
 
     def _finish(self, req: _Request) -> None:
-        req.streamer.end()
         if req in self._running:
             self._running.remove(req)
-        req.done.set()
+        req.inbox.put(None)
 
     def _fail(self, req: _Request, error: BaseException) -> None:
         req.error = error

@@ -67,7 +67,7 @@ def _sampling_message(field: str, value: Any) -> str:
     return f"{field} is not valid."
 
 
-def _in_range(field: str):
+def _in_range(field: str) -> AfterValidator:
     def check(value: Any) -> Any:
         if value is None or (field, value) in _SPECIAL:
             return value
