@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
+import subprocess
 import sys
 import threading
 
@@ -322,3 +325,70 @@ def test_template_reuse_changes_no_output_in_exact_arithmetic(engine, tiny_fp16)
         assert whole.extra["prefilled_tokens"] == whole.input_tokens
         assert reused.extra["prefilled_tokens"] < reused.input_tokens
         assert reused.token_ids == whole.token_ids
+
+
+# A child process per config: oneDNN reads its cache size from the environment once per process.
+_LENGTHS_CHILD = r"""
+import json, os, sys
+cfg = json.loads(sys.argv[1])
+os.environ.update(cfg["env"])  # before OpenVINO creates its first kernel
+import dolly_desktop.generation.local as local
+from dolly_desktop.generation.params import GenerationParams
+
+if not cfg["trim"]:
+    local.trim_heap = lambda: False
+
+def anon_mb():
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) / 1024 for ln in f if ln.startswith("RssAnon:"))
+
+eng = local.Engine(cfg["model"], properties=cfg["props"])
+p = GenerationParams(greedy=True, max_new_tokens=4)
+# The longest prompt first: buffers sized by it are not growth per length.
+answers = [eng.generate("word " * cfg["longest"], p).token_ids]
+start, growth = anon_mb(), []
+for i, n in enumerate(cfg["lengths"]):
+    answers.append(eng.generate("word " * n, p).token_ids)
+    if (i + 1) % cfg["every"] == 0:
+        growth.append(anon_mb() - start)
+print(json.dumps({"growth_mb": growth, "answers": answers}))
+"""
+
+
+def _answer_lengths(model, env: dict, props: dict, trim: bool, lengths: list[int]) -> dict:
+    cfg = dict(model=str(model), env=env, props=props, trim=trim, lengths=lengths,
+               longest=max(lengths) + 1, every=len(lengths) // 2)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _LENGTHS_CHILD, json.dumps(cfg)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_memory_stays_flat_across_new_prompt_lengths_and_answers_do_not_change(
+    tiny_fp16, report_figure
+):
+    # 160 distinct instruction lengths, shuffled; RSS is read after 80 and after 160. At
+    # OpenVINO's cache defaults each new length keeps ~1.4 MB on this model (bench/memory.py).
+    lengths = random.Random(0).sample(range(1, 400), 160)
+    fixed = _answer_lengths(tiny_fp16, {}, {}, True, lengths)
+    control = _answer_lengths(
+        tiny_fp16,
+        {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"},  # oneDNN's default
+        {"CPU_RUNTIME_CACHE_CAPACITY": 5000},  # OpenVINO's default
+        False,
+        lengths,
+    )
+    report_figure(
+        "anon RSS growth after 80 / 160 new prompt lengths, engine / OpenVINO defaults",
+        " / ".join(f"{g:+.0f}" for g in fixed["growth_mb"]) + " MB against "
+        + " / ".join(f"{g:+.0f}" for g in control["growth_mb"]) + " MB",
+    )  # fmt: skip
+    # The bounded caches change no answer: the same kernels, rebuilt when evicted.
+    assert fixed["answers"] == control["answers"]
+    # Flat: the second 80 new lengths add next to nothing (the control: ~110 MB).
+    assert fixed["growth_mb"][1] - fixed["growth_mb"][0] < 20
+    # Without the bounds the same run grows, or this test could not tell.
+    assert control["growth_mb"][1] - control["growth_mb"][0] > 60

@@ -1,0 +1,194 @@
+"""Resident memory across distinct prompt lengths, before and after the engine bounds its
+kernel caches, side by side in one run (each config a child process of its own: oneDNN reads
+its cache size from the environment once per process).
+
+Every new prompt length is a new input shape for the CPU plugin, which compiles kernels for
+it and keeps them. Each child loads the engine as the app does, answers the longest prompt
+once (so that buffers sized by the longest prompt are in the baseline, not in the growth),
+then answers instructions of distinct lengths in a shuffled order (4 greedy tokens each) and
+reads its RSS after each checkpoint, then asks 200 of those lengths again (which must add
+nothing). The greedy tokens of every answer are hashed in order: a config that changes any
+answer shows a different digest.
+
+    .venv/bin/python -m bench.memory                              # tiny model, 200 and 2,000
+    .venv/bin/python -m bench.memory --shape 3b --precision INT4 --lengths 50 200   # slow
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import proc
+
+MB = 1e6
+OV_RUNTIME_CACHE_DEFAULT = 5000  # OpenVINO 2026.4's CPU_RUNTIME_CACHE_CAPACITY
+ONEDNN_CACHE_DEFAULT = 1024  # oneDNN's primitive cache
+
+# env: set before the engine module is imported; props: on top of the app's CPU defaults;
+# trim: whether the engine's malloc_trim after each answer runs.
+CONFIGS: dict[str, dict] = {
+    "before (OpenVINO defaults)": dict(
+        env={"ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(ONEDNN_CACHE_DEFAULT)},
+        props={"CPU_RUNTIME_CACHE_CAPACITY": OV_RUNTIME_CACHE_DEFAULT},
+        trim=False,
+    ),
+    "malloc_trim only": dict(
+        env={"ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(ONEDNN_CACHE_DEFAULT)},
+        props={"CPU_RUNTIME_CACHE_CAPACITY": OV_RUNTIME_CACHE_DEFAULT},
+        trim=True,
+    ),
+    "runtime cache 0 (the audit's try)": dict(
+        env={"ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(ONEDNN_CACHE_DEFAULT)},
+        props={"CPU_RUNTIME_CACHE_CAPACITY": 0},
+        trim=False,
+    ),
+    "both caches bounded, no trim": dict(env={}, props={}, trim=False),
+    "after (the app: caches bounded + malloc_trim)": dict(env={}, props={}, trim=True),
+}
+BEFORE, AFTER = "before (OpenVINO defaults)", "after (the app: caches bounded + malloc_trim)"
+
+
+def anon_mb() -> float:
+    return proc.status()["RssAnon"] * 1e9 / MB
+
+
+def rss_mb() -> float:
+    return proc.status()["VmRSS"] * 1e9 / MB
+
+
+def child(model: str, cache: str, config: dict, checkpoints: list[int], seed: int) -> dict:
+    os.environ.update(config["env"])  # before OpenVINO creates its first kernel
+    import dolly_desktop.generation.local as local
+    from dolly_desktop.generation.params import GenerationParams
+    from dolly_desktop.generation.prompt import build_prompt
+
+    if not config["trim"]:
+        local.trim_heap = lambda: False  # the engine calls it by this module-level name
+    engine = local.Engine(model, cache_dir=Path(cache), properties=config["props"])
+    params = GenerationParams(greedy=True, max_new_tokens=4)
+    loaded = rss_mb()
+    # Instruction lengths n = 1.. whose prompt plus 4 new tokens fits the context.
+    base = engine.count_tokens(build_prompt("word"))
+    longest = engine.context_length - 4 - base + 1
+    assert engine.count_tokens(build_prompt("word " * longest)) == base + longest - 1
+    lengths = list(range(1, longest + 1))
+    random.Random(seed).shuffle(lengths)
+    lengths.remove(longest)
+    digest = hashlib.sha256()
+
+    def answer(n: int) -> float:
+        t0 = time.perf_counter()
+        r = engine.generate("word " * n, params)
+        digest.update(json.dumps(r.token_ids).encode())
+        return time.perf_counter() - t0
+
+    answer(longest)
+    start = {"rss": rss_mb(), "anon": anon_mb()}
+    points, done, times = [], 0, []
+    for cp in checkpoints:
+        times += [answer(n) for n in lengths[done : cp - 1]]  # the longest counts as seen
+        done = cp - 1
+        points.append(
+            dict(lengths=cp, rss=rss_mb(), anon=anon_mb(), ms=1e3 * statistics.median(times))
+        )
+    again = [answer(n) for n in lengths[: min(200, done)]]  # lengths seen before
+    after_again = anon_mb() - start["anon"]
+    libc = ctypes.CDLL(None)
+    t0 = time.perf_counter()
+    libc.malloc_trim(0)  # what the engine's trim costs at this point
+    trim_ms = (time.perf_counter() - t0) * 1e3
+    # What a person sees: a short instruction, 64 tokens, its decode speed and first token.
+    speed = [
+        engine.generate("Who is Dolly?", GenerationParams(greedy=True, max_new_tokens=64))
+        for _ in range(5)
+    ]
+    return dict(
+        loaded=loaded, start=start, points=points, again_rss=after_again,
+        again_ms=1e3 * statistics.median(again), trim_ms=trim_ms,
+        tps=statistics.median(r.tokens_per_s for r in speed),
+        ttft_ms=1e3 * statistics.median(r.ttft_s for r in speed[1:]),
+        digest=digest.hexdigest()[:12], answers=len(lengths) + 1,
+    )  # fmt: skip
+
+
+def spawn(model: Path, cache: Path, name: str, checkpoints: list[int], seed: int) -> dict:
+    argv = [sys.executable, "-m", "bench.memory", "--child", name, "--model", str(model),
+            "--cache", str(cache), "--seed", str(seed),
+            "--lengths", *map(str, checkpoints)]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1][:160]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine_line() -> str:
+    import openvino as ov
+
+    from bench.models import machine
+
+    names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
+    cpu = names[0].split(":", 1)[1].strip() if names else "?"
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return f"{machine()}; /proc/cpuinfo model name: {cpu}; CPU capabilities: {' '.join(caps)}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="tiny", help="tiny (default) or 3b (slow to build and run)")
+    ap.add_argument("--precision", default="FP16")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[200, 2000],
+                    help="distinct prompt lengths after which RSS is read")  # fmt: skip
+    ap.add_argument("--configs", nargs="*", help="a subset of CONFIGS, by name")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--child")
+    ap.add_argument("--model")
+    ap.add_argument("--cache")
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(child(a.model, a.cache, CONFIGS[a.child], a.lengths, a.seed)))
+        return
+
+    from bench.models import cache_dir, ir
+
+    print(f"machine: {machine_line()}")
+    model = ir(a.shape, a.precision)
+    names = a.configs or list(CONFIGS)
+    rows = {}
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".compiled-") as tmp:
+        for name in names:
+            rows[name] = spawn(model, Path(tmp) / str(len(rows)), name, a.lengths, a.seed)
+            print(f"  {name}: {rows[name]}", file=sys.stderr, flush=True)
+    print(f"\n{a.shape} {a.precision}, {a.precision} weights, 4 greedy tokens an answer; growth is")
+    print("anonymous RSS against the engine right after its longest prompt\n")
+    cols = [f"growth after {n} lengths (MB)" for n in a.lengths]
+    print("| config | RSS loaded (MB) | after the longest prompt (MB) | " + " | ".join(cols)
+          + " | growth after 200 repeats (MB) | ms an answer | decode tok/s | TTFT short (ms) "
+          "| output as before |")  # fmt: skip
+    print("|---" * (len(cols) + 8) + "|")
+    ref = rows.get(BEFORE, {}).get("digest")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"| {name} | failed: {r['error']} |")
+            continue
+        growth = [f"{p['anon'] - r['start']['anon']:+.0f}" for p in r["points"]]
+        same = "reference" if name == BEFORE else ("yes" if r["digest"] == ref else "**no**")
+        print(f"| {name} | {r['loaded']:.0f} | {r['start']['rss']:.0f} | " + " | ".join(growth)
+              + f" | {r['again_rss']:+.0f} | {r['points'][-1]['ms']:.1f} | {r['tps']:.0f} "
+              f"| {r['ttft_ms']:.1f} | {same} |")  # fmt: skip
+    trims = [f"{r['trim_ms']:.2f}" for r in rows.values() if "trim_ms" in r]
+    print(f"\nmalloc_trim(0) at the end of each child: {', '.join(trims)} ms")
+
+
+if __name__ == "__main__":
+    main()
