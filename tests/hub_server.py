@@ -6,6 +6,11 @@
 - HEAD/GET /{repo}/resolve/{rev}/{file}: small files served directly with X-Repo-Commit and
   ETag (the git blob id); LFS files redirected (302, absolute URL, X-Linked-Etag and
   X-Linked-Size) to /cdn/..., which serves the bytes with Range support, as the Hub's CDN does.
+- `HubServer(bare=True)` is a self-hosted mirror as some are: the listing gives names and blob
+  ids but no sizes and no LFS data, `/api/models/{repo}` without a revision fails (with one it
+  works), and Range is ignored (200 with the whole file). LFS files redirect with X-Linked-Size
+  but no X-Linked-Etag (the ETag is the pointer's blob id); `lfs_redirect=False` serves them
+  directly instead.
 - Faults for tests: `cut_once` drops the connection after N bytes of one GET of a file;
   `corrupt` flips a byte of a file as served; `throttle` makes a file arrive slowly (a slow
   line, so that a test can stop a transfer halfway); `oversend` answers every GET of a file
@@ -79,7 +84,8 @@ def _describe(p: Path) -> _File:
 
 
 class HubServer:
-    def __init__(self) -> None:
+    def __init__(self, bare: bool = False, lfs_redirect: bool = True) -> None:
+        self.bare, self.lfs_redirect = bare, lfs_redirect
         self.repos: dict[str, _Repo] = {}
         self.requests: list[Request] = []
         self._cuts: dict[tuple[str, str], int] = {}
@@ -165,7 +171,10 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             with hub._lock:
                 hub.requests.append(self.req)
             if m := _API.match(path):
-                self._api(m.group(1), m.group(2) or "main")
+                if hub.bare and m.group(2) is None:
+                    self._error(500, "", "Internal Server Error")
+                else:
+                    self._api(m.group(1), m.group(2) or "main")
             elif m := _RESOLVE.match(path):
                 self._resolve(m.group(1), m.group(2), m.group(3), body)
             elif m := _CDN.match(path):
@@ -189,7 +198,11 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return
             siblings = []
             for name, f in repo.files.items():
-                s: dict = {"rfilename": name, "size": f.size, "blobId": f.blob_id}
+                s: dict = {"rfilename": name, "blobId": f.blob_id}
+                if hub.bare:
+                    siblings.append(s)
+                    continue
+                s["size"] = f.size
                 if f.sha256:
                     s["lfs"] = {"size": f.size, "sha256": f.sha256, "pointerSize": f.pointer_size}
                 siblings.append(s)
@@ -204,12 +217,13 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if f is None:
                 self._error(404, "EntryNotFound", f"{name} does not exist")
                 return
-            if f.sha256:  # LFS: the Hub redirects to its CDN with the file's real metadata
+            if f.sha256 and hub.lfs_redirect:  # LFS: to the CDN, with the file's real metadata
                 self.req.status = 302
                 self.send_response(302)
                 self.send_header("Location", f"{hub.url}/cdn/{repo_id}/{repo.commit}/{name}")
                 self.send_header("X-Repo-Commit", repo.commit)
-                self.send_header("X-Linked-Etag", f'"{f.sha256}"')
+                if not hub.bare:  # a mirror without sha256 has none to give
+                    self.send_header("X-Linked-Etag", f'"{f.sha256}"')
                 self.send_header("X-Linked-Size", str(f.size))
                 self.send_header("ETag", f'"{f.blob_id}"')
                 self.send_header("Content-Length", "0")
@@ -224,7 +238,7 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 self._error(404, "EntryNotFound", f"{name} does not exist")
                 return
             start, end, status = 0, f.size - 1, 200
-            if rng := self.headers.get("Range"):
+            if (rng := self.headers.get("Range")) and not hub.bare:
                 m = _RANGE.match(rng)
                 if not m or int(m.group(1)) >= f.size:
                     self.req.status = 416

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import hashlib
+import logging
+import re
 import shutil
 import threading
 import time
@@ -13,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from hub_server import HubServer, tree
-from huggingface_hub import constants
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import HfHubHTTPError
 
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models import capacity
@@ -38,6 +42,14 @@ def hub(online, tiny_models, tiny_checkpoint):
     with HubServer() as server:
         server.add_repo(INT4_REPO, tiny_models["INT4"])
         server.add_repo(CKPT_REPO, tiny_checkpoint)
+        yield server
+
+
+@pytest.fixture(params=["lfs-redirect", "lfs-direct"])
+def bare_hub(request, online, tiny_models):
+    """A self-hosted mirror that lists no sizes or checksums and ignores Range."""
+    with HubServer(bare=True, lfs_redirect=request.param == "lfs-redirect") as server:
+        server.add_repo(INT4_REPO, tiny_models["INT4"])
         yield server
 
 
@@ -308,3 +320,55 @@ def test_a_listing_with_an_unsafe_name_is_refused_before_anything_is_written(
     assert len(str(e.value).splitlines()) == 1
     assert tree(tmp_path) == before
     assert not any("/resolve/" in r.path or "/cdn/" in r.path for r in hub.requests)
+
+
+def test_a_bare_mirror_gives_sizes_file_by_file_and_the_best_check_there_is(bare_hub, tiny_models):
+    api = HfApi(endpoint=bare_hub.url)
+    info = api.model_info(INT4_REPO, revision="main", files_metadata=True)
+    assert info.siblings and all(s.size is None and s.lfs is None for s in info.siblings)
+    with pytest.raises(HfHubHTTPError):  # only with a revision, as some mirrors
+        api.model_info(INT4_REPO, files_metadata=True)
+
+    listing = list_repo(INT4_REPO, endpoint=bare_hub.url)
+    files = {f.name: f for f in listing.files}
+    assert set(files) == {p.name for p in tiny_models["INT4"].iterdir()}
+    for p in tiny_models["INT4"].iterdir():
+        f = files[p.name]
+        assert f.size == p.stat().st_size and f.sha256 is None
+        if p.suffix == ".bin":  # LFS: the listing's blob id would be the pointer's
+            assert f.check == "size only" and f.blob_id is None
+        else:
+            data = p.read_bytes()
+            assert f.blob_id == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    assert listing.total_bytes == sum(p.stat().st_size for p in tiny_models["INT4"].iterdir())
+
+
+def test_download_and_resume_through_a_bare_mirror(bare_hub, store, tiny_models, caplog):
+    caplog.set_level(logging.INFO, logger="dolly_desktop.models.download")
+    size = bare_hub.repos[INT4_REPO].files[MODEL_BIN].size
+    part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (MODEL_BIN + ".part")
+    bare_hub.throttle(INT4_REPO, MODEL_BIN, 8_000_000)
+    cancel = threading.Event()
+    _cancel_when(lambda: _size(part) >= 2_000_000, cancel)
+    with pytest.raises(Cancelled):  # stopped mid-file
+        store.download("dolly-v2-3b", "INT4", endpoint=bare_hub.url, cancel=cancel)
+    kept = _size(part)
+    assert 2_000_000 <= kept < size
+
+    # Run again: the ranged GET is answered with the whole file, which is cut at 1 MB; the
+    # next attempt gets the whole file again. Each answer is written from byte 0.
+    bare_hub.throttle(INT4_REPO, MODEL_BIN, None)
+    bare_hub.cut_once(INT4_REPO, MODEL_BIN, 1_000_000)
+    with _largest_size(part) as largest:
+        m = store.download("dolly-v2-3b", "INT4", endpoint=bare_hub.url)
+    assert _same_files(tiny_models["INT4"], m.path)
+    gets = [(g.status, g.range, g.sent) for g in bare_hub.gets(MODEL_BIN)]
+    assert gets[1:] == [(200, f"bytes={kept}-", 1_000_000), (200, "bytes=1000000-", size)]
+    assert largest[0] <= size
+    checked = dict(
+        re.fullmatch(r"(.+): .+, checked by (.+)", r.getMessage()).groups()
+        for r in caplog.records
+        if "checked by" in r.getMessage()
+    )
+    assert checked[MODEL_BIN] == "size only" and checked["config.json"] == "git blob id"
+    assert set(checked) == {p.name for p in tiny_models["INT4"].iterdir()}

@@ -2,9 +2,11 @@
 
 huggingface-hub >= 1.18 deletes its `.incomplete` file when a transfer fails, so a cut at 5 of
 5.7 GB starts over. Here huggingface-hub supplies what it is good at (the endpoint, the file list
-with sizes and sha256, URLs, auth headers, offline mode) and the bytes come through our own
-ranged GETs into `<name>.part` files in a persistent folder. A file is renamed from `.part` only
-once its checksum matches; the model is installed (staged_folder) only once every file is.
+with sizes and sha256, each file's HEAD, URLs, auth headers, offline mode) and the bytes come
+through our own ranged GETs into `<name>.part` files in a persistent folder. A file is renamed
+from `.part` only once its checksum matches; the model is installed (staged_folder) only once
+every file is. Self-hosted mirrors that list no sizes or checksums and ignore Range work too
+(see `_remote_file` and `_transfer`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from huggingface_hub import HfApi, constants, hf_hub_url
+from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -31,6 +34,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.hf_api import RepoSibling
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from dolly_desktop.atomic import staged_folder
@@ -42,6 +46,7 @@ from dolly_desktop.models.names import PART_SUFFIX, STATE_FILE, hub_file_name, i
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 8 << 20  # for checksums
+_GIT_BLOB_ID = re.compile(r"[0-9a-f]{40}")
 SKIPPED_FILES = {".gitattributes"}  # git plumbing, not part of the model
 TIMEOUT = httpx.Timeout(30.0, read=60.0)  # a stalled connection fails, and is resumed
 REPORT_EVERY_S = 0.1
@@ -53,6 +58,11 @@ class RemoteFile:
     size: int
     sha256: str | None  # LFS files: the Hub's checksum of the content
     blob_id: str | None  # other files: the git blob id (sha1 of "blob <size>\0" + content)
+
+    @property
+    def check(self) -> str:
+        """What `_verify` holds the file to (the log says it for every file)."""
+        return "sha256" if self.sha256 else "git blob id" if self.blob_id else "size only"
 
 
 @dataclass(frozen=True)
@@ -94,31 +104,48 @@ def list_repo(
     endpoint: str | None = None,
     token: str | bool | None = None,
 ) -> RepoListing:
-    """The repo's commit and files with sizes and checksums, as the Hub reports them."""
+    """The repo's commit and files with sizes and checksums, as the Hub (or a mirror) reports
+    them. Always by revision: a mirror may answer `/api/models/{repo}/revision/main` only."""
     endpoint = hub_endpoint(endpoint)
     with _hub_errors(repo_id, endpoint, revision):
         info = HfApi(endpoint=endpoint, token=token).model_info(
             repo_id, revision=revision, files_metadata=True
         )
-    files = []
-    for s in info.siblings or []:
-        if s.rfilename in SKIPPED_FILES:
-            continue
+    siblings = [s for s in info.siblings or [] if s.rfilename not in SKIPPED_FILES]
+    for s in siblings:  # every name, before any request about the files
         hub_file_name(s.rfilename, repo_id)
-        size = s.lfs.size if s.lfs else s.size
-        if size is None:
-            raise DollyError(f"{endpoint} did not report the size of {s.rfilename} in {repo_id}.")
-        files.append(
-            RemoteFile(
-                name=s.rfilename,
-                size=int(size),
-                sha256=s.lfs.sha256 if s.lfs else None,
-                blob_id=None if s.lfs else s.blob_id,
-            )
-        )
-    if not info.sha or not files:
+    if not info.sha or not siblings:
         raise DollyError(f"{repo_id} on {endpoint} reports no commit or no files.")
+    with _hub_errors(repo_id, endpoint, revision):
+        files = [_remote_file(s, repo_id, info.sha, endpoint, token) for s in siblings]
     return RepoListing(repo_id=repo_id, commit=info.sha, files=tuple(files))
+
+
+def _remote_file(
+    s: RepoSibling, repo_id: str, commit: str, endpoint: str, token: str | bool | None
+) -> RemoteFile:
+    """A listed file with its size and the best check there is for it.
+
+    The Hub lists each size, with sha256 for LFS files and the git blob id for the rest. A bare
+    mirror lists names only: the size then comes from the file's HEAD (X-Linked-Size, else
+    Content-Length), and its ETag is taken for the git blob id only when the file is served as
+    a plain git file (no redirect to LFS storage, a 40-hex ETag); anything else is checked by
+    its size only. A blob id in such a listing is not trusted: without LFS data there it may be
+    an LFS pointer's.
+    """
+    if s.lfs is not None:
+        return RemoteFile(s.rfilename, int(s.lfs.size), s.lfs.sha256 or None, None)
+    if s.size is not None:
+        return RemoteFile(s.rfilename, int(s.size), None, s.blob_id)
+    url = hf_hub_url(repo_id, s.rfilename, revision=commit, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
+    if meta.size is None:
+        raise DollyError(
+            f"{endpoint} gives the size of {s.rfilename} in {repo_id} neither in its listing "
+            "nor for the file itself: it cannot be downloaded safely."
+        )
+    plain = meta.location == url and _GIT_BLOB_ID.fullmatch(meta.etag or "") is not None
+    return RemoteFile(s.rfilename, meta.size, None, meta.etag if plain else None)
 
 
 def partial_bytes(folder: Path) -> int:
@@ -275,6 +302,7 @@ def _fetch_file(
         raise DollyError(
             f"{f.name} from {repo_id} does not match the Hub's checksum: download it again."
         )
+    log.info("%s: %s, checked by %s", f.name, format_bytes(f.size), f.check)
     os.replace(part, final)
 
 
