@@ -75,3 +75,24 @@ def copy_model(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture
+def own_home(tmp_path, monkeypatch) -> Path:
+    """A fresh app home for one test: its settings, history and model store."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DOLLY_DESKTOP_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def tiny_window(qtbot, own_home, tiny_fp16):
+    """A real main window (offscreen) with the FP16 tiny model loaded."""
+    from dolly_desktop.ui.main_window import MainWindow
+
+    w = MainWindow(model=str(tiny_fp16))
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_dir is not None, timeout=120_000)
+    yield w
+    w.close()

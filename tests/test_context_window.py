@@ -6,21 +6,14 @@ from __future__ import annotations
 import pytest
 
 from dolly_desktop.generation.prompt import build_prompt
-from dolly_desktop.ui.main_window import MainWindow
 
 PASSAGE = "The lighthouse at Pharos was finished around 280 BC on an island off Alexandria."
 QUESTION = "Where was the lighthouse?"
 
 
 @pytest.fixture
-def window(qtbot, tmp_path, monkeypatch, tiny_fp16):
-    monkeypatch.setenv("DOLLY_DESKTOP_HOME", str(tmp_path / "home"))
-    w = MainWindow(model=str(tiny_fp16))
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitUntil(lambda: w.model_dir is not None, timeout=120_000)
-    yield w
-    w.close()
+def window(tiny_window):
+    return tiny_window
 
 
 def test_context_reaches_dolly_and_the_meter_counts_it(qtbot, window, tmp_path):

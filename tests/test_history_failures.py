@@ -83,18 +83,10 @@ def test_cli_answers_and_lists_a_read_only_history(tiny_models, tmp_path):
 
 
 @pytest.fixture
-def window(qtbot, tmp_path, monkeypatch, tiny_fp16):
-    from dolly_desktop.ui.main_window import MainWindow
-
-    monkeypatch.setenv("DOLLY_DESKTOP_HOME", str(tmp_path / "home"))
+def window(monkeypatch, own_home, request):
     monkeypatch.setattr(history_mod, "BUSY_TIMEOUT_S", 0.3)  # not the 10 s a person waits
-    seeded(tmp_path / "home")
-    w = MainWindow(model=str(tiny_fp16))
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitUntil(lambda: w.model_dir is not None, timeout=120_000)
-    yield w
-    w.close()
+    seeded(own_home)
+    return request.getfixturevalue("tiny_window")  # opened after the history was seeded
 
 
 def test_window_answers_and_recovers_when_history_cannot_be_written(qtbot, window):
