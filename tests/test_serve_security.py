@@ -194,6 +194,14 @@ def test_refused_fields(http, body, param):
     assert_one_sentence(http.post("/completions", json=body), 400, param)
 
 
+def test_null_fields_mean_the_defaults(http):
+    nulls = dict.fromkeys(
+        ("temperature", "top_p", "top_k", "seed", "stop", "n", "logprobs", "stream", "model")
+    )
+    r = http.post("/completions", json={"prompt": "hi", "max_tokens": 2, **nulls})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
+
+
 def test_chat_logprobs_are_refused(http):
     messages = [{"role": "user", "content": "hi"}]
     for extra in ({"logprobs": True}, {"top_logprobs": 2}):

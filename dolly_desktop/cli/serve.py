@@ -26,7 +26,12 @@ DEFAULT_MAX_BATCH = 4  # generation.batching's; not imported here, which would l
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `serve` parser; set `func` on it (see dolly_desktop/cli.py)."""
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
-    p.add_argument("--model", required=True, metavar="DIR", help="OpenVINO model folder")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a model folder, or an installed model: dolly-v2-3b (its best variant here) or "
+        "dolly-v2-3b/INT4",
+    )
     p.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
     p.add_argument(
         "--host",
@@ -125,20 +130,23 @@ def cmd_serve(a: argparse.Namespace) -> int:
             "anyone who can reach this machine can use the model.",
             file=sys.stderr,
         )
+    from dolly_desktop.models.choice import resolve_model
+
+    model_dir = resolve_model(a.model)
     sock = _listen(a.host, a.port)  # before the model loads: a busy port fails at once
     engine: EngineBase
     if a.batching == "on":
         from dolly_desktop.generation.batching import BatchingEngine
 
         engine = batch = BatchingEngine(
-            a.model, a.device, max_batch=a.max_batch, cache_gb=a.kv_cache
+            model_dir, a.device, max_batch=a.max_batch, cache_gb=a.kv_cache
         )
         slots, session = a.max_batch, batch.session
         answering = f"up to {a.max_batch} requests at once; {batch.kv.line()}"
     else:
         from dolly_desktop.generation.local import Engine
 
-        engine = Engine(a.model, a.device)
+        engine = Engine(model_dir, a.device)
         slots, session = 1, None
         answering = "one request at a time"
     model_id = a.name or _model_id(engine.model)

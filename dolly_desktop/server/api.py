@@ -30,7 +30,8 @@ from dolly_desktop.server.errors import ApiError
 MAX_STOPS = 4
 MAX_STOP_CHARS = 200  # each stop string; they are searched for as every piece arrives
 
-# API field -> GenerationParams field.
+# API field -> GenerationParams field. Chat's max_completion_tokens comes after max_tokens, so
+# that it wins when a request has both, as in OpenAI's API.
 SAMPLING_FIELDS = {
     "max_tokens": "max_new_tokens",
     "max_completion_tokens": "max_new_tokens",
@@ -58,23 +59,22 @@ MESSAGES = {
 }
 
 
-def _sampling_message(field: str, value: Any) -> str:
-    """GenerationParams' own sentence for a value it refuses."""
+def _refusal(field: str, value: Any) -> str | None:
+    """GenerationParams' own sentence for a sampling value it refuses (type or range)."""
     try:
         GenerationParams(**{SAMPLING_FIELDS[field]: value})
     except DollyError as e:
         return str(e)
-    return f"{field} is not valid."
+    return None
 
 
 def _in_range(field: str) -> AfterValidator:
     def check(value: Any) -> Any:
         if value is None or (field, value) in _SPECIAL:
             return value
-        try:
-            GenerationParams(**{SAMPLING_FIELDS[field]: value})
-        except DollyError as e:
-            raise PydanticCustomError("out_of_range", str(e)) from None
+        refusal = _refusal(field, value)
+        if refusal is not None:
+            raise PydanticCustomError("out_of_range", refusal)
         return value
 
     return AfterValidator(check)
@@ -127,7 +127,7 @@ class GenerationRequest(BaseModel):
         values: dict[str, Any] = {}
         for api, name in SAMPLING_FIELDS.items():
             value = getattr(self, api, None)
-            if value is None or api == self.ignored_limit():
+            if value is None:
                 continue
             special = _SPECIAL.get((api, value))
             if special == "greedy":
@@ -137,10 +137,6 @@ class GenerationRequest(BaseModel):
             else:
                 values[name] = value
         return GenerationParams(**values)
-
-    def ignored_limit(self) -> str:
-        """A token-limit field that does not count (chat: max_tokens beside the newer name)."""
-        return ""
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -182,9 +178,6 @@ class ChatRequest(GenerationRequest):
     max_tokens: Annotated[Whole | None, _in_range("max_tokens")] = None
     max_completion_tokens: Annotated[Whole | None, _in_range("max_completion_tokens")] = None
 
-    def ignored_limit(self) -> str:
-        return "max_tokens" if self.max_completion_tokens is not None else ""
-
     def instruction(self) -> str:
         for m in reversed(self.messages):
             if m.role != "user":
@@ -209,7 +202,7 @@ def parse(kind: type[GenerationRequest], body: Any) -> GenerationRequest:
         if error["type"] in ("out_of_range", "unsupported"):
             message = error["msg"]
         elif field in SAMPLING_FIELDS:
-            message = _sampling_message(field, error.get("input"))
+            message = _refusal(field, error.get("input")) or f"{field} is not valid."
         elif error["type"] == "missing":
             message = MESSAGES.get(field or "", f"{field} is missing.")
         else:
