@@ -298,3 +298,28 @@ def test_server_stalling_mid_answer_times_out_with_one_sentence():
             remote.generate(INSTRUCTION)
         assert time.monotonic() - t0 < 5
         remote.close()
+
+
+def test_several_servers_an_answer_moves_on_when_one_dies(tiny_models):
+    """Two real `serve` processes; the first is killed in the middle of an answer. The answer
+    goes on on the second, from where it stopped, and the person is told once."""
+    said: list[str] = []
+    params = GenerationParams(greedy=True, max_new_tokens=200)
+    with serve_process(tiny_models["FP16"]) as one, serve_process(tiny_models["FP16"]) as two:
+        down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+        engine = RemoteEngine(f"{down}, {one.url}, {two.url}", timeout=30, notify=said.append)
+        assert engine.base == one.url and len(said) == 1 and "Cannot connect" in said[0]
+        pieces: list[str] = []
+
+        def on_text(piece: str) -> None:
+            pieces.append(piece)
+            if len(pieces) == 5:
+                one.proc.kill()  # mid-answer
+
+        result = engine.generate("Write a long story about a sheep.", params, on_text)
+        engine.close()
+    assert engine.base == two.url
+    assert len(said) == 2 and "Continuing on the next server" in said[1]
+    assert "".join(pieces) == result.text and len(pieces) > 5
+    assert result.stop_reason in (StopReason.END, StopReason.LENGTH)
+    assert result.generated_tokens >= 5

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--remote",
         metavar="URL",
         help="an OpenAI-compatible server instead: http://HOST:PORT/v1 for dolly-desktop "
-        "serve, http://HOST:PORT/v3 for OpenVINO Model Server",
+        "serve, http://HOST:PORT/v3 for OpenVINO Model Server; several, comma-separated, are "
+        "tried in turn",
     )
     g.add_argument(
         "--api-key",
@@ -59,23 +60,24 @@ def cmd_generate(a: argparse.Namespace) -> int:
     instruction = a.instruction if a.instruction not in (None, "-") else sys.stdin.read()
     context = read_text_file(a.context) if a.context else ""
     build_prompt(instruction, context)  # refuse bad input before the model loads
+    def warn(sentence: str) -> None:
+        print(f"dolly-desktop: {sentence}", file=sys.stderr)
+
     engine: EngineBase
     if a.remote:
         from dolly_desktop.generation.remote import RemoteEngine
 
-        engine = RemoteEngine(a.remote, api_key=a.api_key)
+        engine = RemoteEngine(a.remote, api_key=a.api_key, notify=warn)
     else:
         from dolly_desktop.generation.local import Engine
 
         engine = Engine(resolve_model(a.model), a.device)
     history = History(enabled=not a.no_history)
+    engine.notify = warn
 
     def out(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
-
-    def warn(sentence: str) -> None:
-        print(f"dolly-desktop: {sentence}", file=sys.stderr)
 
     try:
         result = run_and_record(engine, history, instruction, params, out, warn, context)

@@ -83,6 +83,9 @@ class EngineBase:
     `count_tokens`, `progress` and `close`, and set the attributes below."""
 
     model: ModelRef  # what is loaded: a local folder or a server's model, for display/history
+    # Told things the person should know that are not errors (a remote server was replaced
+    # by the next one); set by whoever shows them, called from the generating thread.
+    notify: TextCallback | None = None
     device: str  # an OpenVINO device, or "remote"
     load_s: float  # load plus warm-up, or a remote server's first answer
     context_length: int

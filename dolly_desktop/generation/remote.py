@@ -21,6 +21,8 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,32 +55,61 @@ class RemoteEngine(EngineBase):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         api_key: str | None = None,
         timeout: float = 60.0,
         model: str | None = None,
+        notify: TextCallback | None = None,
     ) -> None:
-        """Connect and find the model (first of /models, or `model`). `timeout` is the
-        longest wait for the next bit of a response before giving up."""
+        """Connect and find the model (first of /models, or `model`). `url` may name several
+        servers (a list, or one string with commas): the first that answers is used, and an
+        answer moves on to the next when its server refuses or dies mid-answer. `timeout` is
+        the longest wait for the next bit of a response before giving up."""
         super().__init__()
-        self.base = _base_url(url)
+        self.notify = notify
+        urls = url.split(",") if isinstance(url, str) else list(url)
+        self.bases = [_base_url(u) for u in urls if u.strip()]
+        if not self.bases:
+            raise DollyError("Give the address of at least one server.")
         self.device = REMOTE
         self.timeout = timeout
+        self._wanted = model
         self._client = _client(api_key, timeout)
+        self._response: httpx.Response | None = None
+        self._meter: _Meter | None = None
         t0 = time.perf_counter()
         try:
-            card = _find_model(self._client, self.base, model)
+            self._use(self._first_answering(self.bases))
         except BaseException:
             self._client.close()
             raise
         self.load_s = time.perf_counter() - t0
+        log.info("using %s at %s (%.2f s to answer)", self.model_id, self.base, self.load_s)
+
+    def _first_answering(self, bases: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        """The first of `bases` whose model list names the model; the last error if none."""
+        error: DollyError | None = None
+        for base in bases:
+            try:
+                return base, _find_model(self._client, base, self._wanted)
+            except DollyError as e:
+                error = e
+                if len(bases) > 1:
+                    self._say(f"{e} Trying the next server.")
+        assert error is not None
+        raise error
+
+    def _use(self, found: tuple[str, dict[str, Any]]) -> None:
+        self.base, card = found
         self.model_id: str = card["id"]
         self.model = ModelRef(name=self.model_id, precision=REMOTE, folder=self.base)
         ctx = card.get("max_model_len")
         self.context_length = ctx if isinstance(ctx, int) and ctx > 0 else DOLLY_CONTEXT
-        self._response: httpx.Response | None = None
-        self._meter: _Meter | None = None
-        log.info("using %s at %s (%.2f s to answer)", self.model_id, self.base, self.load_s)
+
+    def _say(self, sentence: str) -> None:
+        log.warning("%s", sentence)
+        if self.notify is not None:
+            self.notify(sentence)
 
     @classmethod
     def test(cls, url: str, api_key: str | None = None, timeout: float = 5.0) -> str:
@@ -129,7 +160,64 @@ class RemoteEngine(EngineBase):
         text = StreamText()
         usage: dict[str, Any] = {}
         finish: str | None = None
+        shown = 0  # pieces of this answer already streamed, over every server
+        try:
+            while True:
+                try:
+                    usage, finish = self._stream(prompt, params, on_text, text, meter, shown)
+                    break
+                except _ServerLost as lost:
+                    # Go on where the answer stopped: the next server continues from the text
+                    # shown so far (Dolly's prompt plus that text), not from the beginning.
+                    shown = meter.count
+                    following = self.bases[self.bases.index(self.base) + 1 :]
+                    if self._cancel.is_set() or not following:
+                        raise lost.error from None
+                    self._say(f"{lost.error} Continuing on the next server.")
+                    self._use(self._first_answering(following))
+        finally:
+            self._response = None
+            self._meter = None
+        tail = text.finish()
+        if tail and on_text is not None:
+            on_text(tail)
+        if text.stopped or finish == "stop":
+            reason = StopReason.END
+        elif self._cancel.is_set():
+            reason = StopReason.CANCELLED
+        else:
+            reason = StopReason.LENGTH
+        n = usage.get("completion_tokens")
+        n = n + shown if isinstance(n, int) else meter.count
+        t_end = time.perf_counter()
+        return GenerationResult(
+            text=text.text,
+            token_ids=[UNKNOWN_TOKEN_ID] * n,
+            input_tokens=int(usage.get("prompt_tokens") or 0),
+            stop_reason=reason,
+            ttft_s=(meter.first_at or t_end) - meter.t0,
+            total_s=t_end - meter.t0,
+            tokens_per_s=meter.rate(n),
+            extra={"server": self.base, "model": self.model_id, "finish_reason": finish},
+        )
+
+    def _stream(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        on_text: TextCallback | None,
+        text: StreamText,
+        meter: _Meter,
+        shown: int,
+    ) -> tuple[dict[str, Any], str | None]:
+        """One server's part of an answer: its usage and finish reason. _ServerLost when it
+        refuses or breaks off, so that the next server can take over."""
+        usage: dict[str, Any] = {}
+        finish: str | None = None
         complete = False  # [DONE], a finish reason or the end of the answer was seen
+        if shown:
+            prompt += text.text
+            params = replace(params, max_new_tokens=max(1, params.max_new_tokens - shown))
         try:
             with self._client.stream(
                 "POST", f"{self.base}/completions", json=self._body(prompt, params)
@@ -137,7 +225,10 @@ class RemoteEngine(EngineBase):
                 self._response = response
                 if response.status_code != 200:
                     response.read()
-                    raise _refused(self.base, response)
+                    error = _refused(self.base, response)
+                    if response.status_code in (429, 500, 502, 503, 504):
+                        raise _ServerLost(error)
+                    raise error
                 for line in response.iter_lines():
                     if self._cancel.is_set():
                         break
@@ -161,35 +252,13 @@ class RemoteEngine(EngineBase):
                         break
                 complete = complete or finish is not None
                 if not complete and not self._cancel.is_set():
-                    raise DollyError(f"The server at {self.base} ended the response early.")
+                    raise _ServerLost(
+                        DollyError(f"The server at {self.base} ended the response early.")
+                    )
         except httpx.HTTPError as e:
             if not self._cancel.is_set():
-                raise _network_error(self.base, self.timeout, e) from e
-        finally:
-            self._response = None
-            self._meter = None
-        tail = text.finish()
-        if tail and on_text is not None:
-            on_text(tail)
-        if text.stopped or finish == "stop":
-            reason = StopReason.END
-        elif self._cancel.is_set():
-            reason = StopReason.CANCELLED
-        else:
-            reason = StopReason.LENGTH
-        n = usage.get("completion_tokens")
-        n = n if isinstance(n, int) else meter.count
-        t_end = time.perf_counter()
-        return GenerationResult(
-            text=text.text,
-            token_ids=[UNKNOWN_TOKEN_ID] * n,
-            input_tokens=int(usage.get("prompt_tokens") or 0),
-            stop_reason=reason,
-            ttft_s=(meter.first_at or t_end) - meter.t0,
-            total_s=t_end - meter.t0,
-            tokens_per_s=meter.rate(n),
-            extra={"server": self.base, "model": self.model_id, "finish_reason": finish},
-        )
+                raise _ServerLost(_network_error(self.base, self.timeout, e)) from e
+        return usage, finish
 
     def _body(self, prompt: str, p: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -210,6 +279,14 @@ class RemoteEngine(EngineBase):
             if p.seed is not None:
                 body["seed"] = p.seed
         return body
+
+
+class _ServerLost(Exception):
+    """A server refused or broke off; `error` is the sentence if no other server takes over."""
+
+    def __init__(self, error: DollyError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Meter:

@@ -76,7 +76,7 @@ class EngineWorker(QObject):
             if req.remote:
                 from dolly_desktop.generation.remote import RemoteEngine
 
-                engine = RemoteEngine(req.folder, req.api_key or None)
+                engine = RemoteEngine(req.folder, req.api_key or None, notify=self.notice.emit)
             else:
                 # Warms up behind the indicator; a person reads between answers, which is when
                 # the engine prefills Dolly's template head for the next one.
@@ -84,6 +84,7 @@ class EngineWorker(QObject):
         except Exception as e:
             self.load_failed.emit(describe(e))
             return
+        engine.notify = self.notice.emit  # e.g. a remote server replaced by the next one
         self.engine = engine
         self.loaded.emit(req.folder, engine.device, engine.load_s)
 
