@@ -313,6 +313,8 @@ class _FailingEngine(EngineBase):
     context_length = 2048
 
     def count_tokens(self, text: str) -> int:
+        if "explode" in text:
+            raise RuntimeError("tokenizer.cpp:7: secret internals at 0xdeadbeef")
         return len(text.split())
 
     def progress(self) -> tuple[int, float]:
@@ -363,6 +365,15 @@ def test_a_failing_engine_gives_a_500_without_internals(in_process, caplog):
     assert "secret" not in message and "plugin" not in message
     errors = [rec for rec in caplog.records if rec.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].exc_info  # the details are in the log, once
+
+
+def test_an_unexpected_failure_in_a_route_is_one_sentence_and_one_log_entry(in_process, caplog):
+    r = httpx.post(f"{in_process}/completions", json={"prompt": "explode"}, headers=AUTH)
+    message = assert_one_sentence(r, 500)
+    assert "secret" not in message and "tokenizer" not in message
+    errors = [rec for rec in caplog.records if rec.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info  # no second traceback from uvicorn
+    assert httpx.get(f"{in_process}/models", headers=AUTH).status_code == 200  # still up
 
 
 def test_serve_refuses_a_bad_read_timeout(tiny_models):

@@ -102,6 +102,8 @@ class OpenAIServer:
             exception_handlers={
                 ApiError: _api_error,
                 HTTPException: _http_error,
+                # Starlette answers with this, then raises the error on: Guard logs it once.
+                Exception: _unexpected_error,
             },
             lifespan=self._lifespan,
         )
@@ -348,3 +350,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = f"{request.method} {request.url.path}: {exc.detail}."
     return ApiError(exc.status_code, message).response()
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    return internal_error().response()
