@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -17,6 +21,7 @@ from huggingface_hub import constants
 
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.cancel import Cancelled
+from dolly_desktop.models.capacity import format_bytes
 from dolly_desktop.models.compress import Int4Options
 from dolly_desktop.models.folder import MODEL_BIN, Precision
 from dolly_desktop.models.jobs import compress_job, export_job
@@ -133,10 +138,15 @@ def test_import_list_remove(store, tiny_models, tmp_path):
         shutil.copytree(tiny_models[precision], nb / sub)
     s = ["--store", str(store.root)]
 
-    p = run("import", str(nb), *s)
+    p = run("import", str(nb), *s, "--json")
     assert p.returncode == 0, p.stderr
-    last = _lines(p.stdout)[-1]
+    lines = _lines(p.stdout)
+    assert {line["stage"] for line in lines[:-1]} == {"copying"}
+    fractions = [line["fraction"] for line in lines]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    last = lines[-1]
     assert last["stage"] == "done" and last["installed"] == ["dolly-v2-3b/FP16", "dolly-v2-3b/INT8"]
+    assert last["path"] == str(store.path_for("dolly-v2-3b", "INT8"))
 
     p = run("list", *s)
     assert p.returncode == 0, p.stderr
@@ -148,6 +158,17 @@ def test_import_list_remove(store, tiny_models, tmp_path):
     assert p.returncode == 0 and "Removed dolly-v2-3b/INT8" in p.stderr
     assert [m.label for m in store.list()] == ["dolly-v2-3b/FP16"]
 
+    # Neither --json nor a terminal (a pipe, a log): no progress at all, one line at the end.
+    p = run("import", str(nb / "INT8_compressed_weights"), *s)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == ""
+    assert p.stderr.splitlines() == [
+        f"Installed dolly-v2-3b/INT8 ({format_bytes(store.get('dolly-v2-3b', 'INT8').size_bytes)}) "
+        f"in {store.path_for('dolly-v2-3b', 'INT8')}"
+    ]
+    p = run("remove", "dolly-v2-3b/INT8", *s)
+    assert p.returncode == 0
+
     p = run("list", "--available", *s)
     assert p.returncode == 0
     assert "dolly-v2-3b/FP16" in p.stdout and "(installed)" in p.stdout
@@ -155,8 +176,74 @@ def test_import_list_remove(store, tiny_models, tmp_path):
     assert "export from databricks/dolly-v2-7b" in p.stdout
 
 
+def run_on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`models ARGS` with stderr on a pseudo-terminal 100 columns wide, as from a person's
+    shell: the exit code, stdout, and everything the terminal was sent."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    shown = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: nobody holds the terminal any more
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "dolly_desktop.cli", "models", *args],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=env,
+        )
+    finally:
+        os.close(slave)
+    out, _ = child.communicate(timeout=300)
+    reader.join(10)
+    os.close(master)
+    return child.returncode, out.decode(), shown.decode(errors="replace")
+
+
+def test_a_person_at_a_terminal_sees_a_progress_bar(store, tiny_models, tmp_path):
+    code, out, shown = run_on_a_terminal(
+        "import", str(tiny_models["INT4"]), "--name", "tiny", "--store", str(store.root)
+    )
+    assert code == 0, shown
+    assert out == ""
+    # The tiny copy is quick: its first report, then the end. Redrawn in place (\r), and
+    # nothing else on the terminal but the last line (no JSON, no INFO log lines).
+    lines = shown.replace("\r\n", "\n").split("\n")
+    assert re.fullmatch(r"\rcopying: +\d+%\|.*\| \d\d:\d\d<.*\rdone: 100%\|█+\| .*", lines[0])
+    assert lines[1:] == [f"Installed tiny/INT4 (19.7 MB) in {store.path_for('tiny', 'INT4')}", ""]
+
+
+def test_a_download_at_a_terminal_shows_bytes_speed_and_eta(store, tiny_models):
+    with HubServer() as hub:
+        hub.add_repo(INT4_REPO, tiny_models["INT4"])
+        hub.throttle(INT4_REPO, MODEL_BIN, 20_000_000)  # under a second, a few redraws
+        hub.cut_once(INT4_REPO, MODEL_BIN, 5_000_000)  # a warning, to be shown above the bar
+        code, out, shown = run_on_a_terminal(
+            "download", "dolly-v2-3b", "--store", str(store.root), env=_env(HF_ENDPOINT=hub.url)
+        )
+    assert code == 0, shown
+    assert out == "" and '{"stage"' not in shown
+    # e.g. "downloading openvino_model.bin:  40%|████      | 7.93M/19.7M [00:00<00:00, 19.2MB/s]"
+    bar = r"downloading openvino_model.bin: +\d+%\|.*\| [\d.]+[kM]?/19.7M "
+    assert re.search(bar + r"\[\d\d:\d\d<\d\d:\d\d, [\d.]+[kM]?B/s\]", shown), shown
+    assert "\rdolly-desktop: transfer of openvino_model.bin failed at 5000000 bytes" in shown
+    assert "Installed dolly-v2-3b/INT4" in shown
+
+
 def test_import_of_a_checkpoint_exports_it(store, tiny_checkpoint):
-    p = run("import", str(tiny_checkpoint), "--precision", "INT8", "--store", str(store.root))
+    p = run(
+        "import", str(tiny_checkpoint), "--precision", "INT8", "--store", str(store.root), "--json"
+    )
     assert p.returncode == 0, p.stderr
     assert _lines(p.stdout)[-1]["installed"] == ["tiny-dolly/INT8"]
 
@@ -183,7 +270,7 @@ def test_download_honours_hf_endpoint_and_resumes_after_a_kill(store, tiny_model
 
         hub.throttle(INT4_REPO, MODEL_BIN, None)
         s = ["--store", str(store.root)]
-        p = run("download", "dolly-v2-3b", "--precision", "INT4", *s, env=env)
+        p = run("download", "dolly-v2-3b", "--precision", "INT4", *s, "--json", env=env)
         assert p.returncode == 0, p.stderr
         lines = _lines(p.stdout)
         assert lines[-1]["installed"] == ["dolly-v2-3b/INT4"]

@@ -1,29 +1,35 @@
 """`dolly-desktop models ...`: list, download, export, compress, import, remove.
 
-Long commands print progress as JSON lines on stdout ({"stage": ..., "fraction": ...}; the
-last has "path"), which core.jobs.ChildJob reads when the app runs them in a child process.
-Anything libraries print goes to stderr so that stdout stays machine-readable.
+Long commands show a person at a terminal a progress bar on stderr (tqdm: bytes, speed and ETA
+for downloads, a percentage for the rest). With `--json` they print JSON lines on stdout
+instead, for programs: {"stage": ..., "fraction": ...}, downloads adding file, done, total,
+speed and eta; the last line has "path" and "installed". Anything libraries print goes to
+stderr, so that stdout stays machine-readable.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
+import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from dolly_desktop.cli.options import EXIT_INTERRUPTED
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE, GB, format_bytes
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from dolly_desktop.models.compress import Int4Options
+    from dolly_desktop.models.download import TransferProgress
     from dolly_desktop.models.folder import Precision
     from dolly_desktop.models.store import InstalledModel, Store
-
-EXIT_INTERRUPTED = 130
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", metavar="DIR", help="the model store (default: the app's)")
-    room = argparse.ArgumentParser(add_help=False)
+    room = argparse.ArgumentParser(add_help=False)  # the long commands
+    room.add_argument(
+        "--json",
+        action="store_true",
+        help="progress as JSON lines on stdout, for programs (default: a bar on a terminal)",
+    )
     room.add_argument(
         "--keep-free",
         type=float,
@@ -127,32 +138,117 @@ def _int4(a: argparse.Namespace, precision: Precision) -> Int4Options | None:
     return Int4Options(**given)
 
 
+class _Reporter:
+    """Progress of a long command, as a person or a program wants it: JSON lines on stdout
+    (--json), else a tqdm bar on stderr when that is a terminal, else nothing."""
+
+    def __init__(self, json_lines: bool, out: TextIO, err: TextIO) -> None:
+        self.json_lines, self.out, self.err = json_lines, out, err
+        self.bar_wanted = not json_lines and err.isatty()
+        self._bar: tqdm | None = None
+        self._bytes = False  # the bar counts bytes (a download), else a fraction of the job
+
+    def stage(self, stage: str, fraction: float) -> None:
+        """The store's `Progress` callback."""
+        if self.json_lines:
+            if stage != "done":  # the store's own end; `done` below says what was installed
+                self._line(stage=stage, fraction=round(fraction, 4))
+        elif self.bar_wanted:
+            bar = self._open(stage, total=1.0, bytes_=False)
+            bar.update(fraction - bar.n)
+
+    def transfer(self, p: TransferProgress) -> None:
+        """The store's `TransferCallback`: bytes, so the bar shows sizes, speed and ETA."""
+        if self.json_lines:
+            eta = None if p.eta_s is None else round(p.eta_s)
+            self._line(
+                stage=p.stage,
+                fraction=round(p.fraction, 4),
+                file=p.file,
+                done=p.done_bytes,
+                total=p.total_bytes,
+                speed=round(p.speed_bps),
+                eta=eta,
+            )
+        elif self.bar_wanted:
+            bar = self._open(f"{p.stage} {p.file}".strip(), p.total_bytes, True, p.done_bytes)
+            bar.update(p.done_bytes - bar.n)
+
+    def done(self, models: list[InstalledModel]) -> int:
+        self.close()
+        if self.json_lines:
+            installed = [m.label for m in models]
+            self._line(stage="done", fraction=1.0, path=str(models[-1].path), installed=installed)
+        for m in models:
+            print(f"Installed {m.label} ({format_bytes(m.size_bytes)}) in {m.path}", file=self.err)
+        return 0
+
+    def stopped(self, what: str) -> int:
+        """Ctrl-C: the bar ends where it was, and one line says what became of the job."""
+        self.close()
+        print(f"dolly-desktop: {what}", file=self.err)
+        return EXIT_INTERRUPTED
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _open(self, desc: str, total: float, bytes_: bool, initial: int = 0) -> tqdm:
+        """The bar, made on first use; its label follows the stage (and the file)."""
+        if self._bar is None or self._bytes != bytes_:
+            self.close()
+            self._bytes = bytes_
+            if bytes_:  # tqdm's own rate and ETA, over this run's bytes only (initial)
+                kw: dict[str, Any] = dict(unit="B", unit_scale=True, initial=initial)
+            else:
+                kw = dict(bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+            from tqdm import tqdm  # here: the window imports this module too, and needs no tqdm
+
+            self._bar = tqdm(total=total, desc=desc, file=self.err, dynamic_ncols=True, **kw)
+        elif self._bar.desc != desc:
+            self._bar.set_description_str(desc, refresh=False)
+        return self._bar
+
+    def _line(self, **fields: Any) -> None:
+        self.out.write(json.dumps(fields) + "\n")
+        self.out.flush()
+
+
 @contextlib.contextmanager
-def _progress_lines() -> Iterator[Callable[..., None]]:
-    """Yield `emit(stage, fraction, **extra)` writing JSON lines to the real stdout, while
-    whatever libraries print goes to stderr."""
-    out: TextIO = sys.stdout
-
-    def emit(stage: str, fraction: float, **extra: Any) -> None:
-        if stage == "done" and not extra:
-            return  # the store's own end; the command's last line says what was installed
-        out.write(json.dumps({"stage": stage, "fraction": round(fraction, 4), **extra}) + "\n")
-        out.flush()
-
-    with contextlib.redirect_stdout(sys.stderr):
-        yield emit
+def _reporting(a: argparse.Namespace) -> Iterator[_Reporter]:
+    """A reporter for the command; meanwhile whatever libraries print goes to stderr."""
+    report = _Reporter(a.json, sys.stdout, sys.stderr)
+    logs = _logs_above_the_bar(sys.stderr) if report.bar_wanted else contextlib.nullcontext()
+    try:
+        with contextlib.redirect_stdout(sys.stderr), logs:
+            yield report
+    finally:
+        report.close()
 
 
-def _done(emit: Callable[..., None], models: list[InstalledModel]) -> int:
-    emit("done", 1.0, path=str(models[-1].path), installed=[m.label for m in models])
-    for m in models:
-        print(f"Installed {m.label} ({format_bytes(m.size_bytes)}) in {m.path}", file=sys.stderr)
-    return 0
+@contextlib.contextmanager
+def _logs_above_the_bar(err: TextIO) -> Iterator[None]:
+    """Log lines meant for the terminal are written above the bar instead of into it. (tqdm's
+    logging_redirect_tqdm does this too, but drops the handler's level: INFO lines would show.)"""
+    from tqdm import tqdm
 
+    class Above(io.TextIOBase):
+        def write(self, s: str) -> int:
+            tqdm.write(s, file=err, end="")
+            return len(s)
 
-def _interrupted(what: str) -> int:
-    print(f"dolly-desktop: {what}", file=sys.stderr)
-    return EXIT_INTERRUPTED
+    console = [
+        h
+        for h in logging.getLogger().handlers
+        if type(h) is logging.StreamHandler and h.stream is err
+    ]
+    before = [h.setStream(Above()) for h in console]
+    try:
+        yield
+    finally:
+        for h, stream in zip(console, before, strict=True):
+            h.setStream(stream)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -202,18 +298,11 @@ def _list_available(installed: list[InstalledModel]) -> int:
 def cmd_download(a: argparse.Namespace) -> int:
     from dolly_desktop.models.cancel import Cancelled
     from dolly_desktop.models.catalog import CHECKPOINT
-    from dolly_desktop.models.download import TransferProgress
     from dolly_desktop.models.folder import Precision
 
     variant = CHECKPOINT if a.checkpoint else Precision.parse(a.precision).value
     store = _store(a)
-    with _progress_lines() as emit:
-
-        def report(p: TransferProgress) -> None:
-            extra = dict(file=p.file, done=p.done_bytes, total=p.total_bytes)
-            extra.update(speed=round(p.speed_bps), eta=None if p.eta_s is None else round(p.eta_s))
-            emit(p.stage, p.fraction, **extra)
-
+    with _reporting(a) as report:
         try:
             m = store.download(
                 a.model,
@@ -221,13 +310,13 @@ def cmd_download(a: argparse.Namespace) -> int:
                 repo_id=a.repo,
                 revision=a.revision,
                 endpoint=a.endpoint,
-                progress=report,
+                progress=report.transfer,
                 retries=a.retries,
                 keep_free=_keep_free(a),
             )
         except (KeyboardInterrupt, Cancelled):
-            return _interrupted("download stopped; run the same command again to resume.")
-        return _done(emit, [m])
+            return report.stopped("download stopped; run the same command again to resume.")
+        return report.done([m])
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -237,12 +326,12 @@ def cmd_export(a: argparse.Namespace) -> int:
     precision = Precision.parse(a.precision)
     int4 = _int4(a, precision)
     src = store.resolve_checkpoint(a.src)
-    with _progress_lines() as emit:
+    with _reporting(a) as report:
         try:
-            m = store.export(src, precision, int4, a.name, emit, keep_free=_keep_free(a))
+            m = store.export(src, precision, int4, a.name, report.stage, keep_free=_keep_free(a))
         except KeyboardInterrupt:
-            return _interrupted("export stopped; nothing was installed.")
-        return _done(emit, [m])
+            return report.stopped("export stopped; nothing was installed.")
+        return report.done([m])
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
@@ -252,12 +341,12 @@ def cmd_compress(a: argparse.Namespace) -> int:
     precision = Precision.parse(a.precision)
     int4 = _int4(a, precision)
     name = a.name.removesuffix("/FP16")
-    with _progress_lines() as emit:
+    with _reporting(a) as report:
         try:
-            m = store.compress(name, precision, int4, emit, keep_free=_keep_free(a))
+            m = store.compress(name, precision, int4, report.stage, keep_free=_keep_free(a))
         except KeyboardInterrupt:
-            return _interrupted("compression stopped; nothing was installed.")
-        return _done(emit, [m])
+            return report.stopped("compression stopped; nothing was installed.")
+        return report.done([m])
 
 
 def cmd_import(a: argparse.Namespace) -> int:
@@ -265,19 +354,21 @@ def cmd_import(a: argparse.Namespace) -> int:
 
     store = _store(a)
     plan = store.plan_import(Path(a.src), a.name, a.precision)
-    with _progress_lines() as emit:
+    with _reporting(a) as report:
         try:
             if plan.kind == "checkpoint":  # importing a checkpoint means exporting it
                 precision = Precision.parse(a.precision or "INT4")
                 int4 = _int4(a, precision)
-                models = [store.export(plan.src, precision, int4, plan.name, emit, _keep_free(a))]
+                models = [
+                    store.export(plan.src, precision, int4, plan.name, report.stage, _keep_free(a))
+                ]
             else:
                 models = store.import_folder(
-                    plan.src, plan.name, a.precision, emit, keep_free=_keep_free(a)
+                    plan.src, plan.name, a.precision, report.stage, keep_free=_keep_free(a)
                 )
         except KeyboardInterrupt:
-            return _interrupted("import stopped; what was being copied was not installed.")
-        return _done(emit, models)
+            return report.stopped("import stopped; what was being copied was not installed.")
+        return report.done(models)
 
 
 def cmd_remove(a: argparse.Namespace) -> int:
