@@ -90,7 +90,8 @@ def check(exe: Path, work: Path) -> None:
         hub.add_repo("OpenVINO/dolly-v2-3b-int4-ov", int4)
         out, took = run(
             exe, "models", "download", "dolly-v2-3b", "--precision", "INT4",
-            "--repo", "OpenVINO/dolly-v2-3b-int4-ov", "--endpoint", hub.url, *store, env=env,
+            "--repo", "OpenVINO/dolly-v2-3b-int4-ov", "--endpoint", hub.url, "--json", *store,
+            env=env,
         )  # fmt: skip
     downloaded = installed_path(out)
     run(exe, "--self-test", str(downloaded), env=env)
@@ -101,12 +102,14 @@ def check(exe: Path, work: Path) -> None:
     for f in old.glob("openvino_*tokenizer.*"):
         f.unlink()
     out, _ = run(exe, "models", "import", str(old), "--name", "tiny", "--precision", "FP16",
-                 *store, env=env)  # fmt: skip
+                 "--json", *store, env=env)  # fmt: skip
     imported = installed_path(out)
     run(exe, "--self-test", str(imported), env=env)  # converts the tokenizer on first load
     if not (imported / "openvino_tokenizer.xml").is_file():
         raise CheckFailed("the tokenizer of an older export was not converted")
-    out, took = run(exe, "models", "compress", "tiny", "--precision", "INT4", *store, env=env)
+    out, took = run(
+        exe, "models", "compress", "tiny", "--precision", "INT4", "--json", *store, env=env
+    )
     run(exe, "--self-test", str(installed_path(out)), env=env)
     print(f"tokenizer conversion (no torch) and NNCF compression to INT4: ok ({took:.2f} s)")
 
