@@ -291,7 +291,12 @@ class Engine(EngineBase):
             ttft_s=first - t0,
             total_s=t_end - t0,
             tokens_per_s=streamer.rate(),
-            extra={"prefilled_tokens": int(results.perf_metrics.get_num_input_tokens())},
+            extra={
+                "prefilled_tokens": int(results.perf_metrics.get_num_input_tokens()),
+                # genai's own count, not the streamer's: how late a cancel was honoured
+                # shows here even if the streamer dropped tokens (tests/test_engine.py).
+                "generated_tokens": int(results.perf_metrics.get_num_generated_tokens()),
+            },
         )
 
     def _reset_kv(self) -> None:
