@@ -335,3 +335,9 @@ def test_checkpoint_names(store, tiny_checkpoint, tmp_path):
     [m] = store.list()
     assert m.variant == CHECKPOINT and not m.runnable and m.problem is None
     assert Store.default_name(tmp_path / "x" / "my model!" / "INT4") == "my-model"
+    for odd in ("+plus", "..", " ", "x" * 300, "ünï"):  # always a name the store takes
+        assert (
+            store.path_for(Store.default_name(tmp_path / odd), "INT4").parent.parent == store.root
+        )
+    with pytest.raises(DollyError, match="cannot be a model name"):
+        store.plan_import(tiny_checkpoint, name="../x")

@@ -34,8 +34,8 @@ def model_name(name: str) -> str:
     """A store folder name such as `dolly-v2-3b`."""
     if not _MODEL_NAME.fullmatch(name):
         raise DollyError(
-            f"{name!r} cannot be a model name: use up to 100 letters, digits, '.', '-' or '_', "
-            "starting with a letter or digit."
+            f"{name!r} cannot be a model name: use up to 100 letters, digits, '.', '+', '-' "
+            "or '_', starting with a letter or digit."
         )
     return name
 

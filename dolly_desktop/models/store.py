@@ -1,7 +1,7 @@
 """The model store: one folder per model and variant, e.g. `<data>/models/dolly-v2-3b/INT4`.
 
 Every way in (download, import, export, compression) builds the folder with
-`atomic.staged_folder` and checks it with `modeldir.inspect_model_dir`, so a folder in the
+`atomic.staged_folder` and checks it with `folder.inspect_model_dir`, so a folder in the
 store is either whole or absent. Long jobs report `(stage, fraction)`; downloads report
 `TransferProgress`. Cancel is a `threading.Event` set from any thread.
 """
@@ -153,7 +153,7 @@ class Store:
         """A store name for a folder: its own name, or its parent's for `.../dolly-v2-3b/INT4`."""
         src = Path(src).expanduser().absolute()
         base = src.parent.name if src.name in VARIANTS or src.name in NOTEBOOK_LAYOUT else src.name
-        name = re.sub(r"[^A-Za-z0-9._+-]+", "-", base).strip("-._") or "model"
+        name = re.sub(r"[^A-Za-z0-9._+-]+", "-", base).strip("-._+") or "model"
         return name[:100]
 
     def _partial_dir(self, repo_id: str) -> Path:
@@ -287,7 +287,8 @@ class Store:
         """Download `name/variant` (a catalog model, or any repo given as `repo_id`).
 
         Cancel or a failure keeps the bytes fetched so far under `.downloads`; nothing is
-        installed until every file matches the Hub's checksum.
+        installed until every file passes its check (sha256, git blob id, or size where a
+        mirror gives nothing more).
         """
         dest = self.path_for(name, variant)
         if repo_id is None:
@@ -354,7 +355,7 @@ class Store:
         if not src.is_dir():
             inspect_model_dir(src)  # its sentence: no folder / a file, not a folder
         variant = Precision.parse(precision).value if precision else None
-        name = name or self.default_name(src)
+        name = names.model_name(name or self.default_name(src))  # refused before any copy
         if (src / MODEL_XML).is_file():
             v = variant or NOTEBOOK_LAYOUT.get(src.name) or detect_precision(src)
             return ImportPlan("ir", src, name, (ImportItem(src, name, v),))
