@@ -41,16 +41,15 @@ class Timed:
         self.last = now
 
 
-def run_together(batch, jobs: list[tuple[str, GenerationParams]]) -> list[GenerationResult]:
-    """Each job on its own thread, all started at once; results in order."""
+def run_together(batch, jobs: list[tuple]) -> list[GenerationResult]:
+    """Each job (generate's arguments) on its own thread, all started at once; results in
+    order."""
     results: list[GenerationResult | None] = [None] * len(jobs)
     start = threading.Barrier(len(jobs))
 
     def one(i: int) -> None:
         start.wait()
-        results[i] = batch.generate(
-            jobs[i][0], jobs[i][1], jobs[i][2] if len(jobs[i]) > 2 else None
-        )
+        results[i] = batch.generate(*jobs[i])
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
     for t in threads:
@@ -74,6 +73,20 @@ def test_four_greedy_answers_decoded_together_equal_each_alone(batch, engine):
         assert b.stop_reason == a.stop_reason and b.input_tokens == a.input_tokens
     # Decoded together: every stream had its first piece before any had its last.
     assert max(c.first for c in clocks) < min(c.last for c in clocks)
+
+
+def test_a_stop_token_ends_only_its_own_request(batch, engine):
+    params = GenerationParams(greedy=True, max_new_tokens=80)
+    refs = [engine.generate(i, params) for i in INSTRUCTIONS]
+    stop = refs[1].token_ids[10]  # said by the second answer, at the latest as its 11th token
+    alone = engine.generate(INSTRUCTIONS[1], params, stop_token_ids={stop})
+    assert alone.stop_reason is StopReason.END and alone.generated_tokens <= 10
+    jobs = [(i, params, None, {stop} if n == 1 else None) for n, i in enumerate(INSTRUCTIONS)]
+    together = run_together(batch, jobs)
+    assert together[1].token_ids == alone.token_ids
+    assert together[1].stop_reason is StopReason.END
+    for n in (0, 2, 3):
+        assert together[n].token_ids == refs[n].token_ids
 
 
 def test_seeded_sampling_is_the_same_batched_or_alone(batch, engine):
