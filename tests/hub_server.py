@@ -13,8 +13,8 @@
   directly instead.
 - Faults for tests: `cut_once` drops the connection after N bytes of one GET of a file;
   `corrupt` flips a byte of a file as served; `throttle` makes a file arrive slowly (a slow
-  line, so that a test can stop a transfer halfway); `oversend` answers every GET of a file
-  with more bytes than it lists, saying so in Content-Length or not.
+  line, so that a test can stop a transfer halfway); `wrong_length` answers every GET of a
+  file with another number of bytes than it lists, saying so in Content-Length or not.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class HubServer:
         self._cuts: dict[tuple[str, str], int] = {}
         self._corrupt: set[tuple[str, str]] = set()
         self._rates: dict[tuple[str, str], float] = {}
-        self._oversend: dict[tuple[str, str], tuple[int, bool]] = {}
+        self._lengths: dict[tuple[str, str], tuple[int, bool]] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -132,10 +132,10 @@ class HubServer:
         else:
             self._rates[(repo_id, filename)] = bytes_per_s
 
-    def oversend(self, repo_id: str, filename: str, total: int, declared: bool = True) -> None:
-        """Every GET of this file sends `total` bytes (the file, then zeros): with a
-        Content-Length that says so (`declared`), or none and the connection closed after."""
-        self._oversend[(repo_id, filename)] = (total, declared)
+    def wrong_length(self, repo_id: str, filename: str, total: int, declared: bool = True) -> None:
+        """Every GET of this file sends `total` bytes (the file, cut there or followed by zeros):
+        with a Content-Length that says so (`declared`), or none and the connection closed."""
+        self._lengths[(repo_id, filename)] = (total, declared)
 
     def gets(self, filename: str) -> list[Request]:
         """Byte-serving GETs of a file (the CDN for LFS files), in order."""
@@ -251,7 +251,7 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 end = min(int(m.group(2)), f.size - 1) if m.group(2) else f.size - 1
                 status = 206
             length: int | None = end - start + 1
-            over = hub._oversend.get((repo_id, name))
+            over = hub._lengths.get((repo_id, name))
             if over is not None:
                 length = over[0] if over[1] else None
             self.req.status = status
@@ -272,7 +272,7 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return
             data = bytearray(f.path.read_bytes()[start : end + 1])
             if over is not None:
-                data += bytes(max(0, over[0] - len(data)))
+                data = (data + bytes(max(0, over[0] - len(data))))[: over[0]]
             if (repo_id, name) in hub._corrupt and data:
                 data[len(data) // 2] ^= 0xFF
             limit = hub._cuts.pop((repo_id, name), None)

@@ -204,12 +204,24 @@ def test_a_corrupt_file_is_refused_and_nothing_installed(hub, store, name):
     assert not part.exists()  # the next run fetches that file afresh
 
 
-@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "no-length"])
-def test_a_server_sending_more_than_it_lists_fails_within_the_retries(hub, store, declared):
+@pytest.mark.parametrize(
+    ("sent", "declared", "why"),
+    [
+        (3_000_000, True, "it sent 3,000,000 bytes where {size:,} were due"),  # from the headers
+        (
+            3_000_000,
+            False,
+            "it sent more than the {size:,} bytes due",
+        ),  # cut off at the listed size
+        (0, True, "it sent 0 of {size:,} bytes"),  # never a byte: no progress, no endless round
+    ],
+    ids=["more-declared", "more-undeclared", "nothing"],
+)
+def test_a_server_sending_a_wrong_length_fails_within_the_retries(hub, store, sent, declared, why):
     # 3 MB for a file listed at a few hundred bytes once drove an endless loop of GETs.
     name = "config.json"
     size = hub.repos[INT4_REPO].files[name].size
-    hub.oversend(INT4_REPO, name, 3_000_000, declared)
+    hub.wrong_length(INT4_REPO, name, sent, declared)
     part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (name + ".part")
     reports = []
     cancel = threading.Event()  # a watchdog: the download must give up on its own, long before
@@ -223,9 +235,9 @@ def test_a_server_sending_more_than_it_lists_fails_within_the_retries(hub, store
             progress=reports.append,
             cancel=cancel,
         )
-    # Declared: refused from the headers, before any byte; else cut off at the listed size.
-    why = f"it sent 3,000,000 bytes where {size:,} were due" if declared else "it sent more than"
-    assert str(e.value).startswith(f"The download of {name} from {INT4_REPO} keeps failing ({why}")
+    assert str(e.value).startswith(
+        f"The download of {name} from {INT4_REPO} keeps failing ({why.format(size=size)})"
+    )
     assert len(str(e.value).splitlines()) == 1
     assert len(hub.gets(name)) == 3  # retries + 1
     assert largest[0] <= size
