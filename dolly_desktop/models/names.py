@@ -24,7 +24,9 @@ _RESERVED = {n.casefold() for n in (STATE_FILE, META_FILE)}
 
 # FP32 only arrives by import (optimum-cli's default for small models); the app makes the rest.
 VARIANTS = ("FP16", "INT8", "INT4", "FP32", CHECKPOINT)
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+MAX_MODEL_NAME = 100
+_NAME_CHARS = "A-Za-z0-9._+-"  # in a regex character class
+_MODEL_NAME = re.compile(rf"[A-Za-z0-9][{_NAME_CHARS}]{{0,{MAX_MODEL_NAME - 1}}}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_PART_BYTES = 255 - len(PART_SUFFIX)  # NAME_MAX on Linux, macOS and Windows, with ".part"
 MAX_PATH_CHARS = 1024
@@ -38,6 +40,12 @@ def model_name(name: str) -> str:
             "or '_', starting with a letter or digit."
         )
     return name
+
+
+def model_name_like(text: str) -> str:
+    """The model name nearest to `text` (a folder's name): other characters become '-'."""
+    name = re.sub(rf"[^{_NAME_CHARS}]+", "-", text).strip("-._+") or "model"
+    return name[:MAX_MODEL_NAME]
 
 
 def variant_name(variant: str) -> str:

@@ -153,8 +153,7 @@ class Store:
         """A store name for a folder: its own name, or its parent's for `.../dolly-v2-3b/INT4`."""
         src = Path(src).expanduser().absolute()
         base = src.parent.name if src.name in VARIANTS or src.name in NOTEBOOK_LAYOUT else src.name
-        name = re.sub(r"[^A-Za-z0-9._+-]+", "-", base).strip("-._+") or "model"
-        return name[:100]
+        return names.model_name_like(base)
 
     def _partial_dir(self, repo_id: str) -> Path:
         downloads = self.root / DOWNLOADS
