@@ -58,27 +58,6 @@ def test_greedy_parity_with_pytorch_fp16(engine, torch_greedy):
         assert result.generated_tokens == GREEDY.max_new_tokens
 
 
-def test_int8_int4_agreement_with_pytorch(tiny_models, torch_greedy, report_figure):
-    for precision in ("INT8", "INT4"):
-        eng = Engine(tiny_models[precision], "CPU", properties=EXACT)
-        same = total = 0
-        for text in PROMPTS:
-            got = eng.generate(text, GREEDY).token_ids
-            ref = torch_greedy[text]
-            assert len(got) == len(ref)
-            # Agreement = length of the common prefix: after one different token the
-            # continuations are unrelated.
-            prefix = next(
-                (i for i, (a, b) in enumerate(zip(got, ref, strict=True)) if a != b), len(ref)
-            )
-            same += prefix
-            total += len(ref)
-        report_figure(
-            f"{precision} greedy agreement with PyTorch (common prefix)",
-            f"{same}/{total} tokens = {same / total:.0%}",
-        )
-
-
 def test_streamed_text_equals_result(engine):
     pieces: list[str] = []
     result = engine.generate(PROMPTS[0], GREEDY, on_text=pieces.append)
