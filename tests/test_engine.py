@@ -342,9 +342,6 @@ os.environ.update(cfg["env"])  # before OpenVINO creates its first kernel
 import dolly_desktop.generation.local as local
 from dolly_desktop.generation.params import GenerationParams
 
-if not cfg["trim"]:
-    local.trim_heap = lambda: False
-
 def anon_mb():
     with open("/proc/self/status") as f:
         return next(int(ln.split()[1]) / 1024 for ln in f if ln.startswith("RssAnon:"))
@@ -362,8 +359,8 @@ print(json.dumps({"growth_mb": growth, "answers": answers}))
 """
 
 
-def _answer_lengths(model, env: dict, props: dict, trim: bool, lengths: list[int]) -> dict:
-    cfg = dict(model=str(model), env=env, props=props, trim=trim, lengths=lengths,
+def _answer_lengths(model, env: dict, props: dict, lengths: list[int]) -> dict:
+    cfg = dict(model=str(model), env=env, props=props, lengths=lengths,
                longest=max(lengths) + 1, every=len(lengths) // 2)  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-c", _LENGTHS_CHILD, json.dumps(cfg)],
@@ -380,12 +377,11 @@ def test_memory_stays_flat_across_new_prompt_lengths_and_answers_do_not_change(
     # 160 distinct instruction lengths, shuffled; RSS is read after 80 and after 160. At
     # OpenVINO's cache defaults each new length keeps ~1.4 MB on this model (bench/memory.py).
     lengths = random.Random(0).sample(range(1, 400), 160)
-    fixed = _answer_lengths(tiny_fp16, {}, {}, True, lengths)
+    fixed = _answer_lengths(tiny_fp16, {}, {}, lengths)
     control = _answer_lengths(
         tiny_fp16,
         {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"},  # oneDNN's default
         {"CPU_RUNTIME_CACHE_CAPACITY": 5000},  # OpenVINO's default
-        False,
         lengths,
     )
     report_figure(

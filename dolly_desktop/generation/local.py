@@ -25,7 +25,7 @@ from dolly_desktop.generation.engine import (
     StopReason,
     TextCallback,
 )
-from dolly_desktop.generation.memory import bound_onednn_cache, releasing_mapped_files, trim_heap
+from dolly_desktop.generation.memory import bound_onednn_cache, releasing_mapped_files
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import (
     PROMPT_FORMAT,
@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 # stay. Applied on CPU only; other devices keep their own defaults.
 # KERNEL_CACHE bounds the CPU plugin's per-shape kernel caches: at OpenVINO's defaults (5000
 # executors, 1024 oneDNN primitives) every new prompt length kept about 1.4 MB for good on the
-# tiny model (docs/benchmarks.md, "Memory across prompt lengths"). 32 still holds every kernel
-# of one inference, which the model's identical layers share, so a decode step finds them.
+# tiny model (docs/benchmarks.md, "Memory across prompt lengths"); bounded, growth stops
+# within the first 100 lengths. The layers are alike, so one inference needs few distinct
+# kernels: 16 measured slower decode on a 32-layer model, 32 did not. Same answers.
 KERNEL_CACHE = 32
 CPU_DEFAULTS: dict[str, Any] = {
     "ATTENTION_BACKEND": "SDPA",
@@ -267,9 +268,6 @@ class Engine(EngineBase):
             finally:
                 streamer.end()
                 self._streamer = None
-        # Kernels for shapes evicted from the bounded caches free their memory into glibc's
-        # heap, which keeps it resident; a trim takes well under a millisecond here.
-        trim_heap()
         if self.reuse_template:  # while the person reads the answer
             # Not a daemon: the interpreter must not tear down under a running inference.
             self._primer = threading.Thread(target=self._prime_quietly, name="template-primer")

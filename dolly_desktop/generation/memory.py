@@ -11,8 +11,9 @@ keeps kernels for it in two caches: its own runtime cache (an LRU of 5000 node e
 default, property CPU_RUNTIME_CACHE_CAPACITY) and oneDNN's primitive cache (1024 primitives,
 read once per process from the ONEDNN_PRIMITIVE_CACHE_CAPACITY environment variable). On the
 tiny model each new length kept about 1.4 MB, and nothing came back: 0.4 GB after 300 lengths.
-With both caches bounded, what the evicted kernels freed is left in glibc's heap unless it is
-trimmed. docs/benchmarks.md, "Memory across prompt lengths", has the measurements.
+Both must be bounded: the runtime cache's executors hold their oneDNN primitives. glibc's
+heap is not the culprit (malloc_trim after every answer gave back 0-2 MB, with or without the
+bounds). docs/benchmarks.md, "Memory across prompt lengths", has the measurements.
 """
 
 from __future__ import annotations
@@ -39,26 +40,6 @@ def bound_onednn_cache(capacity: int) -> None:
     oneDNN reads the variable once, when it creates its first primitive: this must run before
     the first model is compiled on the CPU (generation/local.py calls it at import)."""
     os.environ.setdefault(ONEDNN_CACHE_ENV, str(capacity))
-
-
-_libc: ctypes.CDLL | None = None
-
-
-def trim_heap() -> bool:
-    """Hand glibc's free heap memory back to the kernel (malloc_trim); False where there is
-    no glibc. Kernels evicted from the caches free their memory into the heap, where it would
-    otherwise stay resident for the next allocation that may never come."""
-    global _libc
-    if not sys.platform.startswith("linux"):
-        return False
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    trim = getattr(_libc, "malloc_trim", None)  # musl has none
-    if trim is None:
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
-    return True
 
 
 def mapped_ranges(paths: set[str]) -> list[tuple[int, int]]:
