@@ -137,3 +137,50 @@ def test_a_history_file_from_before_contexts_is_migrated(tmp_path):
         assert [e.instruction for e in h.list(query="pineapple")] == ["Old pineapple question"]
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
     assert version == SCHEMA_VERSION == 2
+
+
+def test_the_api_takes_a_passage_and_the_remote_engine_sends_it(tiny_models):
+    """Through a real `serve` with the official openai client: `context` on /v1/completions,
+    two user messages in a row on /v1/chat/completions; and RemoteEngine's context."""
+    import openai
+    from test_serve import serve_process
+    from transformers import AutoTokenizer
+
+    from dolly_desktop.generation.params import GenerationParams
+    from dolly_desktop.generation.remote import RemoteEngine
+
+    model = tiny_models["FP16"]
+    n = len(AutoTokenizer.from_pretrained(str(model))(TRAINED)["input_ids"])
+    plain = len(AutoTokenizer.from_pretrained(str(model))(build_prompt(QUESTION))["input_ids"])
+    with serve_process(model) as served:
+        client = openai.OpenAI(base_url=served.url, api_key="none")
+        name = client.models.list().data[0].id
+        c = client.completions.create(
+            model=name, prompt=QUESTION, max_tokens=4, extra_body={"context": PASSAGE}
+        )
+        assert c.usage.prompt_tokens == n
+        chat = client.chat.completions.create(
+            model=name,
+            max_tokens=4,
+            messages=[{"role": "user", "content": PASSAGE}, {"role": "user", "content": QUESTION}],
+        )
+        assert chat.usage.prompt_tokens == n
+        alone = client.chat.completions.create(
+            model=name,
+            max_tokens=4,
+            messages=[
+                {"role": "user", "content": PASSAGE},
+                {"role": "assistant", "content": "Noted."},
+                {"role": "user", "content": QUESTION},
+            ],
+        )
+        assert alone.usage.prompt_tokens == plain  # not two in a row: no passage
+        too_long = "x" * 100_001
+        with pytest.raises(openai.BadRequestError, match="context"):
+            client.completions.create(
+                model=name, prompt=QUESTION, max_tokens=4, extra_body={"context": too_long}
+            )
+        remote = RemoteEngine(served.url)
+        result = remote.generate(QUESTION, GenerationParams(max_new_tokens=4), context=PASSAGE)
+        remote.close()
+        assert result.input_tokens == n

@@ -120,8 +120,14 @@ class GenerationRequest(BaseModel):
     logprobs: Annotated[bool, Field(strict=True), AfterValidator(_false_only)] | None = None
     top_logprobs: None = None
 
+    # Extension: a passage for Dolly to work from, given in its Input: format.
+    context: str | None = None
+
     def instruction(self) -> str:
         raise NotImplementedError
+
+    def passage(self) -> str:
+        return self.context or ""
 
     def params(self) -> GenerationParams:
         values: dict[str, Any] = {}
@@ -179,15 +185,29 @@ class ChatRequest(GenerationRequest):
     max_completion_tokens: Annotated[Whole | None, _in_range("max_completion_tokens")] = None
 
     def instruction(self) -> str:
-        for m in reversed(self.messages):
-            if m.role != "user":
-                continue
-            if isinstance(m.content, str):
-                return m.content
-            if isinstance(m.content, list):
-                return "\n".join(p.text for p in m.content)
-            raise ApiError(400, "A user message's content must be text.", "messages")
+        return _text(self.messages[self._last_user()])
+
+    def passage(self) -> str:
+        """The `context` field, else a user message right before the last one (two user
+        messages in a row), as models/chat_template.py renders it for OVMS."""
+        if self.context:
+            return self.context
+        i = self._last_user()
+        return _text(self.messages[i - 1]) if i > 0 and self.messages[i - 1].role == "user" else ""
+
+    def _last_user(self) -> int:
+        for i in range(len(self.messages) - 1, -1, -1):
+            if self.messages[i].role == "user":
+                return i
         raise ApiError(400, "messages has no user message: it holds the instruction.", "messages")
+
+
+def _text(m: ChatMessage) -> str:
+    if isinstance(m.content, str):
+        return m.content
+    if isinstance(m.content, list):
+        return "\n".join(p.text for p in m.content)
+    raise ApiError(400, "A user message's content must be text.", "messages")
 
 
 def parse(kind: type[GenerationRequest], body: Any) -> GenerationRequest:

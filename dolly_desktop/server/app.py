@@ -162,13 +162,13 @@ class OpenAIServer:
     async def completions(self, request: Request) -> Response:
         self._authorize(request)
         req = api.parse(api.CompletionRequest, await self._read_json(request))
-        prompt = _as_prompt(req.instruction(), "prompt")
+        prompt = _as_prompt(req.instruction(), req.passage(), "prompt")
         return await self._answer(request, req, await self._checked(prompt, "prompt"), chat=False)
 
     async def chat_completions(self, request: Request) -> Response:
         self._authorize(request)
         req = api.parse(api.ChatRequest, await self._read_json(request))
-        prompt = _as_prompt(req.instruction(), "messages")
+        prompt = _as_prompt(req.instruction(), req.passage(), "messages")
         return await self._answer(request, req, await self._checked(prompt, "messages"), chat=True)
 
     # --- request handling
@@ -305,9 +305,9 @@ MAX_PROMPT_CHARS = (
 )
 
 
-def _as_prompt(text: str, field: str) -> str:
-    """The model's prompt for an instruction, or a whole Dolly prompt as is."""
-    if text.startswith(INTRO_BLURB) and text.endswith(f"{RESPONSE_KEY}\n"):
+def _as_prompt(text: str, passage: str, field: str) -> str:
+    """The model's prompt for an instruction (and a passage), or a whole Dolly prompt as is."""
+    if text.startswith(INTRO_BLURB) and text.endswith(f"{RESPONSE_KEY}\n") and not passage:
         if len(text) > MAX_PROMPT_CHARS:  # before it is tokenized
             raise ApiError(
                 400,
@@ -316,9 +316,9 @@ def _as_prompt(text: str, field: str) -> str:
             )
         return text
     try:
-        return build_prompt(text)
+        return build_prompt(text, passage)
     except DollyError as e:
-        raise ApiError(400, str(e), field) from e
+        raise ApiError(400, str(e), "context" if "context" in str(e) else field) from e
 
 
 async def _wait_unless_gone(request: Request, job: Job) -> tuple[str, Any]:
