@@ -54,3 +54,11 @@ def test_chat_template_renders_dollys_prompt(messages, instruction, passage):
 def test_template_is_written_into_a_folder(tmp_path):
     path = write_chat_template(tmp_path)
     assert path.name == "chat_template.jinja" and path.read_text(encoding="utf-8") == TEMPLATE
+
+
+def test_every_install_carries_the_template(tmp_path, tiny_models):
+    from dolly_desktop.models.store import Store
+
+    store = Store(tmp_path / "store")
+    (m,) = store.import_folder(tiny_models["INT4"], name="dolly-v2-3b", precision="INT4")
+    assert (m.path / "chat_template.jinja").read_text(encoding="utf-8") == TEMPLATE

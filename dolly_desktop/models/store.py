@@ -34,6 +34,7 @@ from dolly_desktop.models.catalog import (
     export_disk_bytes,
     get_model,
 )
+from dolly_desktop.models.chat_template import write_chat_template
 from dolly_desktop.models.compress import Int4Options, compress_ir
 from dolly_desktop.models.download import (
     RepoListing,
@@ -216,8 +217,11 @@ class Store:
 
     @staticmethod
     def _write_source(path: Path, source: str) -> None:
+        """What every install writes into its staging folder: where it came from, and Dolly's
+        chat template (for servers that format chats themselves, such as OVMS)."""
         meta = {"source": source, "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (path / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        write_chat_template(path)
 
     def remove(self, name: str, variant: str) -> None:
         path = names.inside(self.root, self.path_for(name, variant))
