@@ -211,16 +211,25 @@ def run_on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[in
 
 
 def test_a_person_at_a_terminal_sees_a_progress_bar(store, tiny_models, tmp_path):
-    code, out, shown = run_on_a_terminal(
-        "import", str(tiny_models["INT4"]), "--name", "tiny", "--store", str(store.root)
-    )
+    s = ["--store", str(store.root)]
+    code, out, shown = run_on_a_terminal("import", str(tiny_models["FP16"]), "--name", "tiny", *s)
     assert code == 0, shown
     assert out == ""
     # The tiny copy is quick: its first report, then the end. Redrawn in place (\r), and
     # nothing else on the terminal but the last line (no JSON, no INFO log lines).
     lines = shown.replace("\r\n", "\n").split("\n")
     assert re.fullmatch(r"\rcopying: +\d+%\|.*\| \d\d:\d\d<.*\rdone: 100%\|█+\| .*", lines[0])
-    assert lines[1:] == [f"Installed tiny/INT4 (19.7 MB) in {store.path_for('tiny', 'INT4')}", ""]
+    m = store.get("tiny", "FP16")
+    assert lines[1:] == [f"Installed tiny/FP16 ({format_bytes(m.size_bytes)}) in {m.path}", ""]
+
+    code, out, shown = run_on_a_terminal("compress", "tiny", "--precision", "INT8", *s)
+    assert code == 0, shown
+    assert out == ""
+    # NNCF draws its own table and bar on a terminal; ours goes through the stages around it.
+    stages = r"compressing: +\d+%\|.*checking: +90%\|.*done: 100%\|█+\|"
+    assert re.search(stages, shown, re.DOTALL) and '{"stage"' not in shown, shown
+    m = store.get("tiny", "INT8")
+    assert shown.endswith(f"\nInstalled tiny/INT8 ({format_bytes(m.size_bytes)}) in {m.path}\r\n")
 
 
 def test_a_download_at_a_terminal_shows_bytes_speed_and_eta(store, tiny_models):

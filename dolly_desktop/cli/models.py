@@ -154,8 +154,7 @@ class _Reporter:
             if stage != "done":  # the store's own end; `done` below says what was installed
                 self._line(stage=stage, fraction=round(fraction, 4))
         elif self.bar_wanted:
-            bar = self._open(stage, total=1.0, bytes_=False)
-            bar.update(fraction - bar.n)
+            self._show(stage, fraction, total=1.0, bytes_=False)
 
     def transfer(self, p: TransferProgress) -> None:
         """The store's `TransferCallback`: bytes, so the bar shows sizes, speed and ETA."""
@@ -171,8 +170,8 @@ class _Reporter:
                 eta=eta,
             )
         elif self.bar_wanted:
-            bar = self._open(f"{p.stage} {p.file}".strip(), p.total_bytes, True, p.done_bytes)
-            bar.update(p.done_bytes - bar.n)
+            label = f"{p.stage} {p.file}".strip()
+            self._show(label, p.done_bytes, p.total_bytes, bytes_=True, initial=p.done_bytes)
 
     def done(self, models: list[InstalledModel]) -> int:
         self.close()
@@ -194,8 +193,8 @@ class _Reporter:
             self._bar.close()
             self._bar = None
 
-    def _open(self, desc: str, total: float, bytes_: bool, initial: int = 0) -> tqdm:
-        """The bar, made on first use; its label follows the stage (and the file)."""
+    def _show(self, desc: str, n: float, total: float, bytes_: bool, initial: int = 0) -> None:
+        """Move the bar to `n`, made on first use; a new stage (or file) is drawn at once."""
         if self._bar is None or self._bytes != bytes_:
             self.close()
             self._bytes = bytes_
@@ -206,9 +205,12 @@ class _Reporter:
             from tqdm import tqdm  # here: the window imports this module too, and needs no tqdm
 
             self._bar = tqdm(total=total, desc=desc, file=self.err, dynamic_ncols=True, **kw)
-        elif self._bar.desc != desc:
+        relabel = self._bar.desc != desc
+        if relabel:
             self._bar.set_description_str(desc, refresh=False)
-        return self._bar
+        self._bar.update(n - self._bar.n)
+        if relabel:
+            self._bar.refresh()
 
     def _line(self, **fields: Any) -> None:
         self.out.write(json.dumps(fields) + "\n")
