@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dolly_desktop.errors import DollyError
-from dolly_desktop.models.compress import Int4Options
-from dolly_desktop.models.export import export_checkpoint
+from dolly_desktop.models.convert.compress import Int4Options
+from dolly_desktop.models.convert.export import export_checkpoint
 from dolly_desktop.models.folder import Precision, inspect_model_dir
 
 

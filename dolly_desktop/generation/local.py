@@ -32,8 +32,8 @@ from dolly_desktop.generation.prompt import (
     clean_response,
     find_end_token_id,
 )
+from dolly_desktop.models.convert.tokenizer import convert_tokenizer_files
 from dolly_desktop.models.folder import MODEL_BIN, ModelDir, inspect_model_dir
-from dolly_desktop.models.tokenizer import convert_tokenizer_files
 
 log = logging.getLogger(__name__)
 
