@@ -44,8 +44,8 @@ def run_child(argv: list[str]) -> tuple[float, float]:
 def app_argv(src: Path, dest: Path, precision: str) -> list[str]:
     code = (
         "import sys; from pathlib import Path; "
-        "from dolly_desktop.models.export import export_checkpoint; "
-        "from dolly_desktop.models.compress import Precision; "
+        "from dolly_desktop.models.convert.export import export_checkpoint; "
+        "from dolly_desktop.models.convert.compress import Precision; "
         "export_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), Precision(sys.argv[3]))"
     )
     return [sys.executable, "-c", code, str(src), str(dest), precision]

@@ -8,8 +8,8 @@ import platform
 from pathlib import Path
 
 from dolly_desktop.atomic import staged_folder
-from dolly_desktop.models.compress import Int4Options, compress_ir
-from dolly_desktop.models.export import export_checkpoint
+from dolly_desktop.models.convert.compress import Int4Options, compress_ir
+from dolly_desktop.models.convert.export import export_checkpoint
 from dolly_desktop.models.folder import Precision
 
 ROOT = Path(__file__).resolve().parents[1]

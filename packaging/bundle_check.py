@@ -58,7 +58,7 @@ def installed_path(output: str) -> Path:
 
 def make_models(work: Path) -> tuple[Path, Path, Path]:
     from devtools.dolly_builder import build_random_dolly
-    from dolly_desktop.models.export import export_checkpoint
+    from dolly_desktop.models.convert.export import export_checkpoint
     from dolly_desktop.models.folder import Precision
 
     ckpt = build_random_dolly(work / "tiny-dolly", TOKENIZER)

@@ -2,7 +2,7 @@
 
 One executable for everything: no arguments starts the window, `--self-test DIR` and the
 subcommands run on the terminal, and `dolly-desktop --child-job REQUEST` is how the
-app starts its own child jobs (`--child-job`, see dolly_desktop/models/jobs.py).
+app starts its own child jobs (`--child-job`, see dolly_desktop/models/convert/jobs.py).
 """
 
 import multiprocessing

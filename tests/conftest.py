@@ -50,7 +50,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     """The tiny model as FP16, INT8 and INT4 IR folders, by precision name."""
-    from dolly_desktop.models.export import export_checkpoint
+    from dolly_desktop.models.convert.export import export_checkpoint
     from dolly_desktop.models.folder import Precision
 
     root = tmp_path_factory.mktemp("ir")

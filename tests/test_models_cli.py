@@ -22,9 +22,9 @@ from huggingface_hub import constants
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.cancel import Cancelled
 from dolly_desktop.models.capacity import format_bytes
-from dolly_desktop.models.compress import Int4Options
+from dolly_desktop.models.child import compress_job, export_job
+from dolly_desktop.models.convert.compress import Int4Options
 from dolly_desktop.models.folder import MODEL_BIN, Precision
-from dolly_desktop.models.jobs import compress_job, export_job
 from dolly_desktop.models.store import Store, detect_precision
 
 INT4_REPO = "OpenVINO/dolly-v2-3b-int4-ov"

@@ -103,14 +103,14 @@ def test_cancel_before_a_compress_has_started_installs_nothing(
     must stop it: before, the cancel was lost and the compressed model installed anyway."""
     import time
 
-    from dolly_desktop.models import jobs
+    from dolly_desktop.models import child
     from dolly_desktop.ui import settings_dialog
 
     Store().import_folder(tiny_models["FP16"], name="tiny")
 
     def slow_compress_job(*args, **kwargs):
         time.sleep(0.5)  # a slow start: the Cancel below comes before the child exists
-        return jobs.compress_job(*args, **kwargs)
+        return child.compress_job(*args, **kwargs)
 
     monkeypatch.setattr(settings_dialog, "compress_job", slow_compress_job)
     dialog = window.open_settings()

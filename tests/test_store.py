@@ -17,7 +17,7 @@ from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.models import capacity
 from dolly_desktop.models.cancel import Cancelled
 from dolly_desktop.models.catalog import CATALOG, CHECKPOINT, get_model
-from dolly_desktop.models.compress import Int4Options
+from dolly_desktop.models.convert.compress import Int4Options
 from dolly_desktop.models.folder import MODEL_BIN, Precision
 from dolly_desktop.models.store import Store, detect_precision
 

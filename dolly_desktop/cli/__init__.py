@@ -18,7 +18,7 @@ from dolly_desktop.cli import devices, generate, history, models, serve
 from dolly_desktop.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, Parser
 from dolly_desktop.errors import DollyError
 from dolly_desktop.logs import setup_logging
-from dolly_desktop.models.jobs import CHILD_FLAG, child_main
+from dolly_desktop.models.convert.jobs import CHILD_FLAG
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [CHILD_FLAG]:  # a frozen bundle started as one of its own child jobs
+        from dolly_desktop.models.child import child_main
+
         return child_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(console=args.command is not None or args.self_test is not None)

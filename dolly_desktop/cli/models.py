@@ -26,7 +26,7 @@ from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE, GB, format_bytes
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-    from dolly_desktop.models.compress import Int4Options
+    from dolly_desktop.models.convert.compress import Int4Options
     from dolly_desktop.models.download import TransferProgress
     from dolly_desktop.models.folder import Precision
     from dolly_desktop.models.store import InstalledModel, Store
@@ -123,7 +123,7 @@ def _keep_free(a: argparse.Namespace) -> int:
 
 
 def _int4(a: argparse.Namespace, precision: Precision) -> Int4Options | None:
-    from dolly_desktop.models.compress import Int4Options
+    from dolly_desktop.models.convert.compress import Int4Options
     from dolly_desktop.models.folder import Precision
 
     given = {

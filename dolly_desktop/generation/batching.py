@@ -45,8 +45,8 @@ from dolly_desktop.generation.local import Engine, _first_line, _Streamer
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import clean_response, find_end_token_id
 from dolly_desktop.models.capacity import available_memory_bytes, format_bytes
+from dolly_desktop.models.convert.tokenizer import convert_tokenizer_files
 from dolly_desktop.models.folder import ModelDir, inspect_model_dir, read_config
-from dolly_desktop.models.tokenizer import convert_tokenizer_files
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from dolly_desktop.models.catalog import (
     get_model,
 )
 from dolly_desktop.models.chat_template import write_chat_template
-from dolly_desktop.models.compress import Int4Options, compress_ir
+from dolly_desktop.models.convert.compress import Int4Options, compress_ir
+from dolly_desktop.models.convert.export import export_checkpoint
 from dolly_desktop.models.download import (
     RepoListing,
     TransferCallback,
@@ -43,7 +44,6 @@ from dolly_desktop.models.download import (
     hub_endpoint,
     partial_bytes,
 )
-from dolly_desktop.models.export import export_checkpoint
 from dolly_desktop.models.folder import (
     CHECKPOINT_PATTERNS,
     MODEL_BIN,

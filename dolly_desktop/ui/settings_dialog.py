@@ -33,11 +33,12 @@ from PySide6.QtWidgets import (
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.devices import list_devices
-from dolly_desktop.models import export_support
 from dolly_desktop.models.capacity import format_bytes
+from dolly_desktop.models.child import compress_job, export_job
+from dolly_desktop.models.convert import export_support
+from dolly_desktop.models.convert.jobs import ChildJob
 from dolly_desktop.models.download import TransferProgress
 from dolly_desktop.models.folder import Precision
-from dolly_desktop.models.jobs import ChildJob, compress_job, export_job
 from dolly_desktop.models.listing import Listed, list_models
 from dolly_desktop.models.store import Store
 from dolly_desktop.ui.background import Job, ProgressFn

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from dolly_desktop.atomic import staged_folder
 from dolly_desktop.errors import DollyError
-from dolly_desktop.models import export_support
-from dolly_desktop.models.compress import Int4Options, compress_ir
+from dolly_desktop.models.convert import export_support
+from dolly_desktop.models.convert.compress import Int4Options, compress_ir
+from dolly_desktop.models.convert.tokenizer import convert_tokenizer_files
 from dolly_desktop.models.folder import Precision, inspect_model_dir, is_checkpoint
-from dolly_desktop.models.tokenizer import convert_tokenizer_files
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 A child process keeps torch and its memory out of the app, survives nothing of a crash, and can
 be stopped at once: NNCF and optimum have no cancel hook, so cancel kills the process group.
 
-Both ends of the protocol live here. The parent starts `python -m dolly_desktop.models.jobs
+Both ends of the protocol live here: the parent's ChildJob, and the messages and request the
+child (models/child.py) reads and writes. The parent starts `python -m dolly_desktop.models.child
 REQUEST` (a frozen bundle: `dolly-desktop --child-job REQUEST`), REQUEST being a `JobRequest`
 as JSON. The child writes one typed message per line on stdout: `Progress` while it works,
 then `Result` or `Error` (its one sentence). stderr carries only logs and library noise.
@@ -22,20 +23,14 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from dolly_desktop.atomic import remove_stale_staging
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.cancel import Cancelled, Progress
 from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE
-from dolly_desktop.models.compress import Int4Options
-from dolly_desktop.models.folder import Precision
-
-if TYPE_CHECKING:
-    from dolly_desktop.models.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +96,7 @@ def child_command(request: JobRequest) -> list[str]:
     payload = json.dumps(asdict(request))
     if getattr(sys, "frozen", False):
         return [sys.executable, CHILD_FLAG, payload]
-    return [sys.executable, "-m", "dolly_desktop.models.jobs", payload]
+    return [sys.executable, "-m", "dolly_desktop.models.child", payload]
 
 
 class ChildJob:
@@ -232,90 +227,3 @@ class ChildJob:
             if line.strip():
                 self._stderr.append(line.rstrip())
                 log.info("child stderr: %s", line.rstrip())
-
-
-def _int4_dict(int4: Int4Options | None) -> dict[str, Any] | None:
-    return None if int4 is None else asdict(int4)
-
-
-def export_job(
-    store: Store,
-    src: Path,
-    precision: Precision,
-    int4: Int4Options | None = None,
-    name: str | None = None,
-    progress: Progress | None = None,
-    keep_free: int = DEFAULT_KEEP_FREE,
-) -> ChildJob:
-    """A child-process export of the checkpoint `src` into the store as `name/precision`."""
-    name = name or store.default_name(src)
-    dest = store.path_for(name, precision.value)  # refuses a bad name before anything starts
-    request = JobRequest(
-        "export", str(store.root), precision.value, str(src), name, _int4_dict(int4), keep_free
-    )
-    return ChildJob(request, dest, progress)
-
-
-def compress_job(
-    store: Store,
-    name: str,
-    precision: Precision,
-    int4: Int4Options | None = None,
-    progress: Progress | None = None,
-    keep_free: int = DEFAULT_KEEP_FREE,
-) -> ChildJob:
-    """A child-process NNCF compression of the store's `name/FP16` into `name/precision`."""
-    dest = store.path_for(name, precision.value)
-    request = JobRequest(
-        "compress", str(store.root), precision.value, name, None, _int4_dict(int4), keep_free
-    )
-    return ChildJob(request, dest, progress)
-
-
-# -- the child's end -------------------------------------------------------------------------
-
-
-def child_main(argv: Sequence[str]) -> int:
-    """Run one JobRequest (argv[0], JSON) and report on stdout in the protocol above."""
-    from dolly_desktop.logs import setup_logging
-    from dolly_desktop.models.store import Store
-
-    setup_logging(console=True)
-    out = sys.stdout
-    sys.stdout = sys.stderr  # whatever libraries print must not mix with the protocol
-
-    def send(msg: Message) -> None:
-        out.write(encode(msg) + "\n")
-        out.flush()
-
-    def progress(stage: str, fraction: float) -> None:
-        if stage != "done":  # the Result message says that
-            send(ProgressMsg(stage, round(fraction, 4)))
-
-    try:
-        req = JobRequest(**json.loads(argv[0]))
-        store = Store(Path(req.store))
-        precision = Precision.parse(req.precision)
-        int4 = Int4Options(**req.int4) if req.int4 is not None else None
-        if req.kind == "export":
-            src = store.resolve_checkpoint(req.src)
-            m = store.export(src, precision, int4, req.name, progress, keep_free=req.keep_free)
-        elif req.kind == "compress":
-            m = store.compress(req.src, precision, int4, progress, keep_free=req.keep_free)
-        else:
-            raise DollyError(f"Unknown job kind {req.kind!r}.")
-    except DollyError as e:
-        send(ErrorMsg(str(e)))
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:  # the trace goes to the log; the parent shows one sentence
-        log.exception("child job failed")
-        send(ErrorMsg(f"unexpected error: {e} (details in the log)"))
-        return EXIT_FAILED
-    send(ResultMsg(str(m.path), [m.label]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(child_main(sys.argv[1:]))
