@@ -60,6 +60,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     instruction = a.instruction if a.instruction not in (None, "-") else sys.stdin.read()
     context = read_text_file(a.context) if a.context else ""
     build_prompt(instruction, context)  # refuse bad input before the model loads
+
     def warn(sentence: str) -> None:
         print(f"dolly-desktop: {sentence}", file=sys.stderr)
 
