@@ -38,12 +38,12 @@ from dolly_desktop.generation.engine import (
     EngineBase,
     GenerationResult,
     ModelRef,
-    StopReason,
     TextCallback,
 )
-from dolly_desktop.generation.local import Engine, _first_line, _Streamer
+from dolly_desktop.generation.local import CPU_DEFAULTS
 from dolly_desktop.generation.params import GenerationParams
-from dolly_desktop.generation.prompt import clean_response, find_end_token_id
+from dolly_desktop.generation.prompt import find_end_token_id, room_after
+from dolly_desktop.generation.streaming import TokenStreamer, first_line, generation_config
 from dolly_desktop.models.capacity import available_memory_bytes, format_bytes
 from dolly_desktop.models.convert.tokenizer import convert_tokenizer_files
 from dolly_desktop.models.folder import ModelDir, inspect_model_dir, read_config
@@ -115,7 +115,7 @@ class _Request:
     rid: int
     ids: list[int]
     config: ov_genai.GenerationConfig
-    streamer: _Streamer
+    streamer: TokenStreamer
     cancel: threading.Event
     submitted: float
     handle: ov_genai.GenerationHandle | None = None
@@ -147,7 +147,11 @@ class BatchingEngine(EngineBase):
         self.max_batch = max_batch
         if not self.info.has_ov_tokenizer:
             convert_tokenizer_files(self.model_dir)
-        props = dict(properties or {})
+        # The one-stream engine's CPU settings but its attention backend (this pipeline is
+        # the paged one): the bounded kernel caches matter most to a server, which sees every
+        # prompt length its clients send (docs/benchmarks.md, "Memory across prompt lengths").
+        cpu = {k: v for k, v in CPU_DEFAULTS.items() if k != "ATTENTION_BACKEND"}
+        props = {**(cpu if self.device == "CPU" else {}), **(properties or {})}
         cache = Path(cache_dir) if cache_dir else paths.compiled_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         props["CACHE_DIR"] = str(cache)
@@ -167,7 +171,7 @@ class BatchingEngine(EngineBase):
         except RuntimeError as e:
             raise DollyError(
                 f"The model in {self.model_dir} could not be loaded on {self.device}: "
-                f"{_first_line(e)}"
+                f"{first_line(e)}"
             ) from e
         self.tokenizer = self.pipe.get_tokenizer()
         self.eos_id = int(self.tokenizer.get_eos_token_id())
@@ -251,18 +255,13 @@ class BatchingEngine(EngineBase):
     ) -> GenerationResult:
         t0 = time.perf_counter()
         ids = self.encode(prompt)
-        room = self.context_length - len(ids)
-        if room < 1:
-            raise DollyError(
-                f"The prompt is {len(ids)} tokens; this model reads at most "
-                f"{self.context_length - 1}. Shorten the instruction."
-            )
+        room = room_after(len(ids), self.context_length)
         stops = {self.eos_id} | ({self.end_id} if self.end_id is not None else set())
         stops |= extra_stops or set()
         max_new = min(params.max_new_tokens, room)
         # The one-stream engine's sampling settings, on this pipeline's base config.
-        config = Engine._config(_ConfigSource(self.pipe), params, max_new)  # type: ignore[arg-type]
-        streamer = _Streamer(self.tokenizer, on_text, cancel, stops, max_new)
+        config = generation_config(self.pipe.get_config(), params, max_new)
+        streamer = TokenStreamer(self.tokenizer, on_text, cancel, stops, max_new)
         req = _Request(next(self._ids), ids, config, streamer, cancel, t0)
         with self._cond:
             if self._closing:
@@ -296,25 +295,9 @@ class BatchingEngine(EngineBase):
             req.streamer.end()
 
     def _result(self, req: _Request) -> GenerationResult:
-        s = req.streamer
-        t_end = time.perf_counter()
-        if s.hit_stop:
-            reason = StopReason.END
-        elif req.cancel.is_set():
-            reason = StopReason.CANCELLED
-        else:
-            reason = StopReason.LENGTH
-        first = s.first_at or t_end
-        return GenerationResult(
-            text=clean_response(self.tokenizer.decode(s.tokens)),
-            token_ids=s.tokens,
-            input_tokens=len(req.ids),
-            stop_reason=reason,
-            ttft_s=first - req.submitted,
-            total_s=t_end - req.submitted,
-            tokens_per_s=s.rate(),
-            extra={"prefilled_tokens": len(req.ids), "batch_rid": req.rid},
-        )
+        extra = {"prefilled_tokens": len(req.ids), "batch_rid": req.rid}
+        cancelled = req.cancel.is_set()
+        return req.streamer.result(self.tokenizer, cancelled, len(req.ids), req.submitted, extra)
 
     # --- the scheduler thread
 
@@ -340,7 +323,7 @@ class BatchingEngine(EngineBase):
             try:
                 self.pipe.step()
             except RuntimeError as e:
-                error = DollyError(f"Generation failed on {self.device}: {_first_line(e)}")
+                error = DollyError(f"Generation failed on {self.device}: {first_line(e)}")
                 error.__cause__ = e
                 log.error("a batch step failed", exc_info=e)
                 for req in self._running:
@@ -358,7 +341,7 @@ class BatchingEngine(EngineBase):
         try:
             req.handle = self.pipe.add_request(req.rid, tensor, req.config)
         except RuntimeError as e:
-            error = DollyError(f"Generation failed on {self.device}: {_first_line(e)}")
+            error = DollyError(f"Generation failed on {self.device}: {first_line(e)}")
             error.__cause__ = e
             self._fail(req, error)
             return
@@ -404,14 +387,6 @@ class BatchingEngine(EngineBase):
         self._finish(req)
 
 
-class _ConfigSource:
-    """What Engine._config reads its base generation config from."""
-
-    def __init__(self, pipe: ov_genai.ContinuousBatchingPipeline) -> None:
-        self.pipe = self
-        self.get_generation_config = pipe.get_config
-
-
 class _Session(EngineBase):
     """One request at a time on a BatchingEngine; cancel() drops only this session's request."""
 
@@ -421,7 +396,7 @@ class _Session(EngineBase):
         self.model = batch.model
         self.device = batch.device
         self.load_s = batch.load_s
-        self._streamer: _Streamer | None = None
+        self._streamer: TokenStreamer | None = None
 
     @property
     def context_length(self) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 import warnings
@@ -22,15 +21,20 @@ from dolly_desktop.generation.engine import (
     EngineBase,
     GenerationResult,
     ModelRef,
-    StopReason,
     TextCallback,
 )
 from dolly_desktop.generation.memory import bound_onednn_cache, releasing_mapped_files
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import (
     PROMPT_FORMAT,
-    clean_response,
     find_end_token_id,
+    room_after,
+)
+from dolly_desktop.generation.streaming import (
+    CancelAtOnce,
+    TokenStreamer,
+    first_line,
+    generation_config,
 )
 from dolly_desktop.models.convert.tokenizer import convert_tokenizer_files
 from dolly_desktop.models.folder import MODEL_BIN, ModelDir, inspect_model_dir
@@ -57,79 +61,6 @@ bound_onednn_cache(KERNEL_CACHE)
 
 # With reuse_template, prompts longer than this past the template head are prefilled whole.
 REUSE_MAX_NEW_TOKENS = 64
-
-
-class _Streamer(ov_genai.StreamerBase):
-    """Records token ids and times, hands text to the callback, and carries the cancel flag.
-
-    openvino-genai may call this from its own thread. Stop tokens are kept out of the text.
-    """
-
-    def __init__(
-        self,
-        tokenizer: ov_genai.Tokenizer,
-        on_text: TextCallback | None,
-        cancel: threading.Event,
-        stop_ids: set[int],
-        max_new: int,
-    ) -> None:
-        super().__init__()
-        self.tokens: list[int] = []
-        self.max_new = max_new
-        self.first_at: float | None = None
-        self.last_at: float | None = None
-        self.cancel = cancel
-        self.stop_ids = stop_ids
-        self.hit_stop = False
-        self.on_text = on_text
-        self._text = ov_genai.TextStreamer(tokenizer, self._piece) if on_text else None
-
-    def _piece(self, piece: str) -> ov_genai.StreamingStatus:
-        self.on_text(piece)  # type: ignore[misc]
-        return ov_genai.StreamingStatus.RUNNING
-
-    def write(self, token: int | list[int]) -> ov_genai.StreamingStatus:
-        now = time.perf_counter()
-        if self.first_at is None:
-            self.first_at = now
-        self.last_at = now
-        # Every ending is a CANCEL, even a stop token or the last allowed token: in chat mode
-        # genai then keeps the KV cache but drops the turn from its history, so the next prompt
-        # reuses only what it shares with this one (see Engine._run).
-        for t in [token] if isinstance(token, int) else token:
-            if t in self.stop_ids:
-                self.hit_stop = True
-                return ov_genai.StreamingStatus.CANCEL
-            self.tokens.append(t)
-            if self._text is not None:
-                self._text.write(t)
-        if self.cancel.is_set() or len(self.tokens) >= self.max_new:
-            return ov_genai.StreamingStatus.CANCEL
-        return ov_genai.StreamingStatus.RUNNING
-
-    def rate(self) -> float:
-        """Decode speed: tokens after the first over the time they took."""
-        n = len(self.tokens)
-        if n < 2 or self.first_at is None or self.last_at is None:
-            return 0.0
-        dt = self.last_at - self.first_at
-        return (n - 1) / dt if dt > 0 else 0.0
-
-    def end(self) -> None:  # genai may call it more than once
-        if self._text is not None:
-            self._text.end()
-            self._text = None
-
-
-class _CancelAtOnce(ov_genai.StreamerBase):
-    """Ends a generation in CANCEL at its first token (a text callback might never be called
-    for one token, and the generation would end FINISHED, kept in the chat history)."""
-
-    def write(self, token: int | list[int]) -> ov_genai.StreamingStatus:
-        return ov_genai.StreamingStatus.CANCEL
-
-    def end(self) -> None:
-        pass
 
 
 class Engine(EngineBase):
@@ -166,13 +97,13 @@ class Engine(EngineBase):
             except RuntimeError as e:
                 raise DollyError(
                     f"The model in {self.model_dir} could not be loaded on {self.device}: "
-                    f"{_first_line(e)}"
+                    f"{first_line(e)}"
                 ) from e
             self.load_s = time.perf_counter() - t0
             self.tokenizer = self.pipe.get_tokenizer()
             self.eos_id: int = int(self.tokenizer.get_eos_token_id())
             self.end_id = find_end_token_id(self.encode, self.eos_id)
-            self._streamer: _Streamer | None = None
+            self._streamer: TokenStreamer | None = None
             # reuse_template: every Dolly prompt starts with the same 21 template tokens, kept
             # in the KV cache between answers so that a short prompt's prefill starts after
             # them. genai's chat mode keeps the cache between requests and prefills only past
@@ -197,7 +128,7 @@ class Engine(EngineBase):
                 except RuntimeError as e:
                     raise DollyError(
                         f"The model in {self.model_dir} loaded on {self.device} but could not "
-                        f"run: {_first_line(e)}"
+                        f"run: {first_line(e)}"
                     ) from e
                 self.warmup_s = time.perf_counter() - t1
         log.info(
@@ -236,17 +167,14 @@ class Engine(EngineBase):
         t0 = time.perf_counter()
         inputs = self.tokenizer.encode(prompt)
         n_in = int(inputs.input_ids.shape[1])
-        room = self.context_length - n_in
-        if room < 1:
-            raise DollyError(
-                f"The prompt is {n_in} tokens; this model reads at most {self.context_length - 1}. "
-                "Shorten the instruction."
-            )
+        room = room_after(n_in, self.context_length)
         stops = {self.eos_id} | ({self.end_id} if self.end_id is not None else set())
         stops |= extra_stops or set()
         max_new = min(params.max_new_tokens, room)
-        cfg = self._config(params, max_new)
-        streamer = self._streamer = _Streamer(self.tokenizer, on_text, self._cancel, stops, max_new)
+        cfg = generation_config(self.pipe.get_generation_config(), params, max_new)
+        streamer = self._streamer = TokenStreamer(
+            self.tokenizer, on_text, self._cancel, stops, max_new
+        )
         ids = [int(i) for i in inputs.input_ids.data[0]]
         head = self._template_head
         # A long prompt gains little from 21 tokens, and prefilled after a cached head it
@@ -264,7 +192,7 @@ class Engine(EngineBase):
             try:
                 results = self.pipe.generate(inputs, cfg, streamer)
             except RuntimeError as e:
-                raise DollyError(f"Generation failed on {self.device}: {_first_line(e)}") from e
+                raise DollyError(f"Generation failed on {self.device}: {first_line(e)}") from e
             finally:
                 streamer.end()
                 self._streamer = None
@@ -272,30 +200,13 @@ class Engine(EngineBase):
             # Not a daemon: the interpreter must not tear down under a running inference.
             self._primer = threading.Thread(target=self._prime_quietly, name="template-primer")
             self._primer.start()
-        t_end = time.perf_counter()
-        tokens = streamer.tokens
-        if streamer.hit_stop:
-            reason = StopReason.END
-        elif self._cancel.is_set():
-            reason = StopReason.CANCELLED
-        else:
-            reason = StopReason.LENGTH
-        first = streamer.first_at or t_end
-        return GenerationResult(
-            text=clean_response(self.tokenizer.decode(tokens)),
-            token_ids=tokens,
-            input_tokens=n_in,
-            stop_reason=reason,
-            ttft_s=first - t0,
-            total_s=t_end - t0,
-            tokens_per_s=streamer.rate(),
-            extra={
-                "prefilled_tokens": int(results.perf_metrics.get_num_input_tokens()),
-                # genai's own count, not the streamer's: how late a cancel was honoured
-                # shows here even if the streamer dropped tokens (tests/test_engine.py).
-                "generated_tokens": int(results.perf_metrics.get_num_generated_tokens()),
-            },
-        )
+        extra = {
+            "prefilled_tokens": int(results.perf_metrics.get_num_input_tokens()),
+            # genai's own count, not the streamer's: how late a cancel was honoured shows
+            # here even if the streamer dropped tokens (tests/test_engine.py).
+            "generated_tokens": int(results.perf_metrics.get_num_generated_tokens()),
+        }
+        return streamer.result(self.tokenizer, self._cancel.is_set(), n_in, t0, extra)
 
     def _reset_kv(self) -> None:
         """An empty KV cache and chat history: the next prompt is prefilled whole."""
@@ -316,7 +227,7 @@ class Engine(EngineBase):
         with self._pipe_lock:
             if self.reuse_template:
                 self._reset_kv()
-                self.pipe.generate(ids, cfg, _CancelAtOnce())
+                self.pipe.generate(ids, cfg, CancelAtOnce())
                 self._primed = True
             else:
                 self.pipe.generate(ids, cfg)
@@ -325,27 +236,4 @@ class Engine(EngineBase):
         try:
             self._prime()
         except RuntimeError as e:  # the next prompt is prefilled whole instead
-            log.warning("priming the template head failed: %s", _first_line(e))
-
-    def _config(self, params: GenerationParams, max_new: int) -> ov_genai.GenerationConfig:
-        cfg = self.pipe.get_generation_config()
-        cfg.max_new_tokens = max_new
-        # Stop tokens are handled by the streamer, so that their text never reaches the
-        # response and the reason for stopping is known exactly.
-        cfg.stop_token_ids = set()
-        cfg.ignore_eos = True
-        cfg.repetition_penalty = params.repetition_penalty
-        cfg.do_sample = not params.greedy
-        if not params.greedy:
-            cfg.temperature = params.temperature
-            cfg.top_p = params.top_p
-            cfg.top_k = params.top_k  # 0 = off in openvino-genai as in the notebook
-            cfg.rng_seed = params.seed if params.seed is not None else random.getrandbits(31)
-        return cfg
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    # OpenVINO's messages start with a source location; the useful sentence is near the end.
-    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
-    return (useful or lines or [type(e).__name__])[-1][:300]
+            log.warning("priming the template head failed: %s", first_line(e))

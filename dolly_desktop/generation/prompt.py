@@ -55,6 +55,17 @@ def build_prompt(instruction: str, context: str = "") -> str:
     return PROMPT_WITH_INPUT_FORMAT.format(instruction=text, input=passage)
 
 
+def room_after(prompt_tokens: int, context_length: int) -> int:
+    """How many new tokens fit after a prompt; refuses a prompt that leaves no room."""
+    room = context_length - prompt_tokens
+    if room < 1:
+        raise DollyError(
+            f"The prompt is {prompt_tokens} tokens; this model reads at most "
+            f"{context_length - 1}. Shorten the instruction or the context."
+        )
+    return room
+
+
 def read_text_file(path: str | Path, limit: int = MAX_CONTEXT_CHARS) -> str:
     """A passage from a file ("-": stdin) as UTF-8 text, or one sentence saying why not."""
     if str(path) == "-":

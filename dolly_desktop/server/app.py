@@ -47,6 +47,7 @@ from dolly_desktop.generation.prompt import (
     PROMPT_WITH_INPUT_FORMAT,
     RESPONSE_KEY,
     build_prompt,
+    room_after,
 )
 from dolly_desktop.server import api
 from dolly_desktop.server.errors import ApiError, internal_error
@@ -220,14 +221,10 @@ class OpenAIServer:
         """The prompt, refused here if over the context rather than by the engine after the
         request waited for its turn."""
         n = await asyncio.to_thread(self.engine.count_tokens, prompt)
-        if n >= self.engine.context_length:
-            raise ApiError(
-                400,
-                f"The prompt is {n} tokens; this model reads at most "
-                f"{self.engine.context_length - 1}. Shorten the instruction.",
-                field,
-                code="context_length_exceeded",
-            )
+        try:
+            room_after(n, self.engine.context_length)
+        except DollyError as e:
+            raise ApiError(400, str(e), field, code="context_length_exceeded") from e
         return prompt
 
     async def _answer(

@@ -22,7 +22,11 @@ from dolly_desktop.models.cancel import Cancelled, Progress
 log = logging.getLogger(__name__)
 
 APPROX_BYTES = 5_300_000_000  # measured: a venv with the extra, less one without (Linux, CUDA)
-_ROOT = Path(__file__).resolve().parents[2]
+# A source checkout (the project's pyproject.toml above the package): install from it.
+_ROOT = next(
+    (p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file()),
+    Path(__file__).resolve().parents[3],
+)
 
 
 def available() -> bool:
@@ -35,7 +39,7 @@ def pip_command() -> list[str] | None:
     """The pip call that adds the extra to this environment; None in a bundle (no pip)."""
     if getattr(sys, "frozen", False):
         return None
-    here = _ROOT / "pyproject.toml"
+    here = _ROOT / "pyproject.toml"  # absent for an installed wheel
     spec = f"{_ROOT}[export]" if here.exists() else "dolly-desktop[export]"
     editable = ["-e"] if here.exists() else []
     return [sys.executable, "-m", "pip", "install", *editable, spec]
