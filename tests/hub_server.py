@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".bin", ".safetensors")
 SEND_CHUNK = 64 * 1024
@@ -170,7 +170,9 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.req = Request(self.command, path, self.headers.get("Range"))
             with hub._lock:
                 hub.requests.append(self.req)
-            if m := _API.match(path):
+            if path == "/api/models":  # a listing, as HfApi.list_models asks for it
+                self._list(parse_qs(urlsplit(self.path).query))
+            elif m := _API.match(path):
                 if hub.bare and m.group(2) is None:
                     self._error(500, "", "Internal Server Error")
                 else:
@@ -181,6 +183,21 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 self._bytes(m.group(1), m.group(2), m.group(3), body)
             else:
                 self._error(404, "EntryNotFound", "not found")
+
+        def _list(self, query: dict[str, list[str]]) -> None:
+            author = (query.get("author") or [""])[0]
+            search = (query.get("search") or [""])[0].lower()
+            found = [
+                {"id": rid, "modelId": rid, "private": False}
+                for rid in hub.repos
+                if rid.startswith(f"{author}/") and search in rid.lower()
+            ]
+            payload = json.dumps(found).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
 
         def _repo(self, repo_id: str, rev: str) -> _Repo | None:
             repo = hub.repos.get(repo_id)

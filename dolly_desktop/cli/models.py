@@ -59,6 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ls = ms.add_parser("list", parents=[common], help="installed models and partial downloads")
     ls.add_argument("--available", action="store_true", help="the catalog, with what is here")
+    ls.add_argument(
+        "--refresh", action="store_true", help="with --available: ask the Hub for its list first"
+    )
+    ls.add_argument("--endpoint", help="the Hub's address (default: HF_ENDPOINT or the Hub)")
     ls.set_defaults(func=cmd_list)
 
     dl = ms.add_parser(
@@ -260,6 +264,13 @@ def cmd_list(a: argparse.Namespace) -> int:
     store = _store(a)
     installed = store.list()
     if a.available:
+        if a.refresh:
+            from dolly_desktop.models.hub_catalog import refresh
+
+            try:
+                refresh(a.endpoint)
+            except Exception as e:  # offline, or the Hub did not answer: the cached list
+                print(f"dolly-desktop: the Hub's list could not be fetched ({e}).", file=sys.stderr)
         return _list_available(installed)
     if not installed:
         print(f"No models installed in {store.root}.", file=sys.stderr)
@@ -277,23 +288,26 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 def _list_available(installed: list[InstalledModel]) -> int:
     from dolly_desktop.models.catalog import CATALOG
+    from dolly_desktop.models.hub_catalog import all_variants, cached
 
     here = {m.label for m in installed if m.problem is None}
-    print(f"{'variant':<20} {'download':>10} {'RAM to run':>11}  source")
+    variants = all_variants()
+    print(f"{'variant':<20} {'download':>12} {'RAM to run':>11}  source")
     for model in CATALOG.values():
-        for v in model.variants:
+        for v in (v for v in variants if v.model == model.name):
             source = v.repo_id or f"export from {model.source_repo}"
             mark = "  (installed)" if v.label in here else ""
-            print(
-                f"{v.label:<20} {format_bytes(v.download_bytes):>10} "
-                f"{format_bytes(v.run_ram_bytes):>11}  {source}{mark}"
-            )
+            size = format_bytes(v.download_bytes)
+            size = size if v.exact_size else f"~{size}"
+            print(f"{v.label:<20} {size:>12} {format_bytes(v.run_ram_bytes):>11}  {source}{mark}")
         print(
-            f"{model.name + '/PyTorch':<20} {format_bytes(model.checkpoint_bytes):>10} "
+            f"{model.name + '/PyTorch':<20} {format_bytes(model.checkpoint_bytes):>12} "
             f"{'':>11}  {model.source_repo} (export needs about "
             f"{format_bytes(model.export_ram_bytes)} of memory)"
         )
-    print("Sizes are approximate, measured on dolly-v2-3b and scaled for 7b and 12b.")
+    hub = cached()
+    when = f"the Hub's list of {hub.fetched[:10]}" if hub else "the built-in list"
+    print(f"From {when}; ~ marks a size estimated from dolly-v2-3b (refresh: --refresh).")
     return 0
 
 

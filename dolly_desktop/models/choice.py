@@ -19,6 +19,7 @@ from dolly_desktop.models.catalog import (
     TOKENIZER_BYTES,
     Variant,
 )
+from dolly_desktop.models.hub_catalog import all_variants
 from dolly_desktop.models.store import InstalledModel, Store
 
 PRECISION_RANK = {"INT4": 0, "INT8": 1, "FP16": 2, "FP32": 3}
@@ -71,7 +72,7 @@ def recommend(ram: int | None, free_disk: int, keep_free: int = DEFAULT_KEEP_FRE
     in memory and on disk and still answers at a readable pace (MIN_TOK_S): by memory alone a
     24 GB machine would get dolly-v2-12b INT8, about 1 token a second on two cores. The
     smallest one when nothing fits (the first-run panel then says why)."""
-    ready = [v for m in CATALOG.values() for v in m.variants if v.repo_id]
+    ready = [v for v in all_variants() if v.repo_id]  # with what the Hub last said
     fitting = [
         v
         for v in ready

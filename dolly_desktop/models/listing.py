@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dolly_desktop.models.capacity import format_bytes
-from dolly_desktop.models.catalog import CATALOG
+from dolly_desktop.models.hub_catalog import all_variants
 from dolly_desktop.models.store import InstalledModel, Store
 
 
@@ -19,9 +19,10 @@ class Listed:
     variant: str  # FP16, INT8, INT4 (or PyTorch / FP32 for what a person installed)
     repo_id: str | None  # a ready-made repo on the Hub, if any
     installed: InstalledModel | None
-    approx_bytes: int | None  # the catalog's size estimate, None for what is not in it
+    approx_bytes: int | None  # the catalog's size, None for what is not in it
     ram_bytes: int | None  # the catalog's estimate of the memory to run it
     partial_bytes: int = 0  # bytes of an unfinished download of `repo_id`
+    exact_size: bool = False  # approx_bytes came from the Hub: no "about"
 
     @property
     def label(self) -> str:
@@ -41,7 +42,10 @@ class Listed:
     def size_text(self) -> str:
         m = self.installed
         if m is None:
-            return f"about {format_bytes(self.approx_bytes)}" if self.approx_bytes else ""
+            if not self.approx_bytes:
+                return ""
+            size = format_bytes(self.approx_bytes)
+            return size if self.exact_size else f"about {size}"
         size = format_bytes(m.size_bytes)
         return f"{size} ({m.compression_line})" if m.compression_line else size
 
@@ -54,20 +58,20 @@ def list_models(store: Store) -> list[Listed]:
     installed = {(m.name, m.variant): m for m in store.list()}
     partial = {p.repo_id: p.bytes_done for p in store.partial_downloads()}
     rows: list[Listed] = []
-    for model in CATALOG.values():
-        for v in model.variants:
-            key = (model.name, v.precision.value)
-            rows.append(
-                Listed(
-                    model.name,
-                    v.precision.value,
-                    v.repo_id,
-                    installed.pop(key, None),
-                    v.download_bytes,
-                    v.run_ram_bytes,
-                    partial.get(v.repo_id or "", 0),
-                )
+    for v in all_variants():  # the catalog, with what the Hub last said
+        key = (v.model, v.precision.value)
+        rows.append(
+            Listed(
+                v.model,
+                v.precision.value,
+                v.repo_id,
+                installed.pop(key, None),
+                v.download_bytes,
+                v.run_ram_bytes,
+                partial.get(v.repo_id or "", 0),
+                v.exact_size,
             )
+        )
     for (name, variant), m in sorted(installed.items()):
         rows.append(Listed(name, variant, None, m, None, None))
     return rows

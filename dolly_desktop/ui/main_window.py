@@ -390,6 +390,7 @@ class MainWindow(QMainWindow):
             self.settings_dialog.model_chosen.connect(lambda folder, _d: self.load_model(folder))
             self.settings_dialog.remote_chosen.connect(self.load_remote)
             self.settings_dialog.device_chosen.connect(self._device_from_settings)
+            self.settings_dialog.refresh_hub()  # the OpenVINO org's current repos, when online
         self.settings_dialog.current_folder = self.model_dir
         self.settings_dialog.refresh()
         self.settings_dialog.show()

@@ -3,6 +3,7 @@ and choose the variant and the device it runs on."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from PySide6.QtWidgets import (
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.devices import list_devices
+from dolly_desktop.models import hub_catalog
 from dolly_desktop.models.capacity import format_bytes
 from dolly_desktop.models.child import compress_job, export_job
 from dolly_desktop.models.convert import export_support
@@ -43,6 +45,8 @@ from dolly_desktop.models.listing import Listed, list_models
 from dolly_desktop.models.store import Store
 from dolly_desktop.ui.background import Job, ProgressFn
 from dolly_desktop.ui.settings import AppSettings
+
+log = logging.getLogger(__name__)
 
 HINTS = {"": "Default", "LATENCY": "Latency (one person chatting)", "THROUGHPUT": "Throughput"}
 
@@ -195,6 +199,23 @@ class SettingsDialog(QDialog):
         self.hint.activated.connect(lambda _i: self._inference_changed())
         self.cache.editingFinished.connect(self._inference_changed)
         return page
+
+    def refresh_hub(self) -> None:
+        """Ask the Hub for its dolly-v2 repos in the background; the table shows them when
+        they come. Offline, the last list (or the built-in one) stays."""
+        endpoint = self.endpoint
+
+        def work(_progress: ProgressFn, _cancel: threading.Event) -> bool:
+            try:
+                hub_catalog.refresh(endpoint)
+            except Exception as e:  # offline, or the Hub did not answer: not the person's problem
+                log.info("hub catalog not refreshed: %s", e)
+                return False
+            return True
+
+        job = self._hub_job = Job("Hub catalog", work)
+        job.done.connect(lambda fresh: fresh and self.refresh())
+        job.start()
 
     def show_remote(self) -> None:
         """The Inference page, where a remote server is chosen."""
