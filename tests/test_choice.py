@@ -122,3 +122,16 @@ def test_export_without_export_support_says_the_one_command(tmp_path, tiny_check
     assert p.returncode == 2, p.stderr
     assert "pip install -e" in p.stderr and "[export]" in p.stderr, p.stderr
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.xml"))
+
+
+def test_serve_takes_a_store_name(tiny_models):
+    """`serve --model NAME/VARIANT` resolves through the store, as generate does."""
+    import httpx
+    from test_serve import serve_process
+
+    store = Store()  # the session's app home, which the serve process inherits
+    store.import_folder(tiny_models["INT4"], name="served-by-name", precision="INT4")
+    with serve_process(Path("served-by-name/INT4")) as served:
+        body = {"prompt": "Who is Dolly?", "max_tokens": 3}
+        r = httpx.post(f"{served.url}/completions", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
