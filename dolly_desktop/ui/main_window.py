@@ -153,7 +153,11 @@ class MainWindow(QMainWindow):
         ev.addWidget(QLabel("Instruction"))
         ev.addWidget(self.instruction, 2)
         self.context_pane = ContextPane()
-        ev.addWidget(self.context_pane, 3)
+        ev.addWidget(self.context_pane, 0)
+        # Room for the passage only while the pane is open; collapsed, it is one line.
+        self.context_pane.toggle.toggled.connect(
+            lambda open_: ev.setStretchFactor(self.context_pane, 3 if open_ else 0)
+        )
         ev.addLayout(buttons)
         responder = QWidget()
         rv = QVBoxLayout(responder)
