@@ -320,7 +320,7 @@ class _FailingEngine(EngineBase):
     def progress(self) -> tuple[int, float]:
         return (0, 0.0)
 
-    def _run(self, prompt, params, on_text, stop_token_ids) -> GenerationResult:
+    def _run(self, prompt, params, on_text, stop_token_ids, grammar) -> GenerationResult:
         raise RuntimeError("Exception from src/plugin.cpp:42: secret internals at 0xdeadbeef")
 
 

@@ -218,9 +218,10 @@ class BatchingEngine(EngineBase):
         params: GenerationParams | None = None,
         on_text: TextCallback | None = None,
         stop_token_ids: set[int] | None = None,
+        grammar: str | None = None,
     ) -> GenerationResult:
         """As the contract says, but calls may overlap: each is its own request."""
-        return self.session().generate_from_prompt(prompt, params, on_text, stop_token_ids)
+        return self.session().generate_from_prompt(prompt, params, on_text, stop_token_ids, grammar)
 
     def cancel(self) -> None:
         """Stop every running request."""
@@ -250,6 +251,7 @@ class BatchingEngine(EngineBase):
         params: GenerationParams,
         on_text: TextCallback | None,
         extra_stops: set[int] | None,
+        grammar: str | None,
         cancel: threading.Event,
         session: _Session,
     ) -> GenerationResult:
@@ -260,7 +262,7 @@ class BatchingEngine(EngineBase):
         stops |= extra_stops or set()
         max_new = min(params.max_new_tokens, room)
         # The one-stream engine's sampling settings, on this pipeline's base config.
-        config = generation_config(self.pipe.get_config(), params, max_new)
+        config = generation_config(self.pipe.get_config(), params, max_new, grammar)
         streamer = TokenStreamer(self.tokenizer, on_text, cancel, stops, max_new)
         req = _Request(next(self._ids), ids, config, streamer, cancel, t0)
         with self._cond:
@@ -414,5 +416,8 @@ class _Session(EngineBase):
         params: GenerationParams,
         on_text: TextCallback | None,
         stop_token_ids: set[int] | None,
+        grammar: str | None,
     ) -> GenerationResult:
-        return self.batch._submit(prompt, params, on_text, stop_token_ids, self._cancel, self)
+        return self.batch._submit(
+            prompt, params, on_text, stop_token_ids, grammar, self._cancel, self
+        )

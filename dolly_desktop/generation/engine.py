@@ -132,13 +132,16 @@ class EngineBase:
         params: GenerationParams | None = None,
         on_text: TextCallback | None = None,
         stop_token_ids: set[int] | None = None,
+        grammar: str | None = None,
     ) -> GenerationResult:
+        """Continue a whole prompt. `grammar` (xgrammar's EBNF, generation/structured.py)
+        constrains the answer: every token the model may choose keeps it inside the grammar."""
         params = params or GenerationParams()
         if not self._lock.acquire(blocking=False):
             raise DollyError("A response is already being generated: stop it first.")
         try:
             self._cancel.clear()
-            return self._run(prompt, params, on_text, stop_token_ids)
+            return self._run(prompt, params, on_text, stop_token_ids, grammar)
         finally:
             self._lock.release()
 
@@ -148,5 +151,6 @@ class EngineBase:
         params: GenerationParams,
         on_text: TextCallback | None,
         stop_token_ids: set[int] | None,
+        grammar: str | None,
     ) -> GenerationResult:
         raise NotImplementedError

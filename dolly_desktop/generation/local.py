@@ -163,6 +163,7 @@ class Engine(EngineBase):
         params: GenerationParams,
         on_text: TextCallback | None,
         extra_stops: set[int] | None,
+        grammar: str | None,
     ) -> GenerationResult:
         t0 = time.perf_counter()
         inputs = self.tokenizer.encode(prompt)
@@ -171,7 +172,7 @@ class Engine(EngineBase):
         stops = {self.eos_id} | ({self.end_id} if self.end_id is not None else set())
         stops |= extra_stops or set()
         max_new = min(params.max_new_tokens, room)
-        cfg = generation_config(self.pipe.get_generation_config(), params, max_new)
+        cfg = generation_config(self.pipe.get_generation_config(), params, max_new, grammar)
         streamer = self._streamer = TokenStreamer(
             self.tokenizer, on_text, self._cancel, stops, max_new
         )

@@ -153,9 +153,12 @@ class RemoteEngine(EngineBase):
         params: GenerationParams,
         on_text: TextCallback | None,
         stop_token_ids: set[int] | None,
+        grammar: str | None,
     ) -> GenerationResult:
         if stop_token_ids:
             raise DollyError("A remote server cannot be asked to stop at token ids.")
+        if grammar is not None:  # a server takes a JSON schema (response_format), not EBNF
+            raise DollyError("A remote server cannot be given a grammar.")
         meter = self._meter = _Meter()
         text = StreamText()
         usage: dict[str, Any] = {}

@@ -118,11 +118,17 @@ class CancelAtOnce(ov_genai.StreamerBase):
 
 
 def generation_config(
-    base: ov_genai.GenerationConfig, params: GenerationParams, max_new: int
+    base: ov_genai.GenerationConfig,
+    params: GenerationParams,
+    max_new: int,
+    grammar: str | None = None,
 ) -> ov_genai.GenerationConfig:
-    """The sampling settings of `params` on a pipeline's own base config."""
+    """The sampling settings of `params` on a pipeline's own base config, constrained to
+    `grammar` (EBNF) if given."""
     cfg = base
     cfg.max_new_tokens = max_new
+    if grammar is not None:
+        cfg.structured_output_config = ov_genai.StructuredOutputConfig(grammar=grammar)
     # Stop tokens are handled by the streamer, so that their text never reaches the
     # response and the reason for stopping is known exactly.
     cfg.stop_token_ids = set()
