@@ -51,9 +51,12 @@ EXACT_SERVE = (
 )
 
 
+BAD = ("lost", "hung")
+
+
 @dataclass
 class Outcome:
-    kind: str  # answered | refused | left, or the failures: lost | hung
+    kind: str  # answered | refused | left, or one of BAD
     rid: str = ""
     text: str = ""
     finish: str | None = None
@@ -158,7 +161,8 @@ def logged(rids: list[str], timeout_s: float = 10.0) -> dict[str, str]:
 
 def check_round(outcomes: list[Outcome], refs: dict[str, tuple[str, str]]) -> int:
     """Every request answered as alone, refused with 429, or left midway; the 429s."""
-    failed = [(n, o) for n, o in enumerate(outcomes) if o.kind in ("lost", "hung")]
+    sent = LEAVER_INSTRUCTIONS + INSTRUCTIONS
+    failed = [(i, o.kind, o.detail) for i, o in zip(sent, outcomes, strict=True) if o.kind in BAD]
     assert not failed, failed
     assert [o.kind for o in outcomes[:LEAVERS]] == ["left"] * LEAVERS
     asked = dict(zip(INSTRUCTIONS, outcomes[LEAVERS:], strict=True))
@@ -212,18 +216,21 @@ def test_sixteen_clients_four_leaving_none_lost_none_hung(
     after = rss(exact_server)
     mib = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
     report_figure(
-        "serve load, 16 clients x 2 rounds (4 leave midway)",
-        f"{refused + warm} refused (429); RSS {mib(before)} before, {mib(after)} after "
+        "serve load, 16 streaming clients, 4 leaving midway, 2 rounds",
+        f"{warm} and {refused} refused (429); server RSS {mib(before)} before, {mib(after)} after "
         f"({(after - before) / before:+.1%}); {time.monotonic() - t0:.1f} s",
     )
+    # Some growth is no leak: genai's block allocator takes free KV cache blocks first in,
+    # first out, so new pages are touched until the whole --kv-cache (1 GB) has been used
+    # once: 2 KiB a token here, 3-6 MiB a round.
     assert abs(after - before) <= RSS_TOLERANCE * before
     asyncio.run(every_place_is_free(url))
-    # Still answers a plain request, as alone.
+    # Still answers a plain request, as alone, once the held places are given back.
+    c = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S)
     deadline = time.monotonic() + 10
-    while True:  # the held streams' places are given back as the server sees them go
+    while True:
         try:
-            r = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=30)
-            answer = r.completions.create(
+            answer = c.completions.create(
                 model="any", prompt=INSTRUCTIONS[0], max_tokens=MAX_TOKENS, temperature=0
             )
             break
