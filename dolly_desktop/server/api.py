@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.engine import GenerationResult
 from dolly_desktop.generation.params import GenerationParams
+from dolly_desktop.generation.structured import SchemaError, json_grammar
 from dolly_desktop.server.errors import ApiError
 
 MAX_STOPS = 4
@@ -54,6 +55,8 @@ MESSAGES = {
     "n": "Only one choice per request (n = 1) is supported.",
     "logprobs": "Log probabilities are not supported.",
     "top_logprobs": "Log probabilities are not supported.",
+    "response_format": 'response_format must be {"type": "text"}, {"type": "json_object"} or '
+    '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}.',
     "messages": "messages must be a non-empty list of messages, each an object with a role "
     "and text content.",
 }
@@ -96,6 +99,22 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+    name: str | None = None
+    # "schema" would shadow BaseModel.schema: kept under another name, read by its alias.
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None  # the answer always follows the schema here
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class GenerationRequest(BaseModel):
     """Fields both endpoints share."""
 
@@ -119,6 +138,7 @@ class GenerationRequest(BaseModel):
     n: Annotated[Whole, Field(ge=1, le=1)] | None = None
     logprobs: Annotated[bool, Field(strict=True), AfterValidator(_false_only)] | None = None
     top_logprobs: None = None
+    response_format: ResponseFormat | None = None
 
     # Extension: a passage for Dolly to work from, given in its Input: format.
     context: str | None = None
@@ -143,6 +163,20 @@ class GenerationRequest(BaseModel):
             else:
                 values[name] = value
         return GenerationParams(**values)
+
+    def grammar(self, budget_tokens: int) -> str | None:
+        """The grammar the answer must follow (generation/structured.py), bounded so that the
+        answer closes within `budget_tokens`; None for free text."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_schema" and fmt.json_schema is None:
+            raise ApiError(400, MESSAGES["response_format"], "response_format")
+        schema = fmt.json_schema.json_schema if fmt.json_schema is not None else None
+        try:
+            return json_grammar(schema, budget_tokens)
+        except SchemaError as e:
+            raise ApiError(400, f"response_format: {e}", "response_format") from e
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -12,6 +12,8 @@ Choices a client should know (also in docs/remote.md):
   change the answer (user, logprobs: null, ...) are ignored; `n` other than 1 is refused.
 - Without `max_tokens` a response is at most GenerationParams' default (256 tokens).
 - `stop` strings apply to the response text: it is cut before the first one found.
+- `response_format` `json_object` or `json_schema`: the answer is compact JSON that follows
+  the schema and always closes within `max_tokens` (generation/structured.py).
 
 `slots` requests are answered at once: 1 with the one-stream engine, the batch size with
 continuous batching (generation/batching.py). Up to `queue` more wait their turn, and any more
@@ -164,13 +166,13 @@ class OpenAIServer:
         self._authorize(request)
         req = api.parse(api.CompletionRequest, await self._read_json(request))
         prompt = _as_prompt(req.instruction(), req.passage(), "prompt")
-        return await self._answer(request, req, await self._checked(prompt, "prompt"), chat=False)
+        return await self._answer(request, req, prompt, "prompt", chat=False)
 
     async def chat_completions(self, request: Request) -> Response:
         self._authorize(request)
         req = api.parse(api.ChatRequest, await self._read_json(request))
         prompt = _as_prompt(req.instruction(), req.passage(), "messages")
-        return await self._answer(request, req, await self._checked(prompt, "messages"), chat=True)
+        return await self._answer(request, req, prompt, "messages", chat=True)
 
     # --- request handling
 
@@ -217,22 +219,24 @@ class OpenAIServer:
                 code="invalid_api_key",
             )
 
-    async def _checked(self, prompt: str, field: str) -> str:
-        """The prompt, refused here if over the context rather than by the engine after the
-        request waited for its turn."""
+    async def _room(self, prompt: str, field: str) -> int:
+        """Tokens left for the answer; a prompt over the context is refused here rather than
+        by the engine after the request waited for its turn."""
         n = await asyncio.to_thread(self.engine.count_tokens, prompt)
         try:
-            room_after(n, self.engine.context_length)
+            return room_after(n, self.engine.context_length)
         except DollyError as e:
             raise ApiError(400, str(e), field, code="context_length_exceeded") from e
-        return prompt
 
     async def _answer(
-        self, request: Request, req: api.GenerationRequest, prompt: str, chat: bool
+        self, request: Request, req: api.GenerationRequest, prompt: str, field: str, chat: bool
     ) -> Response:
+        params = req.params()
+        room = await self._room(prompt, field)
+        grammar = req.grammar(min(params.max_new_tokens, room))
         reply = api.Reply(self.model_id, chat)
         assert self._gate is not None, "the app runs without its lifespan"
-        job = self._gate.admit(reply.id, prompt, req.params(), req.stops())
+        job = self._gate.admit(reply.id, prompt, params, req.stops(), grammar)
         if req.stream:
             return StreamingResponse(
                 self._stream(job, reply, req.include_usage),

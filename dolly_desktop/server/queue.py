@@ -53,12 +53,19 @@ class Gate:
             code="queue_full",
         )
 
-    def admit(self, rid: str, prompt: str, params: GenerationParams, stops: list[str]) -> Job:
+    def admit(
+        self,
+        rid: str,
+        prompt: str,
+        params: GenerationParams,
+        stops: list[str],
+        grammar: str | None = None,
+    ) -> Job:
         if self.closing:
             raise shutting_down()
         if self.admitted >= self.capacity:
             raise self.busy()
-        return Job(rid, self, prompt, params, stops)
+        return Job(rid, self, prompt, params, stops, grammar)
 
     def close(self) -> None:
         """Stop answering: running generations are cancelled, waiting ones get 503."""
@@ -73,12 +80,19 @@ class Job:
     """
 
     def __init__(
-        self, rid: str, gate: Gate, prompt: str, params: GenerationParams, stops: list[str]
+        self,
+        rid: str,
+        gate: Gate,
+        prompt: str,
+        params: GenerationParams,
+        stops: list[str],
+        grammar: str | None = None,
     ) -> None:
         self.rid = rid
         self.engine = gate.session()
         self.prompt = prompt
         self.params = params
+        self.grammar = grammar
         self.text = StreamText(stops)
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.running = False
@@ -131,7 +145,9 @@ class Job:
             self._gate.running.discard(self)
 
     def _generate(self) -> GenerationResult:
-        return self.engine.generate_from_prompt(self.prompt, self.params, self._on_text)
+        return self.engine.generate_from_prompt(
+            self.prompt, self.params, self._on_text, grammar=self.grammar
+        )
 
     def _on_text(self, piece: str) -> None:  # on the engine's thread
         if self.abandoned.is_set() or self._gate.closing:
