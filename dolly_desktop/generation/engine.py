@@ -120,11 +120,12 @@ class EngineBase:
         on_text: TextCallback | None = None,
         stop_token_ids: set[int] | None = None,
         context: str = "",
+        grammar: str | None = None,
     ) -> GenerationResult:
         """Answer an instruction (with a passage to work from, if `context`) in Dolly's
         template, streaming text to `on_text`."""
         prompt = build_prompt(instruction, context)
-        return self.generate_from_prompt(prompt, params, on_text, stop_token_ids)
+        return self.generate_from_prompt(prompt, params, on_text, stop_token_ids, grammar)
 
     def generate_from_prompt(
         self,
