@@ -7,7 +7,12 @@ import argparse
 import sys
 
 from dolly_desktop import __version__
-from dolly_desktop.cli.options import EXIT_INTERRUPTED, add_param_options, params_from_args
+from dolly_desktop.cli.options import (
+    EXIT_INTERRUPTED,
+    add_lookup_option,
+    add_param_options,
+    params_from_args,
+)
 from dolly_desktop.cli.serve import API_KEY_ENV, env_api_key
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.params import GenerationParams
@@ -37,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
     add_param_options(g)
+    add_lookup_option(g)
     g.add_argument(
         "--context",
         metavar="FILE",
@@ -59,7 +65,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
         raise DollyError("With --context -, give the instruction as an argument.")
     instruction = a.instruction if a.instruction not in (None, "-") else sys.stdin.read()
     context = read_text_file(a.context) if a.context else ""
-    build_prompt(instruction, context)  # refuse bad input before the model loads
+    prompt = build_prompt(instruction, context)  # refuse bad input before the model loads
+    if a.remote and a.prompt_lookup:
+        raise DollyError("--prompt-lookup is for a local model: a server decodes its own way.")
 
     def warn(sentence: str) -> None:
         print(f"dolly-desktop: {sentence}", file=sys.stderr)
@@ -70,9 +78,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
         engine = RemoteEngine(a.remote, api_key=a.api_key, notify=warn)
     else:
-        from dolly_desktop.generation.local import Engine
+        from dolly_desktop.generation.local import Engine, resolve_lookup
 
-        engine = Engine(resolve_model(a.model), a.device)
+        folder = resolve_model(a.model)
+        # auto, with the one prompt known: one pipeline, plain or prompt lookup, not both.
+        lookup = resolve_lookup(a.prompt_lookup or "auto", folder, prompt, a.device)
+        engine = Engine(folder, a.device, prompt_lookup=lookup)
     history = History(enabled=not a.no_history)
     engine.notify = warn
 
@@ -89,6 +100,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
         engine.close()
     sys.stdout.write("\n")
     print(result.metrics_line(), file=sys.stderr)
+    if result.extra.get("prompt_lookup"):
+        n, steps = result.generated_tokens, result.extra["inferences"]
+        print(f"prompt lookup: {n} tokens in {steps} inferences", file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""What every subcommand shares: exit codes, the one-line parser, the sampling options."""
+"""What every subcommand shares: exit codes, the one-line parser, the sampling options, the
+prompt-lookup choice."""
 
 from __future__ import annotations
 
@@ -35,3 +36,17 @@ def add_param_options(p: argparse.ArgumentParser) -> None:
 def params_from_args(a: argparse.Namespace) -> GenerationParams:
     values = {name: getattr(a, name) for name in RANGES}
     return GenerationParams(greedy=a.greedy, **values)
+
+
+LOOKUP_CHOICES = ("on", "off", "auto")  # generation/lookup.LookupMode, without importing openvino
+
+
+def add_lookup_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prompt-lookup",
+        choices=LOOKUP_CHOICES,
+        metavar="on|off|auto",
+        help="prompt-lookup decoding: the next tokens guessed from the prompt and checked in one "
+        "step, same answer, faster when it copies from a passage; auto (the default) turns it "
+        "on for prompts with more than a line or two to copy from",
+    )

@@ -23,6 +23,14 @@ from dolly_desktop.generation.engine import (
     ModelRef,
     TextCallback,
 )
+from dolly_desktop.generation.lookup import (
+    LookupMode,
+    assist,
+    parse_mode,
+    pipeline_properties,
+    second_pipeline_fits,
+    wants_lookup,
+)
 from dolly_desktop.generation.memory import bound_onednn_cache, releasing_mapped_files
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import (
@@ -36,6 +44,7 @@ from dolly_desktop.generation.streaming import (
     first_line,
     generation_config,
 )
+from dolly_desktop.models.capacity import available_memory_bytes
 from dolly_desktop.models.convert.tokenizer import convert_tokenizer_files
 from dolly_desktop.models.folder import MODEL_BIN, ModelDir, inspect_model_dir
 
@@ -63,6 +72,25 @@ bound_onednn_cache(KERNEL_CACHE)
 REUSE_MAX_NEW_TOKENS = 64
 
 
+def resolve_lookup(
+    mode: LookupMode | str, model_dir: Path | str, prompt: str, device: str
+) -> LookupMode:
+    """`auto` for one prompt known before the model loads (the CLI): on or off as the engine's
+    auto would choose for it, so that one pipeline loads, not two."""
+    mode = parse_mode(mode)
+    if mode is not LookupMode.AUTO:
+        return mode
+    if device == "NPU":
+        return LookupMode.OFF
+    info = inspect_model_dir(Path(model_dir))
+    if not info.has_ov_tokenizer:
+        convert_tokenizer_files(info.path)
+    tokenizer = ov_genai.Tokenizer(str(info.path))
+    count = lambda text: int(tokenizer.encode(text).input_ids.shape[1])  # noqa: E731
+    head = PROMPT_FORMAT.split("{instruction}")[0]
+    return LookupMode.ON if wants_lookup(count(prompt) - count(head)) else LookupMode.OFF
+
+
 class Engine(EngineBase):
     """One loaded model on one device, with openvino-genai."""
 
@@ -74,9 +102,15 @@ class Engine(EngineBase):
         properties: dict[str, Any] | None = None,
         warm_up: bool = True,
         reuse_template: bool = False,
+        prompt_lookup: LookupMode | str = LookupMode.OFF,
     ) -> None:
         super().__init__()
         self.device = check_device(device)
+        # genai's NPU pipeline has no paged attention, so no prompt lookup: auto is off there.
+        mode = parse_mode(prompt_lookup)
+        self.prompt_lookup = LookupMode.OFF if mode is LookupMode.AUTO and device == "NPU" else mode
+        self._lookup_pipe: ov_genai.LLMPipeline | None = None  # auto's, at the first long prompt
+        self._lookup_refused = False
         self.info: ModelDir = inspect_model_dir(Path(model_dir))
         self.model_dir = self.info.path
         self.model = ModelRef.from_folder(self.model_dir)
@@ -87,18 +121,14 @@ class Engine(EngineBase):
         props: dict[str, Any] = dict(CPU_DEFAULTS) if self.device == "CPU" else {}
         props.update(properties or {})
         props["CACHE_DIR"] = str(cache)
+        self._props = props
         # With warm_up, the mapped weight files are handed back as the runtime copies them
         # (core/memory.py): without it, RSS is about twice the weights.
         weight_files = lambda: [self.model_dir / MODEL_BIN, *cache.glob("*.blob")]  # noqa: E731
+        self._weight_files = weight_files
         with releasing_mapped_files(weight_files) if warm_up else nullcontext():
             t0 = time.perf_counter()
-            try:
-                self.pipe = ov_genai.LLMPipeline(str(self.model_dir), self.device, **props)
-            except RuntimeError as e:
-                raise DollyError(
-                    f"The model in {self.model_dir} could not be loaded on {self.device}: "
-                    f"{first_line(e)}"
-                ) from e
+            self.pipe = self._load_pipeline(lookup=self.prompt_lookup is LookupMode.ON)
             self.load_s = time.perf_counter() - t0
             self.tokenizer = self.pipe.get_tokenizer()
             self.eos_id: int = int(self.tokenizer.get_eos_token_id())
@@ -112,8 +142,11 @@ class Engine(EngineBase):
             # back to the head measured slower than that), so an answer never depends on what
             # was asked before. For the window, where a person reads between answers: back to
             # back (serve, scripts) the next request would wait for the primer. NPU recomputes
-            # whole chat histories in genai: nothing to gain there.
-            self.reuse_template = reuse_template and self.device != "NPU"
+            # whole chat histories in genai: nothing to gain there. The prompt-lookup pipeline
+            # (prompt_lookup on) is genai's paged one, whose chat mode this does not rely on.
+            self.reuse_template = (
+                reuse_template and self.device != "NPU" and self.prompt_lookup is not LookupMode.ON
+            )
             self._template_head = self.encode(PROMPT_FORMAT.split("{instruction}")[0])
             self._pipe_lock = threading.Lock()  # generate and the primer take turns on the pipe
             self._primed = False
@@ -132,9 +165,63 @@ class Engine(EngineBase):
                     ) from e
                 self.warmup_s = time.perf_counter() - t1
         log.info(
-            "loaded %s on %s in %.2f s, warmed up in %.2f s",
-            self.model_dir, self.device, self.load_s, self.warmup_s,
+            "loaded %s on %s in %.2f s, warmed up in %.2f s; prompt lookup %s",
+            self.model_dir, self.device, self.load_s, self.warmup_s, self.prompt_lookup.value,
         )  # fmt: skip
+
+    def _load_pipeline(self, lookup: bool) -> ov_genai.LLMPipeline:
+        """The plain pipeline (SDPA on CPU) or the prompt-lookup one (genai's paged one)."""
+        props = pipeline_properties(self._props) if lookup else self._props
+        try:
+            return ov_genai.LLMPipeline(str(self.model_dir), self.device, **props)
+        except RuntimeError as e:
+            how = " with prompt lookup" if lookup else ""
+            raise DollyError(
+                f"The model in {self.model_dir} could not be loaded{how} on {self.device}: "
+                f"{first_line(e)}"
+            ) from e
+
+    def _pipe_for(self, new_tokens: int) -> tuple[ov_genai.LLMPipeline, bool]:
+        """The pipeline for a prompt with `new_tokens` past the template head, and whether it
+        looks up candidates in the prompt."""
+        if self.prompt_lookup is LookupMode.ON:
+            return self.pipe, True
+        if self.prompt_lookup is LookupMode.AUTO and wants_lookup(new_tokens):
+            pipe = self._second_pipeline()
+            if pipe is not None:
+                return pipe, True
+        return self.pipe, False
+
+    def _second_pipeline(self) -> ov_genai.LLMPipeline | None:
+        """auto: the prompt-lookup pipeline beside the plain one, loaded (and warmed up) at the
+        first prompt that wants it, if a second copy of the weights fits in memory; None (the
+        plain pipeline answers) if it does not or cannot load."""
+        if self._lookup_pipe is not None or self._lookup_refused:
+            return self._lookup_pipe
+        weights = (self.model_dir / MODEL_BIN).stat().st_size
+        free = available_memory_bytes()
+        if not second_pipeline_fits(weights, free):
+            self._lookup_refused = True
+            log.info(
+                "prompt lookup off for %s: a second copy of its %d MB of weights does not fit "
+                "(%s MB free)",
+                self.model_dir, weights >> 20, "?" if free is None else free >> 20,
+            )  # fmt: skip
+            return None
+        t0 = time.perf_counter()
+        try:
+            with releasing_mapped_files(self._weight_files):
+                pipe = self._load_pipeline(lookup=True)
+                cfg = assist(pipe.get_generation_config())
+                cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = 1, False, True
+                pipe.generate(ov.Tensor(np.array([self._template_head], dtype=np.int64)), cfg)
+        except (DollyError, RuntimeError) as e:
+            self._lookup_refused = True
+            log.warning("prompt lookup off: its pipeline did not load: %s", e)
+            return None
+        self._lookup_pipe = pipe
+        log.info("prompt-lookup pipeline loaded and warmed up in %.2f s", time.perf_counter() - t0)
+        return pipe
 
     @property
     def context_length(self) -> int:
@@ -146,6 +233,7 @@ class Engine(EngineBase):
     def close(self) -> None:
         if self._primer is not None:
             self._primer.join()  # an inference must not outlive its pipeline
+        self._lookup_pipe = None
         del self.pipe
 
     def encode(self, text: str) -> list[int]:
@@ -172,32 +260,36 @@ class Engine(EngineBase):
         stops = {self.eos_id} | ({self.end_id} if self.end_id is not None else set())
         stops |= extra_stops or set()
         max_new = min(params.max_new_tokens, room)
-        cfg = generation_config(self.pipe.get_generation_config(), params, max_new, grammar)
+        ids = [int(i) for i in inputs.input_ids.data[0]]
+        head = self._template_head
+        if self._primer is not None:
+            self._primer.join()  # the head is being computed after the last answer: wait
+        pipe, lookup = self._pipe_for(len(ids) - len(head))
+        cfg = generation_config(pipe.get_generation_config(), params, max_new, grammar, lookup)
         streamer = self._streamer = TokenStreamer(
             self.tokenizer, on_text, self._cancel, stops, max_new
         )
-        ids = [int(i) for i in inputs.input_ids.data[0]]
-        head = self._template_head
         # A long prompt gains little from 21 tokens, and prefilled after a cached head it
         # measured slower than whole (docs/benchmarks.md, "Dolly's template, prefilled once").
         templated = ids[: len(head)] == head and 0 < len(ids) - len(head) <= REUSE_MAX_NEW_TOKENS
-        if self._primer is not None:
-            self._primer.join()  # the head is being computed after the last answer: wait
-        if self.reuse_template and templated and not self._primed:
+        # The cached head is the plain pipeline's: auto's prompt-lookup one leaves it be.
+        reusing = self.reuse_template and pipe is self.pipe
+        if reusing and templated and not self._primed:
             self._prime_quietly()  # an answer must not depend on whether the head was cached
         with self._pipe_lock:
-            reuse = self._primed and templated
-            self._primed = False
-            if self.reuse_template and not reuse:
-                self._reset_kv()
+            if reusing:
+                reuse = self._primed and templated
+                self._primed = False
+                if not reuse:
+                    self._reset_kv()
             try:
-                results = self.pipe.generate(inputs, cfg, streamer)
+                results = pipe.generate(inputs, cfg, streamer)
             except RuntimeError as e:
                 raise DollyError(f"Generation failed on {self.device}: {first_line(e)}") from e
             finally:
                 streamer.end()
                 self._streamer = None
-        if self.reuse_template:  # while the person reads the answer
+        if reusing:  # while the person reads the answer
             # Not a daemon: the interpreter must not tear down under a running inference.
             self._primer = threading.Thread(target=self._prime_quietly, name="template-primer")
             self._primer.start()
@@ -206,6 +298,10 @@ class Engine(EngineBase):
             # genai's own count, not the streamer's: how late a cancel was honoured shows
             # here even if the streamer dropped tokens (tests/test_engine.py).
             "generated_tokens": int(results.perf_metrics.get_num_generated_tokens()),
+            # With prompt lookup one inference may give several tokens: fewer inferences than
+            # tokens is the candidates accepted (tests/test_prompt_lookup.py).
+            "prompt_lookup": lookup,
+            "inferences": len(results.perf_metrics.raw_metrics.token_infer_durations),
         }
         return streamer.result(self.tokenizer, self._cancel.is_set(), n_in, t0, extra)
 
@@ -223,6 +319,8 @@ class Engine(EngineBase):
         inference). The one-token answer ends in CANCEL, which drops it from genai's chat
         history but keeps the cache."""
         cfg = self.pipe.get_generation_config()
+        if self.prompt_lookup is LookupMode.ON:
+            assist(cfg)  # that pipeline wants its candidate settings on every request
         cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = 1, False, True
         ids = ov.Tensor(np.array([self._template_head], dtype=np.int64))
         with self._pipe_lock:

@@ -13,6 +13,7 @@ from typing import Any
 import openvino_genai as ov_genai
 
 from dolly_desktop.generation.engine import GenerationResult, StopReason, TextCallback
+from dolly_desktop.generation.lookup import assist
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import clean_response
 
@@ -122,10 +123,12 @@ def generation_config(
     params: GenerationParams,
     max_new: int,
     grammar: str | None = None,
+    prompt_lookup: bool = False,
 ) -> ov_genai.GenerationConfig:
     """The sampling settings of `params` on a pipeline's own base config, constrained to
-    `grammar` (EBNF) if given."""
-    cfg = base
+    `grammar` (EBNF) if given, with prompt lookup's candidate settings if asked
+    (generation/lookup.py)."""
+    cfg = assist(base) if prompt_lookup else base
     cfg.max_new_tokens = max_new
     if grammar is not None:
         cfg.structured_output_config = ov_genai.StructuredOutputConfig(grammar=grammar)

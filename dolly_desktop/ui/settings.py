@@ -15,6 +15,7 @@ from PySide6.QtCore import QByteArray, QSettings
 
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.lookup import LookupMode, parse_mode
 from dolly_desktop.generation.params import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class AppSettings:
     history_enabled = _Key("history/enabled", True)
     performance_hint = _Key("inference/hint", "")
     cache_dir = _Key("inference/cache_dir", "")
+    prompt_lookup = _Key("inference/prompt_lookup", LookupMode.AUTO.value)  # off, on, auto
     window_geometry = _Key("window/geometry", QByteArray())
     window_splitter = _Key("window/splitter", QByteArray())
     zoom = _Key("view/zoom", 0)  # points added to the text's normal size
@@ -88,9 +90,18 @@ class AppSettings:
         for name, value in p.to_dict().items():
             self.qs.setValue(f"params/{name}", "none" if value is None else value)
 
+    def lookup_mode(self) -> LookupMode:
+        """The saved prompt-lookup choice, or auto if what is saved is not one."""
+        try:
+            return parse_mode(self.prompt_lookup)
+        except DollyError as e:
+            log.warning("saved prompt lookup ignored: %s", e)
+            return LookupMode.AUTO
+
     def engine_options(self) -> dict[str, Any]:
-        """Engine keyword arguments from the Inference settings (cache folder, hint)."""
-        opts: dict[str, Any] = {}
+        """Engine keyword arguments from the Inference settings (cache folder, hint, prompt
+        lookup)."""
+        opts: dict[str, Any] = {"prompt_lookup": self.lookup_mode()}
         if self.cache_dir:
             opts["cache_dir"] = Path(self.cache_dir)
         if self.performance_hint:

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.devices import list_devices
+from dolly_desktop.generation.lookup import LABELS as LOOKUP_LABELS
 from dolly_desktop.models import hub_catalog
 from dolly_desktop.models.capacity import format_bytes
 from dolly_desktop.models.child import compress_job, export_job
@@ -157,6 +158,15 @@ class SettingsDialog(QDialog):
         for key, label in HINTS.items():
             self.hint.addItem(label, key)
         self.hint.setCurrentIndex(max(self.hint.findData(self.settings.performance_hint), 0))
+        self.lookup = QComboBox(objectName="prompt_lookup")
+        self.lookup.setToolTip(
+            "Guesses the next words from the prompt and checks them in one step: the same "
+            "answer, sooner when it quotes the passage. Auto uses it for prompts with a passage "
+            "(a second copy of the model in memory, if there is room)."
+        )
+        for mode, label in LOOKUP_LABELS.items():
+            self.lookup.addItem(label, mode.value)
+        self.lookup.setCurrentIndex(max(self.lookup.findData(self.settings.lookup_mode().value), 0))
         self.cache = QLineEdit(objectName="cache_dir")
         self.cache.setText(self.settings.cache_dir)
         self.cache.setPlaceholderText(str(paths.compiled_cache_dir()))
@@ -167,9 +177,11 @@ class SettingsDialog(QDialog):
         cache_row.addWidget(browse)
         form.addRow("Device", self.device)
         form.addRow("Performance hint", self.hint)
+        form.addRow("Prompt lookup", self.lookup)
         form.addRow("Compiled-model cache", cache_row)
         note = QLabel(
-            "Changing the device or the hint reloads the model, as the notebook recompiles it. "
+            "Changing the device, the hint or prompt lookup reloads the model, as the notebook "
+            "recompiles it. "
             "The cache makes the second load of a model fast."
         )
         note.setWordWrap(True)
@@ -197,6 +209,7 @@ class SettingsDialog(QDialog):
         self.use_remote_button.clicked.connect(self.use_remote)
         self.device.activated.connect(lambda _i: self._inference_changed())
         self.hint.activated.connect(lambda _i: self._inference_changed())
+        self.lookup.activated.connect(lambda _i: self._inference_changed())
         self.cache.editingFinished.connect(self._inference_changed)
         return page
 
@@ -251,6 +264,7 @@ class SettingsDialog(QDialog):
     def _inference_changed(self) -> None:
         self.settings.device = self.device.currentData()
         self.settings.performance_hint = self.hint.currentData()
+        self.settings.prompt_lookup = self.lookup.currentData()
         self.settings.cache_dir = self.cache.text().strip()
         self.device_chosen.emit(self.device.currentData())
 

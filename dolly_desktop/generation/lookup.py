@@ -1,0 +1,84 @@
+"""Prompt-lookup decoding: the model's next tokens guessed from the prompt, checked in one step.
+
+When an answer copies from the prompt (a passage quoted, a name, a list repeated), the last few
+generated tokens often occur in the prompt already; the tokens that followed them there are
+proposed as the next ones, and one inference checks them all. Greedy answers are token for
+token the same as without it (exact f32 arithmetic, tests/test_prompt_lookup.py): only the
+number of inferences changes. openvino-genai gives it only on its paged-attention
+(continuous-batching) pipeline, which cannot also have the SDPA backend the window's engine
+loads (generation/local.py), and that pipeline then wants every request to use it.
+
+`off`, `on`, `auto`: `on` loads the prompt-lookup pipeline instead of the plain one; `auto`
+keeps the plain one for short prompts (those that reuse Dolly's cached template head) and
+answers long prompts, the ones with something to copy from, with prompt lookup (see
+`Engine` in local.py for how, and the measurements behind it).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import openvino_genai as ov_genai
+
+from dolly_desktop.errors import DollyError
+
+# openvino-genai's own sample values: up to 5 tokens proposed a step, found by matching the
+# last 3 (or fewer) tokens against the prompt and the answer so far.
+NUM_ASSISTANT_TOKENS = 5
+MAX_NGRAM_SIZE = 3
+# auto: prompts longer than this past Dolly's template head are answered with prompt lookup;
+# the same limit as the plain engine's template reuse (local.REUSE_MAX_NEW_TOKENS), so no
+# prompt that would reuse the cached head loses it.
+LOOKUP_MIN_NEW_TOKENS = 64
+# auto loads the prompt-lookup pipeline beside the plain one (a second copy of the weights)
+# only when free memory holds this many times the weights file: the copy itself, its repacking
+# and its KV cache, and room left for the rest of the machine.
+MEMORY_FACTOR = 2.0
+
+
+class LookupMode(str, Enum):
+    OFF = "off"
+    ON = "on"
+    AUTO = "auto"
+
+
+LABELS = {
+    LookupMode.AUTO: "Auto (for prompts with a passage)",
+    LookupMode.ON: "On (every prompt)",
+    LookupMode.OFF: "Off",
+}
+
+
+def parse_mode(value: LookupMode | str) -> LookupMode:
+    """`off`, `on` or `auto` (any case), or one sentence saying what is allowed."""
+    try:
+        return LookupMode(str(value.value if isinstance(value, LookupMode) else value).lower())
+    except ValueError:
+        allowed = ", ".join(m.value for m in LookupMode)
+        raise DollyError(f"Prompt lookup is one of {allowed}; got {value!r}.") from None
+
+
+def pipeline_properties(props: dict[str, Any]) -> dict[str, Any]:
+    """The plain pipeline's properties for the prompt-lookup one: paged attention, which
+    genai requires for it, in place of the SDPA backend."""
+    out = {k: v for k, v in props.items() if k != "ATTENTION_BACKEND"}
+    out["prompt_lookup"] = True
+    return out
+
+
+def assist(cfg: ov_genai.GenerationConfig) -> ov_genai.GenerationConfig:
+    """The candidate settings a prompt-lookup pipeline wants on every request."""
+    cfg.num_assistant_tokens = NUM_ASSISTANT_TOKENS
+    cfg.max_ngram_size = MAX_NGRAM_SIZE
+    return cfg
+
+
+def wants_lookup(new_tokens: int) -> bool:
+    """auto: a prompt with this many tokens past the template head has enough to copy from."""
+    return new_tokens > LOOKUP_MIN_NEW_TOKENS
+
+
+def second_pipeline_fits(weights_bytes: int, free_bytes: int | None) -> bool:
+    """Whether auto may load the prompt-lookup pipeline beside the plain one."""
+    return free_bytes is not None and free_bytes >= MEMORY_FACTOR * weights_bytes
