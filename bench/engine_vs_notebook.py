@@ -4,6 +4,7 @@ bandwidth ceiling. Each measurement runs in a child process of its own so peak R
 cold loads are honest.
 
     .venv/bin/python -m bench.engine_vs_notebook [--shape 3b] [--precision INT4] [--runs 3]
+                                                 [--prompt-tokens 510]
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 
 from bench import proc
 from bench.bandwidth import kv_bytes_per_token, read_gbs, weight_bytes_per_token
+from bench.prefill import SHORT, long_instruction
 
-SHORT = "Who is Dolly?"
-LONG = "Summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 48  # ~500 tok
+LONG = long_instruction(510)  # 510 prompt tokens; --prompt-tokens picks another length
 
 
 # A pause before each timed answer, as a person reading the last one leaves (both sides wait):
@@ -29,7 +30,7 @@ LONG = "Summarise this text. " + "The quick brown fox jumps over the lazy dog. "
 READING_S = 1.0
 
 
-def child_app(model: str, cache: str, tokens: int) -> dict:
+def child_app(model: str, cache: str, tokens: int, long_prompt: str = LONG) -> dict:
     from dolly_desktop.generation.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
@@ -45,7 +46,7 @@ def child_app(model: str, cache: str, tokens: int) -> dict:
     time.sleep(READING_S)
     short = engine.generate(SHORT, GenerationParams(greedy=True, max_new_tokens=tokens), noop)
     time.sleep(READING_S)
-    long = engine.generate(LONG, GenerationParams(greedy=True, max_new_tokens=8), noop)
+    long = engine.generate(long_prompt, GenerationParams(greedy=True, max_new_tokens=8), noop)
     return dict(
         load_s=load,
         compile_s=engine.load_s,
@@ -60,7 +61,7 @@ def child_app(model: str, cache: str, tokens: int) -> dict:
     )
 
 
-def child_notebook(model: str, cache: str, tokens: int) -> dict:
+def child_notebook(model: str, cache: str, tokens: int, long_prompt: str = LONG) -> dict:
     from threading import Thread
 
     from optimum.intel import OVModelForCausalLM
@@ -114,7 +115,7 @@ def child_notebook(model: str, cache: str, tokens: int) -> dict:
     time.sleep(READING_S)
     ttft_short, tps, _ = run(SHORT, tokens)
     time.sleep(READING_S)
-    ttft_long, _, n_long = run(LONG, 8)
+    ttft_long, _, n_long = run(long_prompt, 8)
     return dict(
         load_s=load,
         compile_s=load,
@@ -132,7 +133,7 @@ def child_notebook(model: str, cache: str, tokens: int) -> dict:
 SPAWNED_AT = 0.0  # wall-clock time the parent started this child: set in main()
 
 
-def _spawn(kind: str, model: Path, cache: str, tokens: int) -> dict:
+def _spawn(kind: str, model: Path, cache: str, tokens: int, prompt_tokens: int = 510) -> dict:
     out = subprocess.run(
         [
             sys.executable,
@@ -148,6 +149,8 @@ def _spawn(kind: str, model: Path, cache: str, tokens: int) -> dict:
             str(tokens),
             "--spawned-at",
             repr(time.time()),
+            "--prompt-tokens",
+            str(prompt_tokens),
         ],
         capture_output=True,
         text=True,
@@ -162,6 +165,7 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["INT4", "INT8"])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=510, help="the long prompt's length")
     ap.add_argument("--spawned-at", type=float)
     ap.add_argument("--child")
     ap.add_argument("--model")
@@ -171,7 +175,7 @@ def main() -> None:
         fn = child_app if a.child == "app" else child_notebook
         global SPAWNED_AT
         SPAWNED_AT = a.spawned_at
-        print(json.dumps(fn(a.model, a.cache, a.tokens)))
+        print(json.dumps(fn(a.model, a.cache, a.tokens, long_instruction(a.prompt_tokens))))
         return
 
     from bench.models import ir, machine
@@ -186,8 +190,8 @@ def main() -> None:
         for _ in range(a.runs):
             for kind in ("app", "notebook"):  # interleaved: both see the same machine state
                 with tempfile.TemporaryDirectory() as cache:
-                    cold = _spawn(kind, model, cache, a.tokens)
-                    warm = _spawn(kind, model, cache, a.tokens)
+                    cold = _spawn(kind, model, cache, a.tokens, a.prompt_tokens)
+                    warm = _spawn(kind, model, cache, a.tokens, a.prompt_tokens)
                 warm["cold_load_s"] = cold["load_s"]
                 warm["cold_ready_s"] = cold["ready_s"]
                 for k, v in warm.items():
