@@ -27,8 +27,11 @@ from dolly_desktop.generation.params import GenerationParams
 MAX_BATCH, QUEUE = 4, 8  # 12 admitted at most: 4 generate, 8 wait
 CLIENTS, LEAVERS = 16, 4
 MAX_TOKENS = 56
-LEAVER_TOKENS = 1000  # far more than they read: still generating when their clients go
-LEAVE_AFTER = 3  # chunks a leaving client reads before the others start
+# The most a request may ask: at least 2.4 s of generating here, so still at it when the client
+# goes, at most LEAVE_WITHIN_S after the others started.
+LEAVER_TOKENS = 1000
+LEAVE_AFTER = 3  # chunks each leaving client reads before the others start
+LEAVE_WITHIN_S = 1.0
 REQUEST_TIMEOUT_S = 30.0  # one client, from its start to its last chunk
 ROUND_TIMEOUT_S = 60.0
 RSS_TOLERANCE = 0.10
@@ -103,11 +106,13 @@ async def bounded(work: Awaitable[Outcome]) -> Outcome:
 
 
 async def one_round(url: str) -> list[Outcome]:
-    """The leavers take every running place, then the others come at once (8 wait, 4 are
-    refused), and once all of those have their status the leavers go away mid-answer."""
+    """The leavers take every running place, then the others come at once, and once all of
+    those have their status (8 wait, 4 are refused) the leavers go away mid-answer. Should the
+    others be slow to come, the leavers go anyway after LEAVE_WITHIN_S: then fewer are refused."""
     leavers_running = asyncio.Barrier(LEAVERS)
     go = asyncio.Event()
-    settled = asyncio.Barrier(CLIENTS)
+    settled = asyncio.Event()
+    pending = len(INSTRUCTIONS)
 
     async def leaver(instruction: str) -> Outcome:
         async with client(url) as c:
@@ -120,12 +125,13 @@ async def one_round(url: str) -> list[Outcome]:
                 rid = (await anext(stream)).id
             await leavers_running.wait()
             go.set()
-            await settled.wait()
-            await anext(stream)  # still being answered
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settled.wait(), LEAVE_WITHIN_S)
             await stream.close()  # the client goes midway
-            return Outcome("left", rid=rid)
+            return Outcome("left", rid, detail="after" if settled.is_set() else "before")
 
     async def asker(instruction: str) -> Outcome:
+        nonlocal pending
         async with client(url) as c:
             await go.wait()
             try:
@@ -136,7 +142,9 @@ async def one_round(url: str) -> list[Outcome]:
             except openai.RateLimitError as e:
                 return Outcome("refused", detail=str(e.body))
             finally:
-                await settled.wait()
+                pending -= 1
+                if not pending:
+                    settled.set()
             out = Outcome("answered")
             async for chunk in stream:
                 out.rid = chunk.id
@@ -172,8 +180,11 @@ def check_round(outcomes: list[Outcome], refs: dict[str, tuple[str, str]]) -> in
         else:
             assert o.kind == "refused" and "busy" in o.detail, o
     refused = sum(o.kind == "refused" for o in asked.values())
-    # The leavers held every running place while the others came: exactly the queue waited.
-    assert refused == CLIENTS - LEAVERS - QUEUE
+    if all(o.detail == "after" for o in outcomes[:LEAVERS]):
+        # The leavers held every running place while the others came: the queue's worth waited.
+        assert refused == CLIENTS - LEAVERS - QUEUE
+    else:
+        assert refused <= CLIENTS - LEAVERS - QUEUE
     lines = logged([o.rid for o in outcomes if o.kind != "refused"])
     for o in outcomes[:LEAVERS]:
         line = lines[o.rid]
@@ -224,6 +235,7 @@ def test_sixteen_clients_four_leaving_none_lost_none_hung(
     # first out, so new pages are touched until the whole --kv-cache (1 GB) has been used
     # once: 2 KiB a token here, 3-6 MiB a round.
     assert abs(after - before) <= RSS_TOLERANCE * before
+    assert warm + refused > 0, "no 429 in either round: the others came too slowly"
     asyncio.run(every_place_is_free(url))
     # Still answers a plain request, as alone, once the held places are given back.
     c = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S)
