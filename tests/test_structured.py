@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import jsonschema
 import openai
 import pytest
+from test_serve import Served, serve_process
 
 from dolly_desktop.generation.engine import StopReason
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.structured import SchemaError, json_grammar, longest_answer
-from tests.test_serve import Served, serve_process
 
 PERSON = {
     "type": "object",
