@@ -83,6 +83,23 @@ def test_auto_looks_up_long_prompts_and_keeps_the_template_for_short_ones(engine
         auto.close()
 
 
+def test_auto_frees_prompt_lookup_after_answers_that_copy_too_little(tiny_fp16):
+    from dolly_desktop.generation import local, lookup
+
+    auto = local.Engine(tiny_fp16, properties=EXACT, prompt_lookup="auto")
+    try:
+        answers = [auto.generate(COPY[0], GREEDY, context=COPY[1]) for _ in range(lookup.MISSES)]
+        for a in answers:  # the random model copies a token in ten: far below break-even
+            assert a.extra["prompt_lookup"] is True
+            assert not lookup.pays(a.generated_tokens, a.extra["inferences"])
+        assert auto._lookup_pipe is None  # its memory handed back
+        plain = auto.generate(COPY[0], GREEDY, context=COPY[1])
+        assert plain.extra["prompt_lookup"] is False
+        assert plain.token_ids == answers[0].token_ids
+    finally:
+        auto.close()
+
+
 def test_auto_stays_plain_when_a_second_copy_does_not_fit(tiny_fp16, monkeypatch):
     from dolly_desktop.generation import local
 
@@ -123,13 +140,15 @@ def test_cli_prompt_lookup_gives_the_same_answer(tiny_fp16, tmp_path):
     common += ["--context", str(passage), COPY[0]]
     off = run("--prompt-lookup", "off", *common)
     on = run("--prompt-lookup", "on", *common)
-    auto = run(*common)  # auto by default: a passage, so prompt lookup
+    auto = run("--prompt-lookup", "auto", *common)  # a passage, so prompt lookup
     for p in (off, on, auto):
         assert p.returncode == 0, p.stderr
     assert on.stdout == off.stdout == auto.stdout
     assert "prompt lookup: 48 tokens in" in on.stderr
     assert "prompt lookup" in auto.stderr and "prompt lookup" not in off.stderr
-    short = run("--model", str(tiny_fp16), "--max-new-tokens", "4", "Who is Dolly?")
+    default = run(*common)
+    assert default.returncode == 0 and "prompt lookup" not in default.stderr  # off by default
+    short = run("--prompt-lookup", "auto", "--model", str(tiny_fp16), "--max-new-tokens", "4", "Hi")
     assert short.returncode == 0 and "prompt lookup" not in short.stderr
 
 
@@ -149,7 +168,7 @@ def test_window_setting_persists_and_reaches_the_engine(qtbot, tiny_window):
     from dolly_desktop.ui.settings import AppSettings
 
     w = tiny_window
-    assert w.worker.engine.prompt_lookup is LookupMode.AUTO  # the default
+    assert w.worker.engine.prompt_lookup is LookupMode.OFF  # the default
     dialog = w.open_settings()
     on = dialog.lookup.findData("on")
     dialog.lookup.setCurrentIndex(on)

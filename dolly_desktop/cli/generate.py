@@ -82,7 +82,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
         folder = resolve_model(a.model)
         # auto, with the one prompt known: one pipeline, plain or prompt lookup, not both.
-        lookup = resolve_lookup(a.prompt_lookup or "auto", folder, prompt, a.device)
+        lookup = resolve_lookup(a.prompt_lookup or "off", folder, prompt, a.device)
         engine = Engine(folder, a.device, prompt_lookup=lookup)
     history = History(enabled=not a.no_history)
     engine.notify = warn

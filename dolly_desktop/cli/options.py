@@ -47,6 +47,6 @@ def add_lookup_option(p: argparse.ArgumentParser) -> None:
         choices=LOOKUP_CHOICES,
         metavar="on|off|auto",
         help="prompt-lookup decoding: the next tokens guessed from the prompt and checked in one "
-        "step, same answer, faster when it copies from a passage; auto (the default) turns it "
-        "on for prompts with more than a line or two to copy from",
+        "step; the same answer, faster when it copies from the passage, slower when it does "
+        "not; auto: on for prompts with a passage (more than a line or two) (default: off)",
     )

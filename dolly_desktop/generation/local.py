@@ -24,9 +24,11 @@ from dolly_desktop.generation.engine import (
     TextCallback,
 )
 from dolly_desktop.generation.lookup import (
+    MISSES,
     LookupMode,
     assist,
     parse_mode,
+    pays,
     pipeline_properties,
     second_pipeline_fits,
     wants_lookup,
@@ -111,6 +113,7 @@ class Engine(EngineBase):
         self.prompt_lookup = LookupMode.OFF if mode is LookupMode.AUTO and device == "NPU" else mode
         self._lookup_pipe: ov_genai.LLMPipeline | None = None  # auto's, at the first long prompt
         self._lookup_refused = False
+        self._lookup_misses = 0  # auto's answers in a row that copied too little to pay
         self.info: ModelDir = inspect_model_dir(Path(model_dir))
         self.model_dir = self.info.path
         self.model = ModelRef.from_folder(self.model_dir)
@@ -303,7 +306,24 @@ class Engine(EngineBase):
             "prompt_lookup": lookup,
             "inferences": len(results.perf_metrics.raw_metrics.token_infer_durations),
         }
+        if lookup and pipe is self._lookup_pipe:
+            self._judge_lookup(extra["generated_tokens"], extra["inferences"])
         return streamer.result(self.tokenizer, self._cancel.is_set(), n_in, t0, extra)
+
+    def _judge_lookup(self, tokens: int, inferences: int) -> None:
+        """auto: free the prompt-lookup pipeline after answers that copied too little to pay."""
+        verdict = pays(tokens, inferences)
+        if verdict is None:
+            return
+        self._lookup_misses = 0 if verdict else self._lookup_misses + 1
+        if self._lookup_misses >= MISSES:
+            self._lookup_pipe = None
+            self._lookup_refused = True
+            log.info(
+                "prompt lookup off: %d answers in a row copied too little from their prompts "
+                "(the last %d tokens in %d inferences)",
+                self._lookup_misses, tokens, inferences,
+            )  # fmt: skip
 
     def _reset_kv(self) -> None:
         """An empty KV cache and chat history: the next prompt is prefilled whole."""

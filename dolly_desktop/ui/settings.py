@@ -54,7 +54,7 @@ class AppSettings:
     history_enabled = _Key("history/enabled", True)
     performance_hint = _Key("inference/hint", "")
     cache_dir = _Key("inference/cache_dir", "")
-    prompt_lookup = _Key("inference/prompt_lookup", LookupMode.AUTO.value)  # off, on, auto
+    prompt_lookup = _Key("inference/prompt_lookup", LookupMode.OFF.value)  # off, on, auto
     window_geometry = _Key("window/geometry", QByteArray())
     window_splitter = _Key("window/splitter", QByteArray())
     zoom = _Key("view/zoom", 0)  # points added to the text's normal size
@@ -91,12 +91,12 @@ class AppSettings:
             self.qs.setValue(f"params/{name}", "none" if value is None else value)
 
     def lookup_mode(self) -> LookupMode:
-        """The saved prompt-lookup choice, or auto if what is saved is not one."""
+        """The saved prompt-lookup choice, or off if what is saved is not one."""
         try:
             return parse_mode(self.prompt_lookup)
         except DollyError as e:
             log.warning("saved prompt lookup ignored: %s", e)
-            return LookupMode.AUTO
+            return LookupMode.OFF
 
     def engine_options(self) -> dict[str, Any]:
         """Engine keyword arguments from the Inference settings (cache folder, hint, prompt

@@ -161,8 +161,9 @@ class SettingsDialog(QDialog):
         self.lookup = QComboBox(objectName="prompt_lookup")
         self.lookup.setToolTip(
             "Guesses the next words from the prompt and checks them in one step: the same "
-            "answer, sooner when it quotes the passage. Auto uses it for prompts with a passage "
-            "(a second copy of the model in memory, if there is room)."
+            "answer, sooner when it quotes a passage, slower when it does not. Auto uses it for "
+            "prompts with a passage while their answers copy enough to gain (a second copy of "
+            "the model in memory, if there is room)."
         )
         for mode, label in LOOKUP_LABELS.items():
             self.lookup.addItem(label, mode.value)
