@@ -186,7 +186,7 @@ def check_round(outcomes: list[Outcome], refs: dict[str, tuple[str, str]]) -> in
     else:
         assert refused <= CLIENTS - LEAVERS - QUEUE
     lines = logged([o.rid for o in outcomes if o.kind != "refused"])
-    for o in outcomes[:LEAVERS]:
+    for o in outcomes[:LEAVERS]:  # its generation stopped when its client went, not at the end
         line = lines[o.rid]
         assert line.endswith("(cancelled)"), line
         assert int(line.split(f"{o.rid}: ")[1].split(" tokens")[0]) < LEAVER_TOKENS, line
