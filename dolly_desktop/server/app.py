@@ -262,8 +262,16 @@ class OpenAIServer:
             if reply.chat:
                 yield reply.chunk(None, first=True)
             while True:
+                # A turn for the event loop before each read: with text queued faster than it
+                # is sent, neither the read nor the send pauses, and a client's disconnect (a
+                # cancel of this generator) would wait for the whole backlog
+                # (tests/test_serve_load.py).
+                await asyncio.sleep(0)
                 try:
-                    kind, value = await asyncio.wait_for(job.events.get(), KEEPALIVE_S)
+                    # Not wait_for: on Python 3.11 it drops a cancel that comes while an item is
+                    # ready.
+                    async with asyncio.timeout(KEEPALIVE_S):
+                        kind, value = await job.events.get()
                 except TimeoutError:
                     yield ": waiting\n\n"  # an SSE comment: clients skip it
                     continue
