@@ -5,6 +5,7 @@ measurement a child process of its own, the configs interleaved in ABBA order, m
 
     .venv/bin/python -m bench.prefill [--shape 3b] [--precision INT4] [--runs 3]
                                       [--configs "app now" "dq 128" ...] [--tokens 128]
+    .venv/bin/python -m bench.prefill --paired "app now" "dq 128" [--rounds 8]
 
 Every app config starts from the engine's own CPU properties (generation/local.py's
 CPU_DEFAULTS, which the engine merges in) and changes what it names. The machine's
@@ -142,6 +143,59 @@ def child_notebook(model: str, cache: str, lengths: list[int], tokens: int) -> d
     return _measure(run, lengths, tokens)
 
 
+def child_paired(
+    model: str, cache: str, names: list[str], lengths: list[int], tokens: int, rounds: int
+) -> dict:
+    """Two configs loaded side by side in one process, measured in turns (ABBA): on a machine
+    shared with other work, measurements next to each other in time see the same load, where
+    separate processes minutes apart do not. Per turn: decode speed and each prompt's TTFT."""
+    import os
+
+    # Both models' kernels must stay cached, or each turn would pay the other's evictions.
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"
+    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.params import GenerationParams
+
+    engines = {
+        n: Engine(model, cache_dir=Path(cache) / n.replace(" ", "-"),
+                  properties={**CONFIGS[n], "CPU_RUNTIME_CACHE_CAPACITY": 5000})
+        for n in names
+    }  # fmt: skip
+    out: dict = {n: {"tps": []} | {f"ttft_{k}": [] for k in lengths} for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            e = engines[n]
+            res = e.generate(SHORT, GenerationParams(greedy=True, max_new_tokens=tokens))
+            out[n]["tps"].append(res.tokens_per_s)
+            for k in lengths:
+                res = e.generate(
+                    long_instruction(k), GenerationParams(greedy=True, max_new_tokens=1)
+                )
+                out[n][f"ttft_{k}"].append(res.ttft_s)
+    return out
+
+
+def paired(model: Path, names: list[str], lengths: list[int], tokens: int, rounds: int) -> None:
+    import tempfile as tf
+
+    with tf.TemporaryDirectory() as cache:
+        argv = [sys.executable, "-m", "bench.prefill", "--child-paired", json.dumps(names),
+                "--model", str(model), "--cache", cache, "--tokens", str(tokens),
+                "--rounds", str(rounds), "--prompt-tokens", *map(str, lengths)]  # fmt: skip
+        res = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True)
+                         .stdout.strip().splitlines()[-1])  # fmt: skip
+    a, b = names
+    print(f"paired in one process, {rounds} turns each (ABBA), {tokens} greedy decode tokens")
+    print(f"| measure | {a} | {b} | {b} / {a}, median of per-turn ratios | per-turn ratios |")
+    print("|---|---|---|---|---|")
+    for key in res[a]:
+        ratios = [y / x for x, y in zip(res[a][key], res[b][key], strict=True)]
+        label = "decode tok/s" if key == "tps" else f"TTFT {key[5:]} tokens (s)"
+        print(f"| {label} | {statistics.median(res[a][key]):.2f} | "
+              f"{statistics.median(res[b][key]):.2f} | {statistics.median(ratios):.2f} | "
+              f"{' '.join(f'{x:.2f}' for x in ratios)} |")  # fmt: skip
+
+
 def spawn(model: Path, cache: Path, props: dict | None, lengths: list[int], tokens: int) -> dict:
     argv = [sys.executable, "-m", "bench.prefill", "--child", json.dumps(props),
             "--model", str(model), "--cache", str(cache), "--tokens", str(tokens),
@@ -166,10 +220,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=128, help="greedy tokens for the decode speed")
     ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[510, 1000])
+    ap.add_argument("--paired", nargs=2, metavar="CONFIG", help="two configs in one process")
+    ap.add_argument("--rounds", type=int, default=8, help="turns per config with --paired")
     ap.add_argument("--child")
+    ap.add_argument("--child-paired")
     ap.add_argument("--model")
     ap.add_argument("--cache")
     a = ap.parse_args()
+    if a.child_paired:
+        names = json.loads(a.child_paired)
+        res = child_paired(a.model, a.cache, names, a.prompt_tokens, a.tokens, a.rounds)
+        print(json.dumps(res))
+        return
     if a.child:
         props = json.loads(a.child)
         if props is None:
@@ -185,6 +247,10 @@ def main() -> None:
     names = a.configs or list(CONFIGS)
     print(f"machine: {machine()}; OPTIMIZATION_CAPABILITIES {' '.join(capabilities())}")
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
+    if a.paired:
+        paired(model, a.paired, a.prompt_tokens, a.tokens, a.rounds)
+        print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
+        return
     rows: dict[str, list[dict]] = {n: [] for n in names}
     slug = {n: "".join(c if c.isalnum() else "-" for c in n) for n in names}
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".compiled-") as tmp:
