@@ -68,7 +68,16 @@ CASES = {  # name: (instruction, passage tokens)
 }
 
 
-def child(kind: str, model: str, cache: str, tokens: int, k: int, ngram: int) -> dict:
+# --exact: arithmetic that does not depend on how many tokens a step computes, so that "same
+# tokens" tests the decoding, not rounding (random weights give near-flat logits, where the
+# rounding of a 6-token verification step and a 1-token step can pick different tokens).
+EXACT = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32",
+         "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}  # fmt: skip
+
+
+def child(
+    kind: str, model: str, cache: str, tokens: int, k: int, ngram: int, exact: bool = False
+) -> dict:
     import openvino_genai as ov_genai
 
     from dolly_desktop.generation.local import CPU_DEFAULTS, Engine
@@ -97,10 +106,12 @@ def child(kind: str, model: str, cache: str, tokens: int, k: int, ngram: int) ->
             pass
 
     if kind == "app engine":
-        engine = Engine(model, cache_dir=Path(cache))  # warmed up, as serve loads it
+        # warmed up, as serve loads it
+        engine = Engine(model, cache_dir=Path(cache), properties=EXACT if exact else None)
         pipe = engine.pipe
     else:  # genai's continuous-batching pipeline: with prompt lookup, or plain
         props = {k_: v for k_, v in CPU_DEFAULTS.items() if k_ != "ATTENTION_BACKEND"}
+        props |= EXACT if exact else {}
         lookup = {"prompt_lookup": True} if kind == "prompt lookup" else {}
         pipe = ov_genai.LLMPipeline(model, "CPU", CACHE_DIR=cache, **props, **lookup)
     cfg = pipe.get_generation_config()
@@ -152,7 +163,8 @@ KINDS = ["app engine", "prompt lookup", "paged attention, no lookup"]
 def spawn(kind: str, model: Path, cache: Path, a: argparse.Namespace) -> dict:
     argv = [sys.executable, "-m", "bench.context", "--child", kind, "--model", str(model),
             "--cache", str(cache), "--tokens", str(a.tokens),
-            "--assistant-tokens", str(a.assistant_tokens), "--ngram", str(a.ngram)]  # fmt: skip
+            "--assistant-tokens", str(a.assistant_tokens), "--ngram", str(a.ngram),
+            *(["--exact"] if a.exact else [])]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1][:160]}
@@ -168,12 +180,13 @@ def main() -> None:
     ap.add_argument("--assistant-tokens", type=int, default=5, help="num_assistant_tokens")
     ap.add_argument("--ngram", type=int, default=3, help="max_ngram_size")
     ap.add_argument("--kinds", nargs="*", default=KINDS)
+    ap.add_argument("--exact", action="store_true", help="f32, f32 KV, no dynamic quantization")
     ap.add_argument("--child")
     ap.add_argument("--model")
     ap.add_argument("--cache")
     a = ap.parse_args()
     if a.child:
-        res = child(a.child, a.model, a.cache, a.tokens, a.assistant_tokens, a.ngram)
+        res = child(a.child, a.model, a.cache, a.tokens, a.assistant_tokens, a.ngram, a.exact)
         print(json.dumps(res))
         return
 
@@ -193,6 +206,7 @@ def main() -> None:
     print(
         f"\nmedians of {a.runs} runs, {a.tokens} greedy tokens (ignore_eos), prompt lookup "
         f"with num_assistant_tokens={a.assistant_tokens}, max_ngram_size={a.ngram}"
+        + (f"; exact arithmetic: {EXACT}" if a.exact else "")
     )
     print("| case | prompt tokens | config | TTFT (s) | TTFT CPU (s) | decode tok/s | "
           "decode CPU ms/token | CPU per token / app engine | tokens per step | "
