@@ -181,6 +181,7 @@ def main() -> None:
     ap.add_argument("--ngram", type=int, default=3, help="max_ngram_size")
     ap.add_argument("--kinds", nargs="*", default=KINDS)
     ap.add_argument("--exact", action="store_true", help="f32, f32 KV, no dynamic quantization")
+    ap.add_argument("--from-log", type=Path, help="print the table of a run's stderr")
     ap.add_argument("--child")
     ap.add_argument("--model")
     ap.add_argument("--cache")
@@ -188,6 +189,10 @@ def main() -> None:
     if a.child:
         res = child(a.child, a.model, a.cache, a.tokens, a.assistant_tokens, a.ngram, a.exact)
         print(json.dumps(res))
+        return
+
+    if a.from_log:
+        table(from_log(a.from_log), a)
         return
 
     from bench.models import cache_dir, ir, machine
@@ -203,18 +208,25 @@ def main() -> None:
                 rows[kind].append(spawn(kind, model, cache, a))
                 print(f"  {kind}: {rows[kind][-1]}", file=sys.stderr, flush=True)
     print(f"load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    table(rows, a)
+
+
+def table(rows: dict[str, list[dict]], a: argparse.Namespace) -> None:
+    runs = max(len(v) for v in rows.values())
     print(
-        f"\nmedians of {a.runs} runs, {a.tokens} greedy tokens (ignore_eos), prompt lookup "
+        f"\nmedians of {runs} runs, {a.tokens} greedy tokens (ignore_eos), prompt lookup "
         f"with num_assistant_tokens={a.assistant_tokens}, max_ngram_size={a.ngram}"
         + (f"; exact arithmetic: {EXACT}" if a.exact else "")
     )
     print("| case | prompt tokens | config | TTFT (s) | TTFT CPU (s) | decode tok/s | "
           "decode CPU ms/token | CPU per token / app engine | tokens per step | "
-          "drafts accepted | same tokens as app engine |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "drafts accepted | same tokens as app engine | same as paged, no lookup |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    kinds = list(rows)
     for case in CASES:
         ref = None
-        for kind in a.kinds:
+        digests = {k: {r[case]["digest"] for r in rows[k] if "error" not in r} for k in kinds}
+        for kind in kinds:
             ok = [r[case] for r in rows[kind] if "error" not in r]
             if not ok:
                 print(f"| {case} | | {kind} | failed: {rows[kind][0].get('error')} |")
@@ -232,14 +244,30 @@ def main() -> None:
             if ref is None:
                 ref = (med["cpu_ms"], ok[0]["digest"])
             same = all(x["digest"] == ref[1] for x in ok)
+            paged = digests.get("paged attention, no lookup")
+            same_paged = "—" if not paged else str(digests[kind] == paged)
             acc = f"{accepted:.1%}" if kind == "prompt lookup" else "—"
             print(f"| {case} | {ok[0]['prompt_tokens']} | {kind} | {med['ttft']:.2f} | "
                   f"{med['ttft_cpu']:.2f} | {med['tps']:.2f} | {med['cpu_ms']:.0f} | "
-                  f"{med['cpu_ms'] / ref[0]:.2f} | {per_step:.2f} | {acc} | {same} |")  # fmt: skip
-    print("\nfirst 24 tokens of each answer, app engine:")
+                  f"{med['cpu_ms'] / ref[0]:.2f} | {per_step:.2f} | {acc} | {same} | "
+                  f"{same_paged} |")  # fmt: skip
+    print("\nfirst 24 tokens of each answer:")
     for case in CASES:
-        first = next((r[case]["head"] for r in rows[a.kinds[0]] if "error" not in r), "")
-        print(f"  {case}: {first!r}")
+        for kind in kinds:
+            first = next((r[case]["head"] for r in rows[kind] if "error" not in r), "")
+            print(f"  {case}, {kind}: {first!r}")
+
+
+def from_log(path: Path) -> dict[str, list[dict]]:
+    """The rows a run wrote to stderr ("  kind: {...}" a line), e.g. of a run cut short."""
+    import ast
+
+    rows: dict[str, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        kind, sep, rest = line.strip().partition(": ")
+        if sep and rest.startswith("{"):
+            rows.setdefault(kind, []).append(ast.literal_eval(rest))
+    return rows
 
 
 if __name__ == "__main__":
