@@ -67,12 +67,16 @@ def test_auto_looks_up_long_prompts_and_keeps_the_template_for_short_ones(engine
     from dolly_desktop.generation.local import Engine
 
     auto = Engine(tiny_fp16, properties=EXACT, prompt_lookup="auto", reuse_template=True)
+    notices: list[str] = []
+    auto.notify = notices.append
     try:
         short = auto.generate(*SHORT[:1], GREEDY)
         assert short.extra["prompt_lookup"] is False
         assert short.extra["prefilled_tokens"] < short.input_tokens  # the cached head
+        assert notices == []
         long = auto.generate(COPY[0], GREEDY, context=COPY[1])
         assert long.extra["prompt_lookup"] is True
+        assert len(notices) == 1 and "prompt lookup" in notices[0]  # why this answer waits
         assert long.extra["inferences"] < long.generated_tokens
         assert long.token_ids == engine.generate(COPY[0], GREEDY, context=COPY[1]).token_ids
         # The plain pipeline's cached head survived the long answer on the other pipeline.

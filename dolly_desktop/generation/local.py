@@ -211,6 +211,8 @@ class Engine(EngineBase):
                 self.model_dir, weights >> 20, "?" if free is None else free >> 20,
             )  # fmt: skip
             return None
+        if self.notify is not None:  # seconds for 3b: the window says why the answer waits
+            self.notify("Loading prompt lookup for long prompts (once per model)…")
         t0 = time.perf_counter()
         try:
             with releasing_mapped_files(self._weight_files):
