@@ -144,55 +144,88 @@ def child_notebook(model: str, cache: str, lengths: list[int], tokens: int) -> d
 
 
 def child_paired(
-    model: str, cache: str, names: list[str], lengths: list[int], tokens: int, rounds: int
+    model: str,
+    cache: str,
+    names: list[str],
+    lengths: list[int],
+    tokens: int,
+    rounds: int,
+    threads: int = 0,
 ) -> dict:
     """Two configs loaded side by side in one process, measured in turns (ABBA): on a machine
     shared with other work, measurements next to each other in time see the same load, where
-    separate processes minutes apart do not. Per turn: decode speed and each prompt's TTFT."""
+    separate processes minutes apart do not. Per turn: decode speed and each prompt's TTFT,
+    in wall time and in CPU time of the process. With `threads` 1 the CPU time is the work
+    itself: no thread spins waiting for another that the machine's other work descheduled."""
     import os
 
     # Both models' kernels must stay cached, or each turn would pay the other's evictions.
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"
+    from dolly_desktop.generation import streaming
     from dolly_desktop.generation.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
+    marks: list[tuple[float, float]] = []
+    write = streaming.TokenStreamer.write
+
+    def dated(self, token):
+        marks.append((time.perf_counter(), time.process_time()))
+        return write(self, token)
+
+    streaming.TokenStreamer.write = dated
+    extra = {"CPU_RUNTIME_CACHE_CAPACITY": 5000}
+    if threads:
+        extra["INFERENCE_NUM_THREADS"] = threads
     engines = {
         n: Engine(model, cache_dir=Path(cache) / n.replace(" ", "-"),
-                  properties={**CONFIGS[n], "CPU_RUNTIME_CACHE_CAPACITY": 5000})
+                  properties={**CONFIGS[n], **extra})
         for n in names
     }  # fmt: skip
-    out: dict = {n: {"tps": []} | {f"ttft_{k}": [] for k in lengths} for n in names}
+    keys = ["tps", "cpu_ms"] + [f"{m}_{k}" for k in lengths for m in ("ttft", "cpu")]
+    out: dict = {n: {k: [] for k in keys} for n in names}
     for r in range(rounds):
         for n in names if r % 2 == 0 else names[::-1]:
             e = engines[n]
+            marks.clear()
             res = e.generate(SHORT, GenerationParams(greedy=True, max_new_tokens=tokens))
-            out[n]["tps"].append(res.tokens_per_s)
+            (w0, c0), (w1, c1) = marks[0], marks[-1]
+            out[n]["tps"].append((len(marks) - 1) / (w1 - w0))
+            out[n]["cpu_ms"].append((c1 - c0) / (len(marks) - 1) * 1000)
             for k in lengths:
+                marks.clear()
+                c = time.process_time()
                 res = e.generate(
                     long_instruction(k), GenerationParams(greedy=True, max_new_tokens=1)
                 )
                 out[n][f"ttft_{k}"].append(res.ttft_s)
+                out[n][f"cpu_{k}"].append(marks[0][1] - c)
     return out
 
 
-def paired(model: Path, names: list[str], lengths: list[int], tokens: int, rounds: int) -> None:
+def paired(
+    model: Path, names: list[str], lengths: list[int], tokens: int, rounds: int, threads: int
+) -> None:
     import tempfile as tf
 
     with tf.TemporaryDirectory() as cache:
         argv = [sys.executable, "-m", "bench.prefill", "--child-paired", json.dumps(names),
                 "--model", str(model), "--cache", cache, "--tokens", str(tokens),
-                "--rounds", str(rounds), "--prompt-tokens", *map(str, lengths)]  # fmt: skip
+                "--rounds", str(rounds), "--threads", str(threads),
+                "--prompt-tokens", *map(str, lengths)]  # fmt: skip
         res = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True)
                          .stdout.strip().splitlines()[-1])  # fmt: skip
     a, b = names
-    print(f"paired in one process, {rounds} turns each (ABBA), {tokens} greedy decode tokens")
+    print(f"paired in one process, {rounds} turns each (ABBA), {tokens} greedy decode tokens, "
+          f"{threads or 'all'} inference thread(s)")  # fmt: skip
     print(f"| measure | {a} | {b} | {b} / {a}, median of per-turn ratios | per-turn ratios |")
     print("|---|---|---|---|---|")
+    labels = {"tps": "decode tok/s", "cpu_ms": "decode CPU ms/token"}
     for key in res[a]:
         ratios = [y / x for x, y in zip(res[a][key], res[b][key], strict=True)]
-        label = "decode tok/s" if key == "tps" else f"TTFT {key[5:]} tokens (s)"
+        kind, _, n = key.partition("_")
+        label = labels.get(key) or f"TTFT {n} tokens, {'wall' if kind == 'ttft' else 'CPU'} (s)"
         print(f"| {label} | {statistics.median(res[a][key]):.2f} | "
-              f"{statistics.median(res[b][key]):.2f} | {statistics.median(ratios):.2f} | "
+              f"{statistics.median(res[b][key]):.2f} | {statistics.median(ratios):.3f} | "
               f"{' '.join(f'{x:.2f}' for x in ratios)} |")  # fmt: skip
 
 
@@ -222,6 +255,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[510, 1000])
     ap.add_argument("--paired", nargs=2, metavar="CONFIG", help="two configs in one process")
     ap.add_argument("--rounds", type=int, default=8, help="turns per config with --paired")
+    ap.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS (--paired)")
     ap.add_argument("--child")
     ap.add_argument("--child-paired")
     ap.add_argument("--model")
@@ -229,7 +263,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.child_paired:
         names = json.loads(a.child_paired)
-        res = child_paired(a.model, a.cache, names, a.prompt_tokens, a.tokens, a.rounds)
+        res = child_paired(a.model, a.cache, names, a.prompt_tokens, a.tokens, a.rounds, a.threads)
         print(json.dumps(res))
         return
     if a.child:
@@ -248,7 +282,7 @@ def main() -> None:
     print(f"machine: {machine()}; OPTIMIZATION_CAPABILITIES {' '.join(capabilities())}")
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
     if a.paired:
-        paired(model, a.paired, a.prompt_tokens, a.tokens, a.rounds)
+        paired(model, a.paired, a.prompt_tokens, a.tokens, a.rounds, a.threads)
         print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
         return
     rows: dict[str, list[dict]] = {n: [] for n in names}
