@@ -1,0 +1,125 @@
+"""The CPU plugin's properties for the app's engines, chosen at load from what the CPU offers
+and, for dynamic quantization, from how the model's INT4 weights are grouped.
+
+`cpu_properties(capabilities, int4_group)` is a pure function of OpenVINO's
+OPTIMIZATION_CAPABILITIES for the CPU (plus "AMX", which OpenVINO does not list:
+`cpu_capabilities()` adds it from the CPU's flags), so both machine kinds are tested anywhere.
+The measurements behind each choice are in docs/benchmarks.md, "Long prompts: what bounds a
+prefill" (bench/prefill.py) and "CPU settings: what makes decode faster"
+(bench/cpu_settings.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Bounds the CPU plugin's per-shape kernel caches: at OpenVINO's defaults (5000 executors,
+# 1024 oneDNN primitives) every new prompt length kept about 1.4 MB for good on the tiny
+# model (docs/benchmarks.md, "Memory across prompt lengths"); bounded, growth stops within the
+# first 100 lengths. The layers are alike, so one inference needs few distinct kernels: 16
+# measured slower decode on a 32-layer model, 32 did not. Same answers.
+KERNEL_CACHE = 32
+
+AMX = "AMX"  # not one of OpenVINO's capability names: cpu_capabilities() adds it
+CPUINFO = Path("/proc/cpuinfo")
+
+# Dynamic quantization (the activations quantized to int8 in groups along the input, so that a
+# product with INT4/INT8 weights runs on the int8 dot-product instructions) in groups of 128
+# instead of OpenVINO's 32: on Zen 4 (AVX-512 BF16 and VNNI, no AMX) with the 3b shape's INT4
+# group-128 weights, one thread, the two loaded side by side in turns, a 510-token prefill
+# took 0.743x the CPU time (per-turn ratios 0.73-0.75) and decode 1.025x per token (0.98-1.05):
+# TTFT 0.70x / 0.73x the notebook's for 510 / 1000 tokens, against 0.90x / 0.94x with 32.
+# A group larger than the weights' is not the same kernel: 256 over group-128 weights took
+# 1.4x the prefill and 1.6x the decode CPU time, so the group follows the weights'.
+DQ_GROUP = 128
+
+
+def cpu_properties(capabilities: Iterable[str], int4_group: int | None = None) -> dict[str, Any]:
+    """The app's CPU properties for a CPU with these capabilities (OpenVINO's
+    OPTIMIZATION_CAPABILITIES, e.g. ["BF16", "WINOGRAD", "FP32", "INT8", "BIN",
+    "EXPORT_IMPORT"], plus "AMX" where the CPU has Intel AMX), for a model whose INT4 weights
+    are quantized in groups of `int4_group` along the input (None: not INT4, or not known)."""
+    caps = {c.upper() for c in capabilities}
+    props: dict[str, Any] = {
+        # The stateful SDPA pipeline loads in 1.0 s against 3.5-4.3 s for genai's default
+        # paged-attention one (which pays off only when batching requests; the batching
+        # engine drops this key) and decodes as fast or faster (bench/cpu_settings.py).
+        "ATTENTION_BACKEND": "SDPA",
+        "CPU_RUNTIME_CACHE_CAPACITY": KERNEL_CACHE,
+    }
+    if AMX in caps:
+        # Not measured here: no AMX machine in these runs. OpenVINO's defaults stand (bf16
+        # inference, whose large matrix products a prefill runs on AMX tiles; dynamic
+        # quantization in groups of 32 for the compressed weights). The one Sapphire Rapids
+        # figure we have, with these defaults: a 510-token TTFT 0.76x the notebook's.
+        return props
+    if "BF16" in caps and int4_group is not None and int4_group % DQ_GROUP == 0:
+        # AVX-512 BF16 or AVX-VNNI-2 without AMX (Zen 4, Cooper Lake): these CPUs have the
+        # int8 dot products (VNNI) that dynamic quantization runs on. bf16 inference stays
+        # (OpenVINO's default there): f32 took 1.1x / 1.2x the CPU time of a 510 / 1000-token
+        # prefill. OpenVINO's KV cache precision stays too (u8 against the export's f16: the
+        # same prefill time, 0.91x / 0.92x the notebook's).
+        props["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = DQ_GROUP
+    return props
+
+
+_GROUP = re.compile(
+    r"<weight_compression>.*?<group_size value=\"(-?\d+)\".*?<mode value=\"(\w+)\"", re.S
+)
+
+
+def int4_group_size(model_dir: Path) -> int | None:
+    """The group size of the INT4 weights of an IR folder, from the compression record NNCF
+    leaves at the end of openvino_model.xml (None: not INT4, per-channel, or no record)."""
+    xml = Path(model_dir) / "openvino_model.xml"
+    try:
+        with xml.open("rb") as f:
+            f.seek(max(0, xml.stat().st_size - 65536))  # rt_info closes the file
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    m = _GROUP.search(tail)
+    if m is None or not m.group(2).startswith("int4"):
+        return None
+    group = int(m.group(1))
+    return group if group > 0 else None
+
+
+def _amx_in_cpu_flags() -> bool:
+    """Whether the CPU has AMX (amx_bf16 / amx_int8 in /proc/cpuinfo; Linux)."""
+    try:
+        text = CPUINFO.read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool({"amx_bf16", "amx_int8"} & set(line.split(":", 1)[1].split()))
+    return False
+
+
+@functools.cache
+def cpu_capabilities() -> tuple[str, ...]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES for the CPU, plus "AMX" when the CPU has it.
+
+    OpenVINO names BF16 (AVX-512 BF16 or AVX-VNNI-2), FP16 (AVX-512 FP16) and INT8, but not
+    AMX: it is read from the CPU flags on Linux; elsewhere FP16 on x86-64 stands for it
+    (AVX-512 FP16 ships in the Xeons that have AMX, Sapphire Rapids and later). 14 ms."""
+    import openvino as ov
+
+    try:
+        caps = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    except RuntimeError as e:  # no CPU plugin: OpenVINO's own defaults will do
+        log.warning("could not read the CPU's capabilities: %s", e)
+        return ()
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if x86 and (_amx_in_cpu_flags() if CPUINFO.exists() else "FP16" in caps):
+        caps.append(AMX)
+    return tuple(caps)
