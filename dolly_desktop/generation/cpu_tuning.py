@@ -33,11 +33,11 @@ CPUINFO = Path("/proc/cpuinfo")
 
 # Dynamic quantization (the activations quantized to int8 in groups along the input, so that a
 # product with INT4/INT8 weights runs on the int8 dot-product instructions) in groups of 128
-# instead of OpenVINO's 32: on Zen 4 (AVX-512 BF16 and VNNI, no AMX) with the 3b shape's INT4
-# group-128 weights, one thread, the two loaded side by side in turns, a 510-token prefill
-# took 0.743x the CPU time (per-turn ratios 0.73-0.75) and decode 1.025x per token (0.98-1.05):
-# TTFT 0.70x / 0.73x the notebook's for 510 / 1000 tokens, against 0.90x / 0.94x with 32.
-# A group larger than the weights' is not the same kernel: 256 over group-128 weights took
+# instead of OpenVINO's 32: on Zen 4 (AVX-512 BF16 and VNNI, no AMX), 3b shape, INT4 group-128
+# weights, quiet machine: TTFT 4.29 / 8.75 s for 510 / 1000-token prompts against the
+# notebook's 5.88 / 11.95 (0.73x both; 0.93x with group 32), decode 0.97x the group-32 speed in
+# separate processes and 1.05x with the two loaded side by side in turns (bench/prefill.py).
+# A group wider than the weights' is another, slower path: 256 over group-128 weights took
 # 1.4x the prefill and 1.6x the decode CPU time, so the group follows the weights'.
 DQ_GROUP = 128
 
