@@ -80,7 +80,8 @@ def child(
 ) -> dict:
     import openvino_genai as ov_genai
 
-    from dolly_desktop.generation.local import CPU_DEFAULTS, Engine
+    from dolly_desktop.generation import local
+    from dolly_desktop.generation.local import Engine
     from dolly_desktop.generation.prompt import build_prompt
 
     class Steps(ov_genai.StreamerBase):
@@ -110,7 +111,10 @@ def child(
         engine = Engine(model, cache_dir=Path(cache), properties=EXACT if exact else None)
         pipe = engine.pipe
     else:  # genai's continuous-batching pipeline: with prompt lookup, or plain
-        props = {k_: v for k_, v in CPU_DEFAULTS.items() if k_ != "ATTENTION_BACKEND"}
+        # The engine's CPU properties for this model (cpu_defaults once the model-dependent
+        # choice is wired into local.py, CPU_DEFAULTS before), less its attention backend.
+        cpu = getattr(local, "cpu_defaults", lambda _: local.CPU_DEFAULTS)(Path(model))
+        props = {k_: v for k_, v in cpu.items() if k_ != "ATTENTION_BACKEND"}
         props |= EXACT if exact else {}
         lookup = {"prompt_lookup": True} if kind == "prompt lookup" else {}
         pipe = ov_genai.LLMPipeline(model, "CPU", CACHE_DIR=cache, **props, **lookup)
