@@ -11,14 +11,17 @@ Configs: the app's engine as serve and scripts load it (generation/local.py, sta
 pipeline, no lookup); openvino-genai's prompt-lookup pipeline (`prompt_lookup=True`, which
 runs on genai's continuous-batching, paged-attention pipeline) with the app's other CPU
 properties; and that paged-attention pipeline without lookup, to tell the lookup's effect
-from the pipeline's. Acceptance: genai calls the streamer once per generation step with
-every token that step produced, so tokens per step - 1 are the accepted drafted tokens.
+from the pipeline's (the app's engine with `prompt_lookup="on"` once it has the option, else
+genai directly with the same properties). Acceptance: genai calls the streamer once per
+generation step with every token that step produced, so tokens per step - 1 are the accepted
+drafted tokens.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import random
 import statistics
@@ -109,6 +112,12 @@ def child(
     if kind == "app engine":
         # warmed up, as serve loads it
         engine = Engine(model, cache_dir=Path(cache), properties=EXACT if exact else None)
+        pipe = engine.pipe
+    elif kind == "prompt lookup" and "prompt_lookup" in inspect.signature(Engine).parameters:
+        # The app's own option (generation/lookup.py): genai's prompt-lookup pipeline with the
+        # engine's CPU properties, paged attention in place of SDPA.
+        props = EXACT if exact else None
+        engine = Engine(model, cache_dir=Path(cache), properties=props, prompt_lookup="on")
         pipe = engine.pipe
     else:  # genai's continuous-batching pipeline: with prompt lookup, or plain
         # The engine's CPU properties for this model (cpu_defaults once the model-dependent
