@@ -120,9 +120,8 @@ def child(
         engine = Engine(model, cache_dir=Path(cache), properties=props, prompt_lookup="on")
         pipe = engine.pipe
     else:  # genai's continuous-batching pipeline: with prompt lookup, or plain
-        # The engine's CPU properties for this model (cpu_defaults once the model-dependent
-        # choice is wired into local.py, CPU_DEFAULTS before), less its attention backend.
-        cpu = getattr(local, "cpu_defaults", lambda _: local.CPU_DEFAULTS)(Path(model))
+        # The engine's CPU properties for this model, less its attention backend.
+        cpu = local.cpu_defaults(Path(model))
         props = {k_: v for k_, v in cpu.items() if k_ != "ATTENTION_BACKEND"}
         props |= EXACT if exact else {}
         lookup = {"prompt_lookup": True} if kind == "prompt lookup" else {}

@@ -48,10 +48,10 @@ def genai_vs_raw(model: Path, cache: str, runs: int, tokens: int) -> tuple[list,
     import openvino as ov
     import openvino_genai as ov_genai
 
-    from dolly_desktop.generation.local import CPU_DEFAULTS
+    from dolly_desktop.generation.local import cpu_defaults
     from dolly_desktop.generation.prompt import build_prompt
 
-    pipe = ov_genai.LLMPipeline(str(model), "CPU", **CPU_DEFAULTS, CACHE_DIR=cache)
+    pipe = ov_genai.LLMPipeline(str(model), "CPU", **cpu_defaults(model), CACHE_DIR=cache)
     compiled = ov.Core().compile_model(
         str(model / "openvino_model.xml"), "CPU", {"CACHE_DIR": cache}
     )

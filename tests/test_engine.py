@@ -296,7 +296,7 @@ def template_head_tokens(eng: Engine) -> int:
 
 
 def test_template_head_is_prefilled_once_and_answers_do_not_depend_on_history(tiny_fp16):
-    # The app's own precision (bf16, u8 KV cache), where cached and fresh keys differ a little:
+    # The app's own precision (bf16, f16 KV cache), where cached and fresh keys differ a little:
     # the answer to a prompt must still not depend on what was asked before it.
     eng = Engine(tiny_fp16, reuse_template=True)
     head = template_head_tokens(eng)

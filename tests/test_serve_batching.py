@@ -134,8 +134,9 @@ def test_the_kv_cache_default_follows_the_model_and_free_memory(tiny_fp16, tmp_p
     tiny = inspect_model_dir(tiny_fp16)
     small = plan_kv_cache(tiny, 4, {}, free_bytes=64 * GIB)
     assert small.cache_gb == 1 and small.tokens >= 4 * tiny.context_length  # the floor
+    # The export leaves an f16 KV cache in the IR, which OpenVINO applies: f32 is twice that.
     assert plan_kv_cache(tiny, 4, EXACT, free_bytes=64 * GIB).bytes_per_token == (
-        small.bytes_per_token * 4 / 1.25
+        small.bytes_per_token * 2
     )
     (tmp_path / "config.json").write_text(
         json.dumps({"num_hidden_layers": 32, "hidden_size": 2560})

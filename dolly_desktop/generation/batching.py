@@ -33,6 +33,7 @@ import openvino_genai as ov_genai
 
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.cpu_tuning import runtime_option
 from dolly_desktop.generation.devices import check_device
 from dolly_desktop.generation.engine import (
     EngineBase,
@@ -40,7 +41,7 @@ from dolly_desktop.generation.engine import (
     ModelRef,
     TextCallback,
 )
-from dolly_desktop.generation.local import CPU_DEFAULTS
+from dolly_desktop.generation.local import cpu_defaults
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import find_end_token_id, room_after
 from dolly_desktop.generation.streaming import TokenStreamer, first_line, generation_config
@@ -73,12 +74,14 @@ class KvPlan:
 
 
 def kv_bytes_per_token(info: ModelDir, properties: dict[str, Any]) -> int:
-    """K and V for every layer, in the cache's precision (u8 unless asked otherwise; u8
-    keeps a scale and a zero point per head as well, counted here as a quarter more)."""
+    """K and V for every layer, in the cache's precision: as asked, else as the export left it
+    in the IR (f16 from optimum-intel), else OpenVINO's u8 (which keeps a scale and a zero
+    point per head as well, counted here as a quarter more)."""
     cfg = read_config(info.path)
     layers = int(cfg.get("num_hidden_layers", 32))
     hidden = int(cfg.get("hidden_size", 2560))
-    precision = str(properties.get("KV_CACHE_PRECISION", "u8")).lower()
+    default = runtime_option(info.path, "KV_CACHE_PRECISION") or "u8"
+    precision = str(properties.get("KV_CACHE_PRECISION", default)).lower()
     size = {"f32": 4, "f16": 2, "bf16": 2}.get(precision, 1.25)
     return math.ceil(2 * layers * hidden * size)
 
@@ -150,7 +153,7 @@ class BatchingEngine(EngineBase):
         # The one-stream engine's CPU settings but its attention backend (this pipeline is
         # the paged one): the bounded kernel caches matter most to a server, which sees every
         # prompt length its clients send (docs/benchmarks.md, "Memory across prompt lengths").
-        cpu = {k: v for k, v in CPU_DEFAULTS.items() if k != "ATTENTION_BACKEND"}
+        cpu = {k: v for k, v in cpu_defaults(self.model_dir).items() if k != "ATTENTION_BACKEND"}
         props = {**(cpu if self.device == "CPU" else {}), **(properties or {})}
         cache = Path(cache_dir) if cache_dir else paths.compiled_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)

@@ -79,18 +79,31 @@ _GROUP = re.compile(
 def int4_group_size(model_dir: Path) -> int | None:
     """The group size of the INT4 weights of an IR folder, from the compression record NNCF
     leaves at the end of openvino_model.xml (None: not INT4, per-channel, or no record)."""
-    xml = Path(model_dir) / "openvino_model.xml"
-    try:
-        with xml.open("rb") as f:
-            f.seek(max(0, xml.stat().st_size - 65536))  # rt_info closes the file
-            tail = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    m = _GROUP.search(tail)
+    m = _GROUP.search(_rt_info(model_dir))
     if m is None or not m.group(2).startswith("int4"):
         return None
     group = int(m.group(1))
     return group if group > 0 else None
+
+
+def runtime_option(model_dir: Path, name: str) -> str | None:
+    """A runtime option the exporter left in the IR (optimum-intel writes KV_CACHE_PRECISION
+    f16, which OpenVINO applies unless a property overrides it)."""
+    m = re.search(
+        rf"<runtime_options>.*?<{re.escape(name)} value=\"([^\"]*)\"", _rt_info(model_dir), re.S
+    )
+    return m.group(1) if m else None
+
+
+def _rt_info(model_dir: Path) -> str:
+    """The end of openvino_model.xml, where rt_info closes the file ("" if unreadable)."""
+    xml = Path(model_dir) / "openvino_model.xml"
+    try:
+        with xml.open("rb") as f:
+            f.seek(max(0, xml.stat().st_size - 65536))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _amx_in_cpu_flags() -> bool:

@@ -16,6 +16,12 @@ import openvino_genai as ov_genai
 
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.cpu_tuning import (
+    KERNEL_CACHE,
+    cpu_capabilities,
+    cpu_properties,
+    int4_group_size,
+)
 from dolly_desktop.generation.devices import check_device
 from dolly_desktop.generation.engine import (
     EngineBase,
@@ -52,23 +58,16 @@ from dolly_desktop.models.folder import MODEL_BIN, ModelDir, inspect_model_dir
 
 log = logging.getLogger(__name__)
 
-# Measured with bench/cpu_settings.py on the 3b shape at INT4 (docs/benchmarks.md, "CPU
-# settings"). The stateful SDPA pipeline loads in 1.0 s against 3.7 s for genai's default
-# paged-attention one (which only pays off when batching requests) and decodes as fast or
-# faster. OpenVINO's own u8 KV cache and dynamic-quantization group 32 measured best, so they
-# stay. Applied on CPU only; other devices keep their own defaults.
-# KERNEL_CACHE bounds the CPU plugin's per-shape kernel caches: at OpenVINO's defaults (5000
-# executors, 1024 oneDNN primitives) every new prompt length kept about 1.4 MB for good on the
-# tiny model (docs/benchmarks.md, "Memory across prompt lengths"); bounded, growth stops
-# within the first 100 lengths. The layers are alike, so one inference needs few distinct
-# kernels: 16 measured slower decode on a 32-layer model, 32 did not. Same answers.
-KERNEL_CACHE = 32
-CPU_DEFAULTS: dict[str, Any] = {
-    "ATTENTION_BACKEND": "SDPA",
-    "CPU_RUNTIME_CACHE_CAPACITY": KERNEL_CACHE,
-}
 # oneDNN reads its cache size once per process, at its first primitive: before any compile.
 bound_onednn_cache(KERNEL_CACHE)
+
+
+def cpu_defaults(model_dir: Path) -> dict[str, Any]:
+    """The CPU properties for this model on this CPU (generation/cpu_tuning.py: chosen from
+    what the CPU offers, dynamic quantization following the INT4 weights' groups). Applied on
+    CPU only; other devices keep their own defaults."""
+    return cpu_properties(cpu_capabilities(), int4_group_size(model_dir))
+
 
 # With reuse_template, prompts longer than this past the template head are prefilled whole.
 REUSE_MAX_NEW_TOKENS = 64
@@ -121,7 +120,7 @@ class Engine(EngineBase):
             convert_tokenizer_files(self.model_dir)
         cache = Path(cache_dir) if cache_dir else paths.compiled_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
-        props: dict[str, Any] = dict(CPU_DEFAULTS) if self.device == "CPU" else {}
+        props: dict[str, Any] = cpu_defaults(self.model_dir) if self.device == "CPU" else {}
         props.update(properties or {})
         props["CACHE_DIR"] = str(cache)
         self._props = props
