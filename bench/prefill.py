@@ -52,13 +52,12 @@ CONFIGS: dict[str, dict | None] = {  # None: the notebook's way
 }
 
 
-def child_app(model: str, cache: str, props: dict, lengths: list[int], tokens: int) -> dict:
+def date_tokens() -> list[tuple[float, float]]:
+    """Every token the engines stream from now on, dated in wall and CPU time (all threads of
+    this process): on a shared machine the CPU seconds a prefill takes move far less than its
+    wall time."""
     from dolly_desktop.generation import streaming
-    from dolly_desktop.generation.local import Engine
-    from dolly_desktop.generation.params import GenerationParams
 
-    # Date every token in wall and CPU time (all threads of this process): on a shared
-    # machine the CPU seconds a prefill takes move far less than its wall time.
     marks: list[tuple[float, float]] = []
     write = streaming.TokenStreamer.write
 
@@ -67,6 +66,14 @@ def child_app(model: str, cache: str, props: dict, lengths: list[int], tokens: i
         return write(self, token)
 
     streaming.TokenStreamer.write = dated
+    return marks
+
+
+def child_app(model: str, cache: str, props: dict, lengths: list[int], tokens: int) -> dict:
+    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.params import GenerationParams
+
+    marks = date_tokens()
     engine = Engine(model, cache_dir=Path(cache), properties=props)
 
     def run(instruction: str, n: int) -> tuple[dict, int]:
@@ -162,18 +169,10 @@ def child_paired(
 
     # Both models' kernels must stay cached, or each turn would pay the other's evictions.
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"
-    from dolly_desktop.generation import streaming
     from dolly_desktop.generation.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
-    marks: list[tuple[float, float]] = []
-    write = streaming.TokenStreamer.write
-
-    def dated(self, token):
-        marks.append((time.perf_counter(), time.process_time()))
-        return write(self, token)
-
-    streaming.TokenStreamer.write = dated
+    marks = date_tokens()
     extra = {"CPU_RUNTIME_CACHE_CAPACITY": 5000}
     if threads:
         extra["INFERENCE_NUM_THREADS"] = threads
