@@ -100,3 +100,16 @@ def test_amx_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
         assert cpu_tuning._amx_in_cpu_flags() is has
     info.unlink()
     assert cpu_tuning._amx_in_cpu_flags() is False
+
+
+def test_the_engine_loads_with_the_properties_chosen_for_this_cpu_and_model(tiny_models):
+    from dolly_desktop.generation.local import Engine
+
+    model = tiny_models["INT4"]
+    assert cpu_tuning.int4_group_size(model) == 128  # NNCF's record, read from the IR
+    chosen = cpu_tuning.cpu_properties(cpu_capabilities(), 128)
+    engine = Engine(model, warm_up=False)
+    try:
+        assert {k: engine._props.get(k) for k in chosen} == chosen
+    finally:
+        engine.close()
