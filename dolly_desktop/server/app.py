@@ -332,12 +332,22 @@ def _as_prompt(text: str, passage: str, field: str) -> str:
 
 async def _wait_unless_gone(request: Request, job: Job) -> tuple[str, Any]:
     """The job's outcome; ("gone", None) as soon as the client has disconnected."""
-    while True:
-        done, _ = await asyncio.wait([job.task], timeout=0.25)  # a cheap check
-        if done:
-            return job.task.result() if not job.task.cancelled() else ("gone", None)
-        if await request.is_disconnected():
-            return ("gone", None)
+    # The body has been read, so the next ASGI message is the disconnect: waiting for it
+    # (as Starlette's StreamingResponse does) sees a client leave at once, where polling
+    # `is_disconnected` saw it up to a poll late, after a short answer had run to its end.
+    gone = asyncio.create_task(_disconnect(request))
+    try:
+        await asyncio.wait([job.task, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if job.task.done():
+        return job.task.result() if not job.task.cancelled() else ("gone", None)
+    return ("gone", None)
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _engine_error(e: BaseException) -> ApiError:
