@@ -97,3 +97,21 @@ def tiny_window(qtbot, own_home, tiny_fp16):
     qtbot.waitUntil(lambda: w.model_dir is not None, timeout=120_000)
     yield w
     w.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models):
+    """`dolly-desktop serve` on the tiny INT4 model with its defaults, for one test module."""
+    from serving import serve_process
+
+    with serve_process(tiny_models["INT4"]) as served:
+        yield served
+
+
+@pytest.fixture
+def client(server):
+    """The official openai client for `server`. No retries: a 429 must be seen, not retried
+    away."""
+    import openai
+
+    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)

@@ -127,7 +127,7 @@ def test_export_without_export_support_says_the_one_command(tmp_path, tiny_check
 def test_serve_takes_a_store_name(tiny_models):
     """`serve --model NAME/VARIANT` resolves through the store, as generate does."""
     import httpx
-    from test_serve import serve_process
+    from serving import serve_process
 
     store = Store()  # the session's app home, which the serve process inherits
     store.import_folder(tiny_models["INT4"], name="served-by-name", precision="INT4")

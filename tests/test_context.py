@@ -143,7 +143,7 @@ def test_the_api_takes_a_passage_and_the_remote_engine_sends_it(tiny_models):
     """Through a real `serve` with the official openai client: `context` on /v1/completions,
     two user messages in a row on /v1/chat/completions; and RemoteEngine's context."""
     import openai
-    from test_serve import serve_process
+    from serving import serve_process
     from transformers import AutoTokenizer
 
     from dolly_desktop.generation.params import GenerationParams

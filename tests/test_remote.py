@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_serve import (
+from serving import (
     INSTRUCTION,
     Reference,
     Served,

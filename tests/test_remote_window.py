@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from test_serve import serve_process
+from serving import serve_process
 
 from dolly_desktop.generation.engine import StopReason
 from dolly_desktop.generation.local import Engine

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import openai
 import pytest
+from serving import Served, make_reference, serve_process, server_log
 
 from dolly_desktop.generation.engine import GenerationResult, StopReason
 from dolly_desktop.generation.params import GenerationParams
 from tests.conftest import EXACT
-from tests.test_serve import Served, make_reference, serve_process, server_log
 
 INSTRUCTIONS = [f"Question {i}: what is {w}?" for i, w in enumerate("abcd")]
 

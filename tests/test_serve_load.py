@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import openai
 import psutil
 import pytest
-import test_serve
+import serving
 from conftest import EXACT
-from test_serve import Served, serve_process, server_log
+from serving import Served, serve_process, server_log
 
 from dolly_desktop.generation.engine import StopReason
 from dolly_desktop.generation.params import GenerationParams
@@ -71,7 +71,7 @@ def exact_server(tiny_fp16) -> Iterator[Served]:
     args = ("--max-batch", str(MAX_BATCH), "--queue", str(QUEUE))
     with contextlib.ExitStack() as stack:
         with pytest.MonkeyPatch.context() as mp:  # only while the child starts
-            mp.setattr(test_serve, "SERVE", EXACT_SERVE)
+            mp.setattr(serving, "SERVE", EXACT_SERVE)
             served = stack.enter_context(serve_process(tiny_fp16, *args))
         yield served
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from serving import Served, free_port, serve_process
 
 from dolly_desktop import paths
 from dolly_desktop.generation.engine import EngineBase, GenerationResult, ModelRef
 from dolly_desktop.server.app import OpenAIServer
-from tests.test_serve import Served, free_port, serve_process
 
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -379,7 +379,7 @@ def test_an_unexpected_failure_in_a_route_is_one_sentence_and_one_log_entry(in_p
 def test_serve_refuses_a_bad_read_timeout(tiny_models):
     import subprocess
 
-    from tests.test_serve import SERVE
+    from serving import SERVE
 
     p = subprocess.run(
         [*SERVE, "--model", str(Path(tiny_models["INT4"])), "--read-timeout", "0"],

@@ -8,12 +8,10 @@ closes within max_tokens only because the grammar's bounds fit the budget.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import jsonschema
 import openai
 import pytest
-from test_serve import Served, serve_process
 
 from dolly_desktop.generation.engine import StopReason
 from dolly_desktop.generation.params import GenerationParams
@@ -115,17 +113,6 @@ def test_what_cannot_be_guaranteed_is_refused_in_one_sentence(schema, words):
 
 
 # --- through serve, with the openai package (the batching engine: serve's default)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models) -> Iterator[Served]:
-    with serve_process(tiny_models["INT4"]) as served:
-        yield served
-
-
-@pytest.fixture
-def client(server: Served) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
 
 
 def test_chat_json_schema_answers_validate(client):

@@ -1,0 +1,96 @@
+"""`dolly-desktop serve` as a real child process on 127.0.0.1 for the tests that drive it, and
+the bare engine's answers to compare with."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from dolly_desktop import paths
+from dolly_desktop.generation.engine import GenerationResult
+from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.params import GenerationParams
+
+INSTRUCTION = "Who is Dolly?"
+START_TIMEOUT_S = 90
+SERVE = (sys.executable, "-m", "dolly_desktop.cli", "serve")
+
+
+@dataclass
+class Served:
+    url: str  # base URL, ending in /v1
+    proc: subprocess.Popen
+    log: Path  # the process's stderr
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(model: Path, *args: str) -> Iterator[Served]:
+    """`dolly-desktop serve` as a subprocess on a free port, once it answers HTTP."""
+    port = free_port()
+    with tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False) as f:
+        log = Path(f.name)
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [*SERVE, "--model", str(model), "--port", str(port), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    served = Served(f"http://127.0.0.1:{port}/v1", proc, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, f"serve exited: {served.stderr()}"
+            assert time.monotonic() < deadline, f"serve did not start: {served.stderr()}"
+            with contextlib.suppress(httpx.TransportError):
+                httpx.get(f"{served.url}/models", timeout=2)
+                break  # any HTTP answer (401 included) means it is up
+            time.sleep(0.1)
+        yield served
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.unlink(missing_ok=True)
+
+
+Reference = Callable[[str, int], GenerationResult]
+
+
+def make_reference(model: Path) -> Reference:
+    """The bare engine's greedy answers, with the server's (default) properties."""
+    engine = Engine(model)
+    cache: dict[tuple[str, int], GenerationResult] = {}
+
+    def answer(instruction: str, max_tokens: int) -> GenerationResult:
+        key = (instruction, max_tokens)
+        if key not in cache:
+            params = GenerationParams(greedy=True, max_new_tokens=max_tokens)
+            cache[key] = engine.generate(instruction, params)
+        return cache[key]
+
+    return answer
+
+
+def server_log() -> list[str]:
+    return (paths.log_dir() / "dolly-desktop.log").read_text().splitlines()
