@@ -46,6 +46,7 @@ CONFIGS: dict[str, dict | None] = {  # None: the notebook's way
     "dq 64": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 64},
     "dq 128": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128},
     "dq 256": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 256},
+    "dq 512": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 512},  # divides every Dolly's hidden sizes
     "dq 2560": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 2560},  # a whole row of most weights
     "f32 + dq 128": {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 128},
     "PA backend": {"ATTENTION_BACKEND": "PA"},

@@ -1,5 +1,6 @@
-"""The CPU properties chosen from the CPU's capabilities and the model's INT4 grouping, for
-both machine kinds measured on (docs/benchmarks.md, "Long prompts: what bounds a prefill")."""
+"""The CPU properties chosen from the CPU's capabilities and how the model's weights are
+compressed, for both machine kinds measured on (docs/benchmarks.md, "Long prompts: what bounds
+a prefill")."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from dolly_desktop.generation import cpu_tuning
 from dolly_desktop.generation.cpu_tuning import (
     AMX,
     KERNEL_CACHE,
+    WeightFormat,
     cpu_capabilities,
     cpu_properties,
-    int4_group_size,
+    weight_format,
 )
 
 # OpenVINO 2026.4's OPTIMIZATION_CAPABILITIES for the CPU on the two machines of
@@ -21,12 +23,20 @@ ZEN4 = ["BF16", "WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"]
 SAPPHIRE_RAPIDS = ["BF16", "WINOGRAD", "FP32", "FP16", "INT8", "BIN", "EXPORT_IMPORT", AMX]
 AVX2_ONLY = ["FP32", "INT8", "BIN", "EXPORT_IMPORT"]
 DQ = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
+INT8 = WeightFormat(8, None)  # NNCF's INT8: per output channel
+
+
+def int4(group: int | None) -> WeightFormat:
+    return WeightFormat(4, group)
+
+
+WEIGHTS = [None, int4(32), int4(128), int4(None), INT8, WeightFormat(8, 128)]
 
 
 @pytest.mark.parametrize("caps", [ZEN4, SAPPHIRE_RAPIDS, AVX2_ONLY, []])
-@pytest.mark.parametrize("group", [None, 32, 128])
-def test_every_cpu_keeps_the_sdpa_pipeline_and_the_bounded_kernel_cache(caps, group):
-    props = cpu_properties(caps, group)
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_every_cpu_keeps_the_sdpa_pipeline_and_the_bounded_kernel_cache(caps, weights):
+    props = cpu_properties(caps, weights)
     assert props["ATTENTION_BACKEND"] == "SDPA"
     assert props["CPU_RUNTIME_CACHE_CAPACITY"] == KERNEL_CACHE == 32
     # Nothing else is chosen for OpenVINO: precision and KV cache stay its own.
@@ -34,28 +44,35 @@ def test_every_cpu_keeps_the_sdpa_pipeline_and_the_bounded_kernel_cache(caps, gr
 
 
 def test_zen4_quantizes_activations_in_groups_of_128_for_int4_group_128_weights():
-    assert cpu_properties(ZEN4, 128)[DQ] == 128
-    assert cpu_properties(ZEN4, 256)[DQ] == 128  # a whole number of 128-groups per weight group
+    assert cpu_properties(ZEN4, int4(128))[DQ] == 128
+    assert cpu_properties(ZEN4, int4(256))[DQ] == 128  # whole 128-groups per weight group
 
 
-@pytest.mark.parametrize("group", [None, 32, 64])
-def test_zen4_keeps_openvinos_group_where_the_weights_are_not_in_128_groups(group):
+def test_zen4_quantizes_activations_in_groups_of_512_for_per_channel_int8_weights():
+    assert cpu_properties(ZEN4, INT8)[DQ] == 512
+    for hidden in (2560, 4096, 5120):  # dolly-v2-3b, -7b, -12b
+        assert hidden % 512 == 0 and 4 * hidden % 512 == 0
+
+
+@pytest.mark.parametrize("weights", [None, int4(32), int4(64), int4(None), WeightFormat(8, 128)])
+def test_zen4_keeps_openvinos_group_for_weights_not_measured(weights):
     # A dynamic-quantization group wider than the weights' group runs another, slower kernel
-    # (256 over group-128 weights: 1.4x the prefill CPU time); INT8 and FP16 were not measured.
-    assert DQ not in cpu_properties(ZEN4, group)
+    # (256 over group-128 weights: 1.4x the prefill CPU time); FP16, INT4 per channel and
+    # grouped INT8 were not measured.
+    assert DQ not in cpu_properties(ZEN4, weights)
 
 
-@pytest.mark.parametrize("group", [None, 64, 128])
-def test_amx_and_cpus_without_bf16_keep_openvinos_defaults(group):
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_amx_and_cpus_without_bf16_keep_openvinos_defaults(weights):
     # Not measured on an AMX machine, nor on one without AVX-512 BF16: OpenVINO decides.
-    assert DQ not in cpu_properties(SAPPHIRE_RAPIDS, group)
-    assert DQ not in cpu_properties(AVX2_ONLY, group)
+    assert DQ not in cpu_properties(SAPPHIRE_RAPIDS, weights)
+    assert DQ not in cpu_properties(AVX2_ONLY, weights)
 
 
 def test_the_choice_depends_only_on_the_capabilities_not_their_order_or_case():
-    assert cpu_properties(ZEN4, 128) == cpu_properties(reversed(ZEN4), 128)
+    assert cpu_properties(ZEN4, int4(128)) == cpu_properties(reversed(ZEN4), int4(128))
     lower = [c.lower() for c in SAPPHIRE_RAPIDS]
-    assert cpu_properties(lower, 128) == cpu_properties(SAPPHIRE_RAPIDS, 128)
+    assert cpu_properties(lower, int4(128)) == cpu_properties(SAPPHIRE_RAPIDS, int4(128))
 
 
 def _ir(tmp_path, mode: str, group: int):
@@ -71,13 +88,14 @@ def _ir(tmp_path, mode: str, group: int):
     return tmp_path
 
 
-def test_the_int4_group_is_read_from_nncfs_record_in_the_ir(tmp_path):
-    assert int4_group_size(_ir(tmp_path, "int4_asym", 128)) == 128
-    assert int4_group_size(_ir(tmp_path, "int4_sym", 64)) == 64
-    assert int4_group_size(_ir(tmp_path, "int8_asym", -1)) is None  # INT8: per channel
+def test_the_weight_format_is_read_from_nncfs_record_in_the_ir(tmp_path):
+    assert weight_format(_ir(tmp_path, "int4_asym", 128)) == int4(128)
+    assert weight_format(_ir(tmp_path, "int4_sym", 64)) == int4(64)
+    assert weight_format(_ir(tmp_path, "int8_asym", -1)) == INT8  # per channel
+    assert weight_format(_ir(tmp_path, "nf4", 64)) is None  # a mode not measured
     (tmp_path / "openvino_model.xml").write_text("<net><rt_info/></net>")  # FP16, no record
-    assert int4_group_size(tmp_path) is None
-    assert int4_group_size(tmp_path / "missing") is None
+    assert weight_format(tmp_path) is None
+    assert weight_format(tmp_path / "missing") is None
 
 
 def test_the_capabilities_come_from_openvino_and_are_read_once(monkeypatch):
@@ -102,14 +120,20 @@ def test_amx_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     assert cpu_tuning._amx_in_cpu_flags() is False
 
 
-def test_the_engine_loads_with_the_properties_chosen_for_this_cpu_and_model(tiny_models):
+@pytest.mark.parametrize(("precision", "weights"), [("INT4", int4(128)), ("INT8", INT8)])
+def test_the_engine_loads_with_the_properties_chosen_for_this_cpu_and_model(
+    tiny_models, precision, weights
+):
     from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.params import GenerationParams
 
-    model = tiny_models["INT4"]
-    assert cpu_tuning.int4_group_size(model) == 128  # NNCF's record, read from the IR
-    chosen = cpu_tuning.cpu_properties(cpu_capabilities(), 128)
-    engine = Engine(model, warm_up=False)
+    model = tiny_models[precision]
+    assert weight_format(model) == weights  # NNCF's record, read from the IR
+    chosen = cpu_properties(cpu_capabilities(), weights)
+    engine = Engine(model)
     try:
         assert {k: engine._props.get(k) for k in chosen} == chosen
+        r = engine.generate("Who is Dolly?", GenerationParams(greedy=True, max_new_tokens=8))
+        assert r.generated_tokens == 8  # these settings run on this CPU
     finally:
         engine.close()

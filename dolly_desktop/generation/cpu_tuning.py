@@ -1,7 +1,7 @@
 """The CPU plugin's properties for the app's engines, chosen at load from what the CPU offers
-and, for dynamic quantization, from how the model's INT4 weights are grouped.
+and, for dynamic quantization, from how the model's weights are compressed.
 
-`cpu_properties(capabilities, int4_group)` is a pure function of OpenVINO's
+`cpu_properties(capabilities, weights)` is a pure function of OpenVINO's
 OPTIMIZATION_CAPABILITIES for the CPU (plus "AMX", which OpenVINO does not list:
 `cpu_capabilities()` adds it from the CPU's flags), so both machine kinds are tested anywhere.
 The measurements behind each choice are in docs/benchmarks.md, "Long prompts: what bounds a
@@ -17,7 +17,7 @@ import platform
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +31,37 @@ KERNEL_CACHE = 32
 AMX = "AMX"  # not one of OpenVINO's capability names: cpu_capabilities() adds it
 CPUINFO = Path("/proc/cpuinfo")
 
-# Dynamic quantization (the activations quantized to int8 in groups along the input, so that a
-# product with INT4/INT8 weights runs on the int8 dot-product instructions) in groups of 128
-# instead of OpenVINO's 32: on Zen 4 (AVX-512 BF16 and VNNI, no AMX), 3b shape, INT4 group-128
-# weights, quiet machine: TTFT 4.29 / 8.75 s for 510 / 1000-token prompts against the
-# notebook's 5.88 / 11.95 (0.73x both; 0.93x with group 32), decode 0.97x the group-32 speed in
-# separate processes and 1.05x with the two loaded side by side in turns (bench/prefill.py).
-# A group wider than the weights' is another, slower path: 256 over group-128 weights took
-# 1.4x the prefill and 1.6x the decode CPU time, so the group follows the weights'.
-DQ_GROUP = 128
+# Dynamic quantization: the activations quantized to int8 in groups along the input, so that a
+# product with INT4/INT8 weights runs on the int8 dot-product instructions. OpenVINO's group is
+# 32; wider groups spend less on scales. Measured on Zen 4 (AVX-512 BF16 and VNNI, no AMX), 3b
+# shape, quiet machine, bench/prefill.py (docs/benchmarks.md, "Long prompts"):
+# - INT4 weights in groups of 128: group 128 gave TTFT 4.29 / 8.75 s for 510 / 1000-token
+#   prompts against the notebook's 5.88 / 11.95 (0.73x both; 0.93x with group 32), decode 0.97x
+#   the group-32 speed in separate processes and 1.05x paired in turns. A group wider than the
+#   weights' is another, slower path (256 over group-128 weights: 1.4x the prefill and 1.6x the
+#   decode CPU time), so the group follows the weights'.
+# - INT8 weights per output channel (a group is any part of a row): group 512 gave 3.64 / 7.71 s
+#   against the notebook's 5.54 / 12.00 (0.66x / 0.64x), group 128 0.74x / 0.71x, 2560 (a
+#   whole row of most weights) 0.75x / 0.71x, OpenVINO's 32 1.05x / 0.96x; decode 1.14x the
+#   notebook's. 512 divides every Dolly's hidden sizes (2560, 4096, 5120 and four times those).
+DQ_GROUP_INT4 = 128
+DQ_GROUP_INT8 = 512
 
 
-def cpu_properties(capabilities: Iterable[str], int4_group: int | None = None) -> dict[str, Any]:
+class WeightFormat(NamedTuple):
+    """How a model's weights are compressed (NNCF's record in the IR)."""
+
+    bits: int  # 4 or 8
+    group: int | None  # quantization group along the input; None: per output channel
+
+
+def cpu_properties(
+    capabilities: Iterable[str], weights: WeightFormat | None = None
+) -> dict[str, Any]:
     """The app's CPU properties for a CPU with these capabilities (OpenVINO's
     OPTIMIZATION_CAPABILITIES, e.g. ["BF16", "WINOGRAD", "FP32", "INT8", "BIN",
-    "EXPORT_IMPORT"], plus "AMX" where the CPU has Intel AMX), for a model whose INT4 weights
-    are quantized in groups of `int4_group` along the input (None: not INT4, or not known)."""
+    "EXPORT_IMPORT"], plus "AMX" where the CPU has Intel AMX), for a model whose weights are
+    compressed as `weights` says (None: not compressed, or not known)."""
     caps = {c.upper() for c in capabilities}
     props: dict[str, Any] = {
         # The stateful SDPA pipeline loads in 1.0 s against 3.5-4.3 s for genai's default
@@ -59,16 +74,27 @@ def cpu_properties(capabilities: Iterable[str], int4_group: int | None = None) -
         # Not measured here: no AMX machine in these runs. OpenVINO's defaults stand (bf16
         # inference, whose large matrix products a prefill runs on AMX tiles; dynamic
         # quantization in groups of 32 for the compressed weights). The one Sapphire Rapids
-        # figure we have, with these defaults: a 510-token TTFT 0.76x the notebook's.
+        # figure we have, with these defaults: a 510-token TTFT 0.76x the notebook's (INT4).
         return props
-    if "BF16" in caps and int4_group is not None and int4_group % DQ_GROUP == 0:
+    if "BF16" in caps and weights is not None:
         # AVX-512 BF16 or AVX-VNNI-2 without AMX (Zen 4, Cooper Lake): these CPUs have the
         # int8 dot products (VNNI) that dynamic quantization runs on. bf16 inference stays
         # (OpenVINO's default there): f32 took 1.1x / 1.2x the CPU time of a 510 / 1000-token
-        # prefill. OpenVINO's KV cache precision stays too (u8 against the export's f16: the
-        # same prefill time, 0.91x / 0.92x the notebook's).
-        props["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = DQ_GROUP
+        # INT4 prefill. OpenVINO's KV cache precision stays too (u8 against the export's f16:
+        # the same prefill time, 0.91x / 0.92x the notebook's).
+        group = _dq_group(weights)
+        if group is not None:
+            props["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = group
     return props
+
+
+def _dq_group(weights: WeightFormat) -> int | None:
+    """The measured dynamic-quantization group for these weights (None: OpenVINO's own)."""
+    if weights.bits == 4 and weights.group is not None and weights.group % DQ_GROUP_INT4 == 0:
+        return DQ_GROUP_INT4  # a whole number of groups per weight group
+    if weights.bits == 8 and weights.group is None:
+        return DQ_GROUP_INT8
+    return None  # INT4 per channel or in narrower groups, grouped INT8: not measured
 
 
 _GROUP = re.compile(
@@ -76,14 +102,17 @@ _GROUP = re.compile(
 )
 
 
-def int4_group_size(model_dir: Path) -> int | None:
-    """The group size of the INT4 weights of an IR folder, from the compression record NNCF
-    leaves at the end of openvino_model.xml (None: not INT4, per-channel, or no record)."""
+def weight_format(model_dir: Path) -> WeightFormat | None:
+    """How an IR folder's weights are compressed, from the record NNCF leaves at the end of
+    openvino_model.xml (None: no record, as for FP16, or another mode)."""
     m = _GROUP.search(_rt_info(model_dir))
-    if m is None or not m.group(2).startswith("int4"):
+    if m is None:
         return None
-    group = int(m.group(1))
-    return group if group > 0 else None
+    group, mode = int(m.group(1)), m.group(2)
+    bits = 4 if mode.startswith("int4") else 8 if mode.startswith("int8") else None
+    if bits is None:
+        return None
+    return WeightFormat(bits, group if group > 0 else None)  # NNCF: -1 = per channel
 
 
 def runtime_option(model_dir: Path, name: str) -> str | None:

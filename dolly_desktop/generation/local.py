@@ -20,7 +20,7 @@ from dolly_desktop.generation.cpu_tuning import (
     KERNEL_CACHE,
     cpu_capabilities,
     cpu_properties,
-    int4_group_size,
+    weight_format,
 )
 from dolly_desktop.generation.devices import check_device
 from dolly_desktop.generation.engine import (
@@ -64,9 +64,9 @@ bound_onednn_cache(KERNEL_CACHE)
 
 def cpu_defaults(model_dir: Path) -> dict[str, Any]:
     """The CPU properties for this model on this CPU (generation/cpu_tuning.py: chosen from
-    what the CPU offers, dynamic quantization following the INT4 weights' groups). Applied on
-    CPU only; other devices keep their own defaults."""
-    return cpu_properties(cpu_capabilities(), int4_group_size(model_dir))
+    what the CPU offers, dynamic quantization following how the weights are compressed).
+    Applied on CPU only; other devices keep their own defaults."""
+    return cpu_properties(cpu_capabilities(), weight_format(model_dir))
 
 
 # With reuse_template, prompts longer than this past the template head are prefilled whole.
