@@ -36,6 +36,7 @@ CONFIGS: dict[str, dict] = {
     "dyn-quant off": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0},
     "dyn-quant 64": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 64},
     "dyn-quant 128": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128},
+    "dyn-quant 512": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 512},  # cpu_tuning's for INT8
     "SDPA backend": {"ATTENTION_BACKEND": "SDPA"},
     "SDPA + dyn-quant 128": {"ATTENTION_BACKEND": "SDPA", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 128},
     # Not a candidate: one core against two tells memory-bound from compute-bound decode.
