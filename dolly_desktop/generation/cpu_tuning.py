@@ -44,6 +44,8 @@ CPUINFO = Path("/proc/cpuinfo")
 #   against the notebook's 5.54 / 12.00 (0.66x / 0.64x), group 128 0.74x / 0.71x, 2560 (a
 #   whole row of most weights) 0.75x / 0.71x, OpenVINO's 32 1.05x / 0.96x; decode 1.14x the
 #   notebook's. 512 divides every Dolly's hidden sizes (2560, 4096, 5120 and four times those).
+#   Top-1 agreement with FP16 on random 3b weights 91.7 % against 93.8 % with group 32 (2 of 96
+#   tokens); real weights' outlier channels, which weigh more in wider groups, not measured.
 DQ_GROUP_INT4 = 128
 DQ_GROUP_INT8 = 512
 
