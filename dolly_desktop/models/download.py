@@ -35,20 +35,20 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoSibling
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import build_hf_headers
 
 from dolly_desktop.atomic import staged_folder
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.cancel import Cancelled, raise_if_cancelled
 from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE, check_disk, format_bytes
 from dolly_desktop.models.names import PART_SUFFIX, STATE_FILE, hub_file_name, inside
+from dolly_desktop.models.network import TRANSPORT_ERRORS, cannot_reach, client
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 8 << 20  # for checksums
 _GIT_BLOB_ID = re.compile(r"[0-9a-f]{40}")
 SKIPPED_FILES = {".gitattributes"}  # git plumbing, not part of the model
-TIMEOUT = httpx.Timeout(30.0, read=60.0)  # a stalled connection fails, and is resumed
 REPORT_EVERY_S = 0.1
 
 
@@ -197,9 +197,10 @@ def download_repo(
     headers = build_hf_headers(token=token)
     # Byte ranges count stored bytes: no transparent gzip, as huggingface-hub does too.
     headers["Accept-Encoding"] = "identity"
-    for f in listing.files:
-        url = hf_hub_url(repo_id, f.name, revision=listing.commit, endpoint=endpoint)
-        _fetch_file(url, headers, f, partial_dir, meter, cancel, retries, repo_id)
+    with client() as http:
+        for f in listing.files:
+            url = hf_hub_url(repo_id, f.name, revision=listing.commit, endpoint=endpoint)
+            _fetch_file(http, url, headers, f, partial_dir, meter, cancel, retries, repo_id)
     raise_if_cancelled(cancel)
     meter.stage("installing", "")
     try:
@@ -254,6 +255,7 @@ class _Unusable(Exception):
 
 
 def _fetch_file(
+    http: httpx.Client,
     url: str,
     headers: dict[str, str],
     f: RemoteFile,
@@ -276,7 +278,7 @@ def _fetch_file(
             part.unlink()
             continue
         try:
-            _transfer(url, headers, part, have, f, meter, cancel)
+            _transfer(http, url, headers, part, have, f, meter, cancel)
         except (httpx.TransportError, _Unusable) as e:  # cut, reset, timeout, wrong length
             raise_if_cancelled(cancel)
             grew = _size(part) > have  # resume from what arrived
@@ -311,6 +313,7 @@ def _size(path: Path) -> int:
 
 
 def _transfer(
+    http: httpx.Client,
     url: str,
     headers: dict[str, str],
     part: Path,
@@ -327,13 +330,10 @@ def _transfer(
     if have:
         req["Range"] = f"bytes={have}-"
     meter.stage("downloading", f.name)
-    with get_session().stream("GET", url, headers=req, timeout=TIMEOUT) as r:
+    with http.stream("GET", url, headers=req) as r:
         if r.status_code >= 400:
-            r.read()
-            try:
-                hf_raise_for_status(r)
-            except HfHubHTTPError as e:
-                raise DollyError(f"The Hub refused {f.name}: {str(e).splitlines()[0]}") from e
+            why = r.headers.get("X-Error-Message") or r.reason_phrase
+            raise DollyError(f"The Hub refused {f.name}: HTTP {r.status_code} {why}".rstrip())
         if have and r.status_code != 206:  # the server ignored the range: start over
             meter.rewind(have)
             have = 0
@@ -394,10 +394,8 @@ def _hub_errors(repo_id: str, endpoint: str, revision: str) -> Iterator[None]:
         raise DollyError(f"{repo_id} has no revision {revision!r} on {endpoint}.") from e
     except HfHubHTTPError as e:
         raise DollyError(f"{endpoint} refused {repo_id}: {str(e).splitlines()[0]}") from e
-    except httpx.TransportError as e:
-        raise DollyError(
-            f"Cannot reach {endpoint} ({e or type(e).__name__}): check the connection."
-        ) from e
+    except TRANSPORT_ERRORS as e:
+        raise cannot_reach(endpoint, e) from e
 
 
 class _Meter:

@@ -125,9 +125,29 @@ def needs_check(env: dict[str, str] | None = None) -> bool:
     )
 
 
+NO_DISPLAY = (
+    "dolly-desktop: no display to open the window on (DISPLAY, WAYLAND_DISPLAY and "
+    "QT_QPA_PLATFORM are unset); without one, use the terminal commands: "
+    "dolly-desktop generate, serve, models."
+)
+
+
+def no_display(env: dict[str, str] | None = None) -> str | None:
+    """The one line for a Linux session with no display, where Qt would abort naming a
+    library instead (its xcb plugin fails to connect and blames libxcb-cursor)."""
+    env = dict(os.environ) if env is None else env
+    if not sys.platform.startswith("linux"):
+        return None
+    if any(env.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")):
+        return None
+    return NO_DISPLAY
+
+
 def check(plugin: Path | None = None) -> str | None:
     """None when the window can open (or the check does not apply), else the message."""
     if plugin is None:
+        if (problem := no_display()) is not None:
+            return problem
         if not needs_check():
             return None
         plugin = xcb_plugin()
