@@ -160,7 +160,7 @@ class ContextPane(QWidget):
         def work(_progress: object, _cancel: threading.Event) -> int:
             return counter(prompt)
 
-        job = self._count_job = Job("count", work)
+        job = self._count_job = Job("count", work, owner=self)
         job.done.connect(
             lambda n: job is self._count_job and self._show_count(n, max_new, context_length)
         )

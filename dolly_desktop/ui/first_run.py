@@ -109,7 +109,7 @@ class FirstRunPanel(QFrame):
                 cancel=cancel,
             )
 
-        job = self.job = Job(f"Downloading {v.model} {v.precision.value}", work)
+        job = self.job = Job(f"Downloading {v.model} {v.precision.value}", work, owner=self)
         job.progress.connect(self._show_progress)
         job.done.connect(lambda m: self.installed.emit(str(m.path)))
         job.failed.connect(lambda msg: self.message.setText(f"The download failed: {msg}"))

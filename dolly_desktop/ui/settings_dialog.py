@@ -227,7 +227,7 @@ class SettingsDialog(QDialog):
                 return False
             return True
 
-        job = self._hub_job = Job("Hub catalog", work)
+        job = self._hub_job = Job("Hub catalog", work, owner=self)
         job.done.connect(lambda fresh: fresh and self.refresh())
         job.start()
 
@@ -242,7 +242,9 @@ class SettingsDialog(QDialog):
 
         url, key = self.remote_url.text().strip(), self.remote_key.text().strip()
         self.remote_status.setText(f"Asking {url}…")
-        self._tester = Job("Test", lambda _emit, _cancel: RemoteEngine.test(url, key or None))
+        self._tester = Job(
+            "Test", lambda _emit, _cancel: RemoteEngine.test(url, key or None), owner=self
+        )
         self._tester.done.connect(self.remote_status.setText)
         self._tester.failed.connect(self.remote_status.setText)
         self._tester.start()
@@ -411,7 +413,7 @@ class SettingsDialog(QDialog):
 
     # ---- jobs -------------------------------------------------------------------------
     def _run(self, title: str, fn, on_cancel=None) -> None:
-        job = Job(title, fn, on_cancel)
+        job = Job(title, fn, on_cancel, owner=self)
         self.job = job
         job.progress.connect(lambda stage, frac: self._show_job(job, stage, frac))
         job.done.connect(lambda _r: self._say(f"{title}: done."))
