@@ -30,7 +30,13 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MADV_DONTNEED = 4
+# MADV_PAGEOUT (Linux 5.4+), never MADV_DONTNEED: the ranges come from a snapshot of
+# /proc/self/maps, and by the time madvise runs another thread may have unmapped the weights and
+# malloc put fresh memory at that address. DONTNEED zeroes private anonymous memory (a segfault
+# in the tokenizer or the first inference, 1 in 3 runs of tests/test_engine_stress.py); PAGEOUT
+# only reclaims: clean file pages come back from the file, anonymous ones stay (no swap here) or
+# go to swap. docs/segfault.md has the reproduction.
+MADV_PAGEOUT = 21
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
@@ -58,12 +64,17 @@ def release_mapped_files(files: list[Path]) -> int:
     from the address ranges (resident or not)."""
     if not sys.platform.startswith("linux"):
         return 0
+    return release_ranges(mapped_ranges({str(f.resolve()) for f in files}))
+
+
+def release_ranges(ranges: list[tuple[int, int]]) -> int:
+    """Reclaim the pages of these address ranges, whatever is mapped there now (see
+    MADV_PAGEOUT): harmless to memory that replaced the weights meanwhile."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    names = {str(f.resolve()) for f in files}
     released = 0
-    for start, end in mapped_ranges(names):
-        if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+    for start, end in ranges:
+        if libc.madvise(start, end - start, MADV_PAGEOUT) == 0:
             released += end - start
         else:
             log.debug("madvise failed on %x-%x: errno %d", start, end, ctypes.get_errno())
