@@ -345,3 +345,18 @@ def test_remove_partial_touches_nothing_but_a_partial_download(
     assert store.partial_downloads() == [] and [m.label for m in store.list()] == [
         "dolly-v2-3b/INT8"
     ]
+
+
+def test_remove_partial_through_a_downloads_link_deletes_nothing_outside(store, tmp_path):
+    # `.downloads` a link to a folder elsewhere that holds a folder of the partial's name.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / INT4_REPO.replace("/", "--")).mkdir(parents=True)
+    (elsewhere / INT4_REPO.replace("/", "--") / "keep.txt").write_text("mine")
+    store.root.mkdir(parents=True)
+    (store.root / ".downloads").symlink_to(elsewhere)
+    before = tree(tmp_path)
+    p = run("remove", INT4_REPO, "--partial", "--store", str(store.root))
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "is not inside" in lines[0] and "refusing to delete or write it." in lines[0]
+    assert tree(tmp_path) == before

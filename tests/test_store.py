@@ -223,6 +223,54 @@ def test_partial_download_names_are_repo_ids_only(store, tmp_path):
     assert not kept.exists() and (store.root / "tiny" / "INT4").is_dir()
 
 
+def test_a_downloads_folder_that_leads_outside_the_store_is_never_emptied(store, tmp_path):
+    # `.downloads` a link to elsewhere: `models remove --partial` once deleted a folder there.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "OpenVINO--dolly-v2-3b-int4-ov").mkdir(parents=True)
+    (elsewhere / "OpenVINO--dolly-v2-3b-int4-ov" / "keep.txt").write_text("mine")
+    store.root.mkdir(parents=True)
+    (store.root / ".downloads").symlink_to(elsewhere)
+    # and a partial folder that is itself a link, to a model inside the store
+    (store.root / "tiny" / "INT4").mkdir(parents=True)
+    (elsewhere / "OpenVINO--dolly-v2-3b-int8-ov").symlink_to(store.root / "tiny")
+    before = tree(tmp_path)
+    with pytest.raises(DollyError, match=r"is not inside .*: refusing to delete or write it\.$"):
+        store.discard_partial("OpenVINO/dolly-v2-3b-int4-ov")
+    with pytest.raises(DollyError, match=r"is not inside .*: refusing to delete or write it\.$"):
+        store.download("dolly-v2-3b", "INT4", endpoint="http://127.0.0.1:9")
+    (store.root / ".downloads").unlink()
+    (store.root / ".downloads").mkdir()
+    (store.root / ".downloads" / "OpenVINO--dolly-v2-3b-int8-ov").symlink_to(store.root / "tiny")
+    before = tree(tmp_path)
+    with pytest.raises(DollyError, match=r"is a link, not a partial download: refusing to use it"):
+        store.discard_partial("OpenVINO/dolly-v2-3b-int8-ov")
+    assert tree(tmp_path) == before
+
+
+def test_cleanup_never_follows_a_link_out_of_the_store(store, tiny_models, tmp_path, caplog):
+    # A model folder that is a link to elsewhere: start-up cleanup once deleted the staging-like
+    # folders it found there.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / ".INT4.partial-abc" / "inner").mkdir(parents=True)
+    (elsewhere / ".INT4.partial-abc" / "inner" / "keep.txt").write_text("mine")
+    (tmp_path / "other" / ".x.partial-1").mkdir(parents=True)
+    store.root.mkdir(parents=True)
+    (store.root / "linked").symlink_to(elsewhere)
+    (store.root / ".y.partial-link").symlink_to(tmp_path / "other")
+    (store.root / "tiny" / ".INT8.partial-link").mkdir(parents=True)
+
+    def outside() -> dict:
+        return {p: v for p, v in tree(tmp_path).items() if p.split("/")[0] != "models"}
+
+    before = outside()
+    with caplog.at_level("WARNING"):
+        store.cleanup()
+    assert outside() == before
+    assert (store.root / "linked").is_symlink() and not (store.root / "tiny").exists()
+    skipped = [r.getMessage() for r in caplog.records if "cleanup skipped" in r.getMessage()]
+    assert len(skipped) == 2 and all(len(m.splitlines()) == 1 for m in skipped), skipped
+
+
 def test_cleanup_removes_what_a_killed_job_left(store, tiny_models):
     store.import_folder(tiny_models["INT4"], name="tiny")
     stale = store.root / "tiny" / ".INT8.partial-abc123"

@@ -22,7 +22,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from dolly_desktop import paths
-from dolly_desktop.atomic import remove_stale_staging, staged_folder
+from dolly_desktop.atomic import staged_folder
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models import names
 from dolly_desktop.models.cancel import Progress, raise_if_cancelled
@@ -157,8 +157,15 @@ class Store:
         return names.model_name_like(base)
 
     def _partial_dir(self, repo_id: str) -> Path:
+        """Where a partial download of `repo_id` is kept: refused unless it is (symlinks
+        followed) inside `.downloads` and inside the store's real path, so that neither a
+        `.downloads` nor a partial folder that is a link to elsewhere is ever written or
+        deleted."""
         downloads = self.root / DOWNLOADS
-        return names.inside(downloads, downloads / names.partial_folder(repo_id))
+        folder = downloads / names.partial_folder(repo_id)
+        if folder.is_symlink():
+            raise DollyError(f"{folder} is a link, not a partial download: refusing to use it.")
+        return names.inside(self.root, names.inside(downloads, folder))
 
     # -- what is installed ------------------------------------------------------------------
 
@@ -239,14 +246,34 @@ class Store:
         log.info("removed %s", path)
 
     def cleanup(self) -> None:
-        """Remove staging folders left by a job that was killed (call at start-up)."""
+        """Remove staging folders left by a job that was killed (call at start-up).
+
+        Only real folders inside the store's real path: a model folder (or a staging name) that
+        is a link to elsewhere is skipped with one line in the log, never followed."""
         if not self.root.is_dir():
             return
-        remove_stale_staging(self.root)
-        for family in self.root.iterdir():
-            if family.is_dir() and not family.name.startswith("."):
-                remove_stale_staging(family)
-                self._drop_if_empty(family)
+        for parent in [self.root, *sorted(self.root.iterdir())]:
+            if parent != self.root and (parent.name.startswith(".") or not parent.is_dir()):
+                continue
+            if parent != self.root and not self._really_inside(parent):
+                continue
+            for stale in sorted(parent.glob(".*.partial-*")):
+                if self._really_inside(stale):
+                    shutil.rmtree(stale, ignore_errors=True)
+            if parent != self.root:
+                self._drop_if_empty(parent)
+
+    def _really_inside(self, path: Path) -> bool:
+        """`path` is no link and resolves inside the store's real path; else one log line."""
+        try:
+            if not path.is_symlink():
+                names.inside(self.root, path)
+                return True
+            why = "it is a link"
+        except DollyError:
+            why = "it leads outside the store"
+        log.warning("cleanup skipped %s: %s (%s)", path, why, self.root.resolve())
+        return False
 
     @staticmethod
     def _drop_if_empty(folder: Path) -> None:
@@ -452,7 +479,7 @@ class Store:
         check_disk(self.root, export_disk_bytes(fp16, precision), what, keep_free=keep_free)
         dest.parent.mkdir(parents=True, exist_ok=True)
         # export_checkpoint stages its own folder and an FP16 temp beside its destination: give
-        # it a private work folder named like staging, so one remove_stale_staging() of the
+        # it a private work folder named like staging, so one cleanup() of the
         # model's folder clears everything if this process is killed.
         work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-export-", dir=dest.parent))
         try:
