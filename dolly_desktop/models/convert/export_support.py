@@ -35,14 +35,17 @@ def available() -> bool:
     )
 
 
+# The locked set with the extra (scripts/lock): adding it changes no run-time package.
+LOCKED = _ROOT / "requirements" / "export.txt"
+
+
 def pip_command() -> list[str] | None:
     """The pip call that adds the extra to this environment; None in a bundle (no pip)."""
     if getattr(sys, "frozen", False):
         return None
-    here = _ROOT / "pyproject.toml"  # absent for an installed wheel
-    spec = f"{_ROOT}[export]" if here.exists() else "dolly-desktop[export]"
-    editable = ["-e"] if here.exists() else []
-    return [sys.executable, "-m", "pip", "install", *editable, spec]
+    if LOCKED.is_file():  # a source checkout, as ./run-app sets up
+        return [sys.executable, "-m", "pip", "install", "--require-hashes", "-r", str(LOCKED)]
+    return [sys.executable, "-m", "pip", "install", "dolly-desktop[export]"]  # a wheel: no lock
 
 
 def how_to_install() -> str:
