@@ -79,10 +79,15 @@ def test_the_longest_answer_fits_the_budget():
     assert longest_answer(PERSON, 1000) > 4 * longest_answer(PERSON, 40)
 
 
-def test_a_schema_that_cannot_fit_gets_its_tightest_bounds():
+def test_a_schema_that_cannot_fit_its_budget_is_refused():
     schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 50}},
               "required": ["s"]}  # fmt: skip
-    assert longest_answer(schema, 20) > 19  # the schema's own minimum: cut at max_tokens
+    with pytest.raises(SchemaError, match="raise max_tokens"):
+        json_grammar(schema, 20)  # its own minimum: it would be cut at max_tokens
+    assert longest_answer(schema, 250) <= 249
+    with pytest.raises(SchemaError, match="raise max_tokens"):
+        json_grammar(None, 2)  # json_object: "{}" and the end of text need 3
+    assert json_grammar(None, 3)
 
 
 @pytest.mark.parametrize(

@@ -331,12 +331,26 @@ class BatchingEngine(EngineBase):
                 error = DollyError(f"Generation failed on {self.device}: {first_line(e)}")
                 error.__cause__ = e
                 log.error("a batch step failed", exc_info=e)
-                for req in self._running:
+                for req in list(self._running):  # _fail takes each out of the list
                     self._fail(req, error)
-                self._running = []
+                self._clear()
                 continue
             for req in list(self._running):
                 self._collect(req)
+
+    def _clear(self) -> None:
+        """After a failed step: the requests of that step are cancelled, and genai drops them
+        at the next step, but only at a step that adds nothing (with a new request added,
+        genai retries the failed request's work first, fails again, and from then on every
+        step fails: "already in scheduling phase"). So step until they are gone before any
+        new request joins."""
+        for _ in range(3):
+            if not self.pipe.has_non_finished_requests():
+                return
+            try:
+                self.pipe.step()
+            except RuntimeError as e:
+                log.error("a batch step failed again while clearing the batch", exc_info=e)
 
     def _start(self, req: _Request) -> None:
         if req.cancel.is_set():  # cancelled before it was added

@@ -16,16 +16,34 @@ chosen, as generous as the token budget allows, so that the longest answer the g
 still fits: the answer always closes, so it parses and validates against the schema. A
 tighter answer than the schema requires is still a valid one.
 
-Supported: type (one or a list), properties, required, items, min/maxItems, min/maxLength,
-min/maxProperties on free-form objects, enum, const, anyOf, oneOf, allOf of one schema, $ref
-into $defs/definitions, integer ranges of up to 1,000 values or a minimum of 0 or 1, number
-with a minimum of 0. Annotations (title, description, default, format, ...) are ignored, as a
-validator does by default. Anything else that restricts values is refused in one sentence.
+Supported: type (one or a list), properties, required (names), additionalProperties (false,
+or a schema for the values of a free-form object), items, min/maxItems, min/maxLength,
+min/maxProperties on free-form objects, enum and const (beside `type` at most), anyOf, oneOf
+of branches that cannot overlap (different types, or different constants), allOf of one
+schema, $ref into $defs/definitions (each alone, beside annotations only), integer ranges of
+up to 1,000 values or a minimum of 0 or 1 or a maximum of 0 or -1, number with a minimum of 0
+or below (or any integer range). Annotations (title, description, default, format, ...) are
+ignored, as a validator does by default. Anything else that restricts values, any keyword of
+the wrong kind, and any budget too small for the schema's shortest guarantee is refused in
+one sentence (SchemaError): what is accepted always closes within the budget and validates.
+
+Limits. xgrammar (inside openvino-genai, which compiles this EBNF natively, on the batching
+scheduler's thread) slows down and grows with the grammar, and crashes the process on deep
+nesting: measured on the tiny model (2 cores), a 66 KB grammar compiles in 0.2 s (+21 MB),
+266 KB in 2.4 s (+160 MB), 532 KB in 11 s (+572 MB), 1 MB in 34 s (+2.2 GB); 10,000 nested
+parentheses compile, 50,000 kill the process (SIGSEGV in the EBNF parser). A schema's
+$refs are expanded where they are used, so a 2 KB schema of definitions that each refer twice
+to the next doubles per level (14 levels: 1 MB). So a schema is refused past MAX_SCHEMA_BYTES,
+MAX_DEPTH levels of nesting (through $refs), MAX_NODES subschemas after expanding $refs,
+MAX_ENUM values in an enum, and MAX_GRAMMAR_BYTES of grammar, and the build stops after
+MAX_BUILD_S: every accepted grammar compiles in well under a second.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +55,12 @@ BYTES_PER_CHAR = 4
 FRACTION_DIGITS = 3
 FREE_DEPTH = 2  # nesting of free-form values (json_object): an object in an object at most
 MAX_ENUMERATED = 1000  # integer ranges up to this many values are listed as alternatives
+MAX_SCHEMA_BYTES = 32 * 1024  # the schema as compact JSON
+MAX_DEPTH = 32  # schemas within schemas, $refs followed
+MAX_NODES = 2000  # subschemas built, each $ref counted where it is used
+MAX_ENUM = 1000  # values in one enum
+MAX_GRAMMAR_BYTES = 64 * 1024  # 0.2 s and ~20 MB for xgrammar to compile (see above)
+MAX_BUILD_S = 2.0  # building the grammar, every rung of the LADDER together
 
 
 @dataclass(frozen=True)
@@ -59,14 +83,19 @@ LADDER = [
 
 IGNORED = {
     "title", "description", "default", "examples", "$schema", "$id", "$comment", "format",
-    "deprecated", "readOnly", "writeOnly", "additionalProperties", "$defs", "definitions",
+    "deprecated", "readOnly", "writeOnly", "$defs", "definitions",
     "contentEncoding", "contentMediaType", "strict",
 }  # fmt: skip
 HANDLED = {
     "type", "properties", "required", "items", "minItems", "maxItems", "minLength",
     "maxLength", "minProperties", "maxProperties", "enum", "const", "anyOf", "oneOf", "allOf",
-    "$ref", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "$ref", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "additionalProperties",
 }  # fmt: skip
+TYPES = {"object", "array", "string", "integer", "number", "boolean", "null"}
+# Keywords that stand alone: a restricting keyword beside them would be ignored by the grammar
+# (enum and const take a `type` beside them: the values of other types are left out).
+ALONE = {"$ref": set(), "anyOf": set(), "oneOf": set(), "allOf": set(), "enum": {"type"},
+         "const": {"type"}}  # fmt: skip
 CHAR = r'[^"\\\x00-\x1f] | "\\" ["\\/bfnrt]'
 
 
@@ -112,19 +141,46 @@ def repeat(item: Expr, low: int, high: int, sep: str = "") -> Expr:
 
 
 class _Builder:
-    def __init__(self, root: dict[str, Any], bounds: Bounds) -> None:
+    def __init__(self, root: dict[str, Any], bounds: Bounds, deadline: float) -> None:
         self.root = root
         self.chars = bounds.chars
         self.items = bounds.items
         self.bounds = bounds
+        self.deadline = deadline
         self.rules: dict[str, str] = {}
         self.refs: list[str] = []  # $refs being expanded: a cycle is refused
+        self.nodes = 0
+        self.depth = 0
 
     def grammar(self, top: Expr) -> str:
         lines = [f"root ::= {top.text}", f"char ::= {CHAR}"]
         return "\n".join(lines + [f"{k} ::= {v}" for k, v in self.rules.items()]) + "\n"
 
     def value(self, schema: Any, where: str) -> Expr:
+        """The grammar for `schema`, within the limits on nodes, depth, size and time."""
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise SchemaError(
+                f"The schema expands to more than {MAX_NODES} subschemas (each $ref counted "
+                "where it is used); simplify it."
+            )
+        if time.monotonic() > self.deadline:
+            raise SchemaError(f"The schema took over {MAX_BUILD_S:g} s to turn into a grammar; "
+                              "simplify it.")  # fmt: skip
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise SchemaError(f"The schema nests deeper than {MAX_DEPTH} levels (at {where}, "
+                                  "$refs followed).")  # fmt: skip
+            expr = self._value(schema, where)
+        finally:
+            self.depth -= 1
+        if len(expr.text) > MAX_GRAMMAR_BYTES:
+            raise SchemaError(f"The schema's grammar is over {MAX_GRAMMAR_BYTES >> 10} KB (at "
+                              f"{where}); simplify it.")  # fmt: skip
+        return expr
+
+    def _value(self, schema: Any, where: str) -> Expr:
         if schema is True or schema == {}:
             return self.free(FREE_DEPTH, where)
         if not isinstance(schema, dict):
@@ -132,35 +188,101 @@ class _Builder:
         unknown = sorted(set(schema) - HANDLED - IGNORED)
         if unknown:
             raise SchemaError(f"The schema keyword {unknown[0]!r} (at {where}) is not supported.")
+        for key, beside in ALONE.items():
+            if key in schema:
+                others = sorted(set(schema) & HANDLED - {key} - beside)
+                if others:
+                    raise SchemaError(
+                        f"{others[0]!r} beside {key!r} (at {where}) is not supported: "
+                        "the answer could not be held to both."
+                    )
         if "$ref" in schema:
             return self.ref(schema["$ref"], where)
-        if "const" in schema:
-            return literal(schema["const"])
-        if "enum" in schema:
-            if not isinstance(schema["enum"], list) or not schema["enum"]:
-                raise SchemaError(f"enum (at {where}) must be a non-empty list.")
-            return alternatives([literal(v) for v in schema["enum"]])
+        if "const" in schema or "enum" in schema:
+            return self.constants(schema, where)
         for key in ("anyOf", "oneOf"):
             if key in schema:
+                branches = _schemas(schema[key], key, where)
+                if key == "oneOf":
+                    self.disjoint(branches, where)
                 return alternatives(
-                    [self.value(s, f"{where}.{key}[{i}]") for i, s in enumerate(schema[key])]
+                    [self.value(s, f"{where}.{key}[{i}]") for i, s in enumerate(branches)]
                 )
         if "allOf" in schema:
-            if len(schema["allOf"]) != 1:
+            branches = _schemas(schema["allOf"], "allOf", where)
+            if len(branches) != 1:
                 raise SchemaError(f"allOf (at {where}) must hold one schema.")
-            return self.value(schema["allOf"][0], f"{where}.allOf[0]")
-        kinds = schema.get("type")
+            return self.value(branches[0], f"{where}.allOf[0]")
+        kinds = _types(schema, where)
         if kinds is None:
-            kinds = (
-                "object" if "properties" in schema
-                else "array" if "items" in schema
-                else None
-            )  # fmt: skip
-            if kinds is None:
-                return self.free(FREE_DEPTH, where)
-        if isinstance(kinds, list):
-            return alternatives([self.typed(k, schema, where) for k in kinds])
-        return self.typed(kinds, schema, where)
+            return self.free(FREE_DEPTH, where)
+        return alternatives([self.typed(k, schema, where) for k in kinds])
+
+    def constants(self, schema: dict[str, Any], where: str) -> Expr:
+        """const or enum, beside a `type` at most: the values of that type."""
+        if "const" in schema and "enum" in schema:
+            raise SchemaError(f"'const' beside 'enum' (at {where}) is not supported.")
+        if "const" in schema:
+            values = [schema["const"]]
+        else:
+            values = schema["enum"]
+            if not isinstance(values, list) or not values:
+                raise SchemaError(f"enum (at {where}) must be a non-empty list.")
+            if len(values) > MAX_ENUM:
+                raise SchemaError(f"enum (at {where}) has {len(values)} values; the limit is "
+                                  f"{MAX_ENUM}.")  # fmt: skip
+        kinds = _types(schema, where)
+        if kinds is not None:
+            values = [v for v in values if any(_is(v, k) for k in kinds)]
+            if not values:
+                raise SchemaError(f"No value of enum or const (at {where}) is of its type.")
+        return alternatives([_literal(v, where) for v in values])
+
+    def disjoint(self, branches: list[Any], where: str) -> None:
+        """oneOf means exactly one branch: refused unless no answer can match two."""
+        seen: list[tuple[int, set[str] | None, set[str] | None]] = []
+        for i, branch in enumerate(branches):
+            kinds, values = self.shape(branch, 0)
+            for j, other_kinds, other_values in seen:
+                apart = (
+                    kinds is not None and other_kinds is not None and not kinds & other_kinds
+                ) or (values is not None and other_values is not None and not values & other_values)
+                if not apart:
+                    raise SchemaError(
+                        f"oneOf (at {where}): branches {j} and {i} may both match one answer; "
+                        "only branches of different types or different constants are "
+                        "supported (anyOf allows overlap)."
+                    )
+            seen.append((i, kinds, values))
+
+    def shape(self, schema: Any, hops: int) -> tuple[set[str] | None, set[str] | None]:
+        """The JSON types a schema's values may have (integer counted as number), and the
+        values themselves when it is a const or enum; None for "any"."""
+        if not isinstance(schema, dict) or hops > MAX_DEPTH:
+            return None, None
+        if isinstance(schema.get("$ref"), str):
+            return self.shape(self.target(schema["$ref"], "oneOf"), hops + 1)
+        values: list[Any] | None = None
+        if "const" in schema:
+            values = [schema["const"]]
+        elif isinstance(schema.get("enum"), list):
+            values = schema["enum"]
+        if values is not None:
+            keys = {_canonical(v) for v in values}
+            return {_kind(v) for v in values}, keys
+        for key in ("anyOf", "oneOf", "allOf"):
+            if isinstance(schema.get(key), list) and schema[key]:
+                parts = [self.shape(s, hops + 1)[0] for s in schema[key]]
+                if any(p is None for p in parts):
+                    return None, None
+                return set().union(*parts), None  # type: ignore[arg-type]
+        try:
+            kinds = _types(schema, "oneOf")
+        except SchemaError:
+            return None, None
+        if kinds is None:
+            return None, None
+        return {"number" if k == "integer" else k for k in kinds}, None
 
     def typed(self, kind: str, schema: dict[str, Any], where: str) -> Expr:
         if kind == "object":
@@ -168,92 +290,134 @@ class _Builder:
         if kind == "array":
             return self.array(schema, where)
         if kind == "string":
-            return self.string(schema.get("minLength", 0), schema.get("maxLength"), where)
+            low, high = _count(schema, "minLength", "maxLength", self.chars, where)
+            return self.string(low, high)
         if kind == "integer":
             return self.integer(schema, where)
         if kind == "number":
             return self.number(schema, where)
         if kind == "boolean":
             return Expr('("true" | "false")', 5)
-        if kind == "null":
-            return Expr('"null"', 4)
-        raise SchemaError(f"The type {kind!r} (at {where}) is not a JSON Schema type.")
+        return Expr('"null"', 4)
 
-    def ref(self, ref: Any, where: str) -> Expr:
+    def target(self, ref: Any, where: str) -> Any:
         parts = ref.split("/") if isinstance(ref, str) else []
         if len(parts) != 3 or parts[0] != "#" or parts[1] not in ("$defs", "definitions"):
-            raise SchemaError(f"$ref (at {where}) must point into #/$defs; got {ref!r}.")
-        target = self.root.get(parts[1], {}).get(parts[2])
+            raise SchemaError(f"$ref (at {where}) must point into #/$defs; got {ref!r:.80}.")
+        defs = self.root.get(parts[1], {})
+        if not isinstance(defs, dict):
+            raise SchemaError(f"{parts[1]} must be an object of named schemas.")
+        target = defs.get(parts[2])
         if target is None:
-            raise SchemaError(f"$ref {ref!r} (at {where}) names no definition.")
+            raise SchemaError(f"$ref {ref!r:.80} (at {where}) names no definition.")
+        return target
+
+    def ref(self, ref: Any, where: str) -> Expr:
+        target = self.target(ref, where)
         if ref in self.refs:
-            raise SchemaError(f"$ref {ref!r} (at {where}) is recursive; that is not supported.")
+            raise SchemaError(f"$ref {ref!r:.80} (at {where}) is recursive; that is not "
+                              "supported.")  # fmt: skip
         self.refs.append(ref)
         try:
             return self.value(target, ref)
         finally:
             self.refs.pop()
 
-    def string(self, low: Any, high: Any, where: str) -> Expr:
-        if not isinstance(low, int) or (high is not None and not isinstance(high, int)):
-            raise SchemaError(f"minLength and maxLength (at {where}) must be whole numbers.")
-        top = high if high is not None else max(self.chars, low)
-        if top < low:
-            raise SchemaError(f"maxLength is below minLength (at {where}).")
-        if top == 0:
+    def string(self, low: int, high: int) -> Expr:
+        if high == 0:
             return Expr('"\\"\\""', 2)
-        body = f"char{{{low},{top}}}"
-        return Expr(f'("\\"" {body} "\\"")', 2 + BYTES_PER_CHAR * top)
+        body = f"char{{{low},{high}}}"
+        return Expr(f'("\\"" {body} "\\"")', 2 + BYTES_PER_CHAR * high)
 
     def integer(self, schema: dict[str, Any], where: str) -> Expr:
-        low, high = _bounds(schema, where, integer=True)
+        low, high = _bounds(schema, where)
         if low is not None and high is not None:
             if high < low:
                 raise SchemaError(f"No integer fits the bounds at {where}.")
             if high - low + 1 <= MAX_ENUMERATED:
                 return alternatives([literal(i) for i in range(low, high + 1)])
+        n = self.bounds.digits
+        positive = f"([1-9] [0-9]{{0,{n - 1}}})" if n > 1 else "[1-9]"
         if high is None and low in (None, 0, 1):
-            n = self.bounds.digits
-            positive = f"([1-9] [0-9]{{0,{n - 1}}})" if n > 1 else "[1-9]"
             if low == 1:
                 return Expr(positive, n)
             sign = '"-"? ' if low is None else ""
             return Expr(f'({sign}("0" | {positive}))', n + (low is None))
+        if low is None and high in (0, -1):
+            if high == -1:
+                return Expr(f'("-" {positive})', n + 1)
+            return Expr(f'("0" | "-" {positive})', n + 1)
         raise SchemaError(
             f"Integer bounds (at {where}) must be a range of at most {MAX_ENUMERATED} values, "
-            "or a minimum of 0 or 1."
+            "a minimum of 0 or 1, or a maximum of 0 or -1."
         )
 
     def number(self, schema: dict[str, Any], where: str) -> Expr:
-        low, high = _bounds(schema, where, integer=False)
-        if high is not None or low not in (None, 0):
-            raise SchemaError(f"Number bounds (at {where}) other than a minimum of 0 are not "
-                              "supported.")  # fmt: skip
-        whole = self.integer({"minimum": low} if low is not None else {}, where)
-        fraction = f'("." [0-9]{{1,{FRACTION_DIGITS}}})?'
-        return Expr(f"({whole.text} {fraction})", whole.size + 1 + FRACTION_DIGITS)
+        _bounds(schema, where)  # checks that every bound is a finite number
+        if not {"maximum", "exclusiveMinimum", "exclusiveMaximum"} & set(schema) and (
+            "minimum" not in schema or schema["minimum"] <= 0
+        ):
+            # Non-negative numbers satisfy any minimum at or below 0.
+            whole = self.integer({} if "minimum" not in schema else {"minimum": 0}, where)
+            fraction = f'("." [0-9]{{1,{FRACTION_DIGITS}}})?'
+            return Expr(f"({whole.text} {fraction})", whole.size + 1 + FRACTION_DIGITS)
+        # Other bounds: the whole numbers within them, which are numbers too.
+        try:
+            return self.integer(schema, where)
+        except SchemaError:
+            raise SchemaError(
+                f"Number bounds (at {where}) must be a minimum of 0 or below, or hold a range "
+                f"of at most {MAX_ENUMERATED} whole numbers, or a minimum of 0 or 1, or a "
+                "maximum of 0 or -1."
+            ) from None
 
     def array(self, schema: dict[str, Any], where: str) -> Expr:
         low, high = _count(schema, "minItems", "maxItems", self.items, where)
-        item = self.value(schema.get("items", {}), f"{where}.items")
+        items = schema.get("items", {})
+        if items is False:
+            raise SchemaError(f"items: false (at {where}) is not supported.")
+        item = self.value(items, f"{where}.items")
         inner = repeat(item, low, high, ",")
         return Expr(f'("[" {inner.text} "]")', 2 + inner.size)
 
     def obj(self, schema: dict[str, Any], where: str) -> Expr:
-        props = schema.get("properties") or {}
+        props = schema.get("properties", {})
         required = schema.get("required", [])
-        if not isinstance(props, dict) or not isinstance(required, list):
-            raise SchemaError(f"properties and required (at {where}) must be an object and a list.")
+        if not isinstance(props, dict):
+            raise SchemaError(f"properties (at {where}) must be an object of schemas.")
+        if not isinstance(required, list) or not all(isinstance(n, str) for n in required):
+            raise SchemaError(f"required (at {where}) must be a list of property names.")
         extra = schema.get("additionalProperties", True)
+        if not isinstance(extra, (bool, dict)):
+            raise SchemaError(f"additionalProperties (at {where}) must be true, false or a "
+                              "schema.")  # fmt: skip
+        low, high = _count(schema, "minProperties", "maxProperties", self.items, where)
         if not props and not required:
-            values = extra if isinstance(extra, dict) else {}
-            return self.free_object(schema, values, FREE_DEPTH, where)
-        members = {name: props.get(name, {}) for name in [*required, *props]}
-        if len([n for n in members if n in required]) < schema.get("minProperties", 0):
+            if extra is False:  # only {} has no properties at all
+                if low > 0:
+                    raise SchemaError(f"minProperties (at {where}) with no properties allowed.")
+                return Expr('"{}"', 2)
+            return self.free_object(low, high, extra if isinstance(extra, dict) else {},
+                                    FREE_DEPTH, where)  # fmt: skip
+        for name in required:
+            if name not in props and extra is False:
+                raise SchemaError(f"required {name!r:.40} (at {where}) is not among the "
+                                  "properties, and additionalProperties is false.")  # fmt: skip
+        members = {
+            name: props.get(name, extra if isinstance(extra, dict) else {})
+            for name in [*required, *props]
+        }
+        needed_count = len([n for n in members if n in required])
+        if needed_count < low:
             raise SchemaError(f"minProperties (at {where}) above the required properties is "
                               "not supported.")  # fmt: skip
+        if "maxProperties" in schema and high < len(members):
+            raise SchemaError(f"maxProperties (at {where}) below the number of properties is "
+                              "not supported.")  # fmt: skip
         pairs = {
-            name: sequence([literal(name), Expr('":"', 1), self.value(s, f"{where}.{name}")])
+            name: sequence(
+                [_literal(name, where), Expr('":"', 1), self.value(s, f"{where}.{name:.40}")]
+            )
             for name, s in members.items()
         }
         needed = [pairs[n] for n in members if n in required]
@@ -284,59 +448,128 @@ class _Builder:
     def free(self, depth: int, where: str) -> Expr:
         """Any JSON value, nested at most `depth` deep."""
         number = self.number({}, where)
-        scalars = [self.string(0, None, where), number, Expr('("true" | "false" | "null")', 5)]
+        scalars = [self.string(0, self.chars), number, Expr('("true" | "false" | "null")', 5)]
         if depth == 0:
             return alternatives(scalars)
         inner = self.free(depth - 1, where)
         array = repeat(inner, 0, self.items, ",")
         containers = [
-            self.free_object({}, {}, depth - 1, where),
+            self.free_object(0, self.items, {}, depth - 1, where),
             Expr(f'("[" {array.text} "]")', 2 + array.size),
         ]
         return alternatives(scalars + containers)
 
-    def free_object(self, schema: dict[str, Any], values: Any, depth: int, where: str) -> Expr:
-        low, high = _count(schema, "minProperties", "maxProperties", self.items, where)
+    def free_object(self, low: int, high: int, values: Any, depth: int, where: str) -> Expr:
         value = self.value(values, f"{where}.additionalProperties") if values else (
             self.free(depth, where)
         )  # fmt: skip
-        member = sequence([self.string(1, None, where), Expr('":"', 1), value])
+        member = sequence([self.string(1, max(self.chars, 1)), Expr('":"', 1), value])
         # Keys may repeat: JSON allows it and a validator sees the last one; each value is valid.
         inner = repeat(member, low, high, ",")
         return Expr(f'("{{" {inner.text} "}}")', 2 + inner.size)
 
 
-def _bounds(schema: dict[str, Any], where: str, integer: bool) -> tuple[Any, Any]:
-    """Inclusive integer bounds (exclusive ones moved in by one), or None."""
-    low, high = schema.get("minimum"), schema.get("maximum")
-    if "exclusiveMinimum" in schema:
-        low = schema["exclusiveMinimum"] + 1 if integer else None
-    if "exclusiveMaximum" in schema:
-        high = schema["exclusiveMaximum"] - 1 if integer else None
-    for b in (low, high):
-        if b is not None and (not isinstance(b, (int, float)) or isinstance(b, bool)):
-            raise SchemaError(f"minimum and maximum (at {where}) must be numbers.")
-    if integer:
-        low = None if low is None else int(-(-low // 1))  # ceil
-        high = None if high is None else int(high // 1)
-    return low, high
+def _literal(value: Any, where: str) -> Expr:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise SchemaError(f"A value (at {where}) is not finite (NaN or Infinity).") from None
+    return literal(value)
+
+
+def _schemas(value: Any, key: str, where: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise SchemaError(f"{key} (at {where}) must be a non-empty list of schemas.")
+    return value
+
+
+def _types(schema: dict[str, Any], where: str) -> list[str] | None:
+    """The schema's types (from `type`, or implied by properties or items); None for any."""
+    kinds = schema.get("type")
+    if kinds is None:
+        return ["object"] if "properties" in schema else ["array"] if "items" in schema else None
+    listed = kinds if isinstance(kinds, list) else [kinds]
+    if not listed:
+        raise SchemaError(f"type (at {where}) must name at least one type.")
+    for kind in listed:
+        if kind not in TYPES:
+            raise SchemaError(f"The type {kind!r:.40} (at {where}) is not a JSON Schema type.")
+    return list(dict.fromkeys(listed))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}[type(value)]
+
+
+def _is(value: Any, kind: str) -> bool:
+    """Whether a JSON value is of a JSON Schema type (1.0 is an integer, true is not)."""
+    actual = _kind(value)
+    if kind == "integer":
+        return actual == "number" and float(value).is_integer()
+    return actual == kind
+
+
+def _canonical(value: Any) -> str:
+    """Equal JSON values (as a validator compares them: 1 == 1.0) give equal strings."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{"
+            + ",".join(f"{json.dumps(k)}:{_canonical(v)}" for k, v in sorted(value.items()))
+            + "}"
+        )
+    return json.dumps(value)
+
+
+def _number(schema: dict[str, Any], key: str, where: str) -> float | int | None:
+    b = schema.get(key)
+    if b is None:
+        return None
+    if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b):
+        raise SchemaError(f"{key} (at {where}) must be a finite number.")
+    return b
+
+
+def _bounds(schema: dict[str, Any], where: str) -> tuple[int | None, int | None]:
+    """The inclusive whole-number bounds, exclusive ones moved in to the next whole number;
+    None where there is none."""
+    low, high = _number(schema, "minimum", where), _number(schema, "maximum", where)
+    xlow = _number(schema, "exclusiveMinimum", where)
+    xhigh = _number(schema, "exclusiveMaximum", where)
+    lows = [math.ceil(b) for b in (low,) if b is not None]
+    lows += [math.floor(b) + 1 for b in (xlow,) if b is not None]
+    highs = [math.floor(b) for b in (high,) if b is not None]
+    highs += [math.ceil(b) - 1 for b in (xhigh,) if b is not None]
+    return max(lows, default=None), min(highs, default=None)
 
 
 def _count(schema: dict[str, Any], lo: str, hi: str, default: int, where: str) -> tuple[int, int]:
+    """The schema's own count bounds, the upper one brought down to `default` where the
+    schema allows more (a shorter answer is as valid)."""
     low, high = schema.get(lo, 0), schema.get(hi)
-    if not isinstance(low, int) or (high is not None and not isinstance(high, int)):
-        raise SchemaError(f"{lo} and {hi} (at {where}) must be whole numbers.")
-    top = high if high is not None else max(default, low)
-    if top < low:
+    for key, b in ((lo, low), (hi, high)):
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 0):
+            raise SchemaError(f"{key} (at {where}) must be a whole number, 0 or more.")
+    if high is not None and high < low:
         raise SchemaError(f"{hi} is below {lo} (at {where}).")
-    return low, top
+    top = max(default, low)
+    return low, top if high is None else min(high, top)
 
 
 def json_grammar(schema: dict[str, Any] | None, budget_tokens: int) -> str:
     """The grammar for answers valid against `schema` (None: any JSON object), with bounds as
-    generous as fit in `budget_tokens`, one token kept for the end of text. If even the tightest
-    bounds do not fit (the schema's own minimums or maximums are too large), the tightest are
-    used and the answer may end at max_tokens, cut short."""
+    generous as fit in `budget_tokens`, one token kept for the end of text. A schema whose
+    answers do not fit even with the tightest bounds (its own minimums are too large for the
+    budget) is refused: every answer under the grammar closes, and validates."""
     builder, top = _fit(schema, budget_tokens)
     return builder.grammar(top)
 
@@ -350,9 +583,24 @@ def _fit(schema: dict[str, Any] | None, budget_tokens: int) -> tuple[_Builder, E
     top_schema = {"type": "object"} if schema is None else schema
     if not isinstance(top_schema, dict):
         raise SchemaError("The schema must be a JSON object.")
+    try:
+        size = len(json.dumps(top_schema, separators=(",", ":")))
+    except (ValueError, RecursionError):
+        raise SchemaError(f"The schema nests deeper than {MAX_DEPTH} levels.") from None
+    if size > MAX_SCHEMA_BYTES:
+        raise SchemaError(f"The schema is {size} bytes as compact JSON; the limit is "
+                          f"{MAX_SCHEMA_BYTES}.")  # fmt: skip
+    for key in ("$defs", "definitions"):
+        if key in top_schema and not isinstance(top_schema[key], dict):
+            raise SchemaError(f"{key} must be an object of named schemas.")
+    deadline = time.monotonic() + MAX_BUILD_S
     for bounds in LADDER:
-        builder = _Builder(top_schema, bounds)
+        builder = _Builder(top_schema, bounds, deadline)
         top = builder.value(top_schema, "the top")
         if top.size <= budget_tokens - 1:
-            break
-    return builder, top
+            return builder, top
+    raise SchemaError(
+        f"Answers to this schema can take {top.size + 1} tokens (with the end of text), more "
+        f"than the {budget_tokens} this request leaves for the answer: raise max_tokens, or "
+        "lower the schema's minimums."
+    )

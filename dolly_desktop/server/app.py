@@ -13,7 +13,11 @@ Choices a client should know (also in docs/remote.md):
 - Without `max_tokens` a response is at most GenerationParams' default (256 tokens).
 - `stop` strings apply to the response text: it is cut before the first one found.
 - `response_format` `json_object` or `json_schema`: the answer is compact JSON that follows
-  the schema and always closes within `max_tokens` (generation/structured.py).
+  the schema and always closes within `max_tokens` (generation/structured.py). A schema the
+  grammar cannot guarantee, one past the limits (size, depth, $ref expansion, enum length,
+  grammar size, build time), or a `max_tokens` too small for the schema's shortest answers
+  (`json_object` needs 3: `{}` and the end of text) is refused with 400, param
+  `response_format`. The grammar is built on a worker thread, never the event loop.
 
 `slots` requests are answered at once: 1 with the one-stream engine, the batch size with
 continuous batching (generation/batching.py). Up to `queue` more wait their turn, and any more
@@ -51,6 +55,7 @@ from dolly_desktop.generation.prompt import (
     build_prompt,
     room_after,
 )
+from dolly_desktop.generation.structured import MAX_BUILD_S
 from dolly_desktop.server import api
 from dolly_desktop.server.errors import ApiError, internal_error
 from dolly_desktop.server.guard import Guard, protocol_with_header_deadline
@@ -233,7 +238,7 @@ class OpenAIServer:
     ) -> Response:
         params = req.params()
         room = await self._room(prompt, field)
-        grammar = req.grammar(min(params.max_new_tokens, room))
+        grammar = await _grammar(req, min(params.max_new_tokens, room))
         reply = api.Reply(self.model_id, chat)
         assert self._gate is not None, "the app runs without its lifespan"
         job = self._gate.admit(reply.id, prompt, params, req.stops(), grammar)
@@ -328,6 +333,23 @@ def _as_prompt(text: str, passage: str, field: str) -> str:
         return build_prompt(text, passage)
     except DollyError as e:
         raise ApiError(400, str(e), "context" if "context" in str(e) else field) from e
+
+
+async def _grammar(req: api.GenerationRequest, budget: int) -> str | None:
+    """The request's grammar, built on a worker thread: a large schema takes up to
+    MAX_BUILD_S, and the event loop answers everyone else meanwhile."""
+    if req.response_format is None or req.response_format.type == "text":
+        return None
+    try:
+        async with asyncio.timeout(MAX_BUILD_S + 1):  # the build stops itself at MAX_BUILD_S
+            return await asyncio.to_thread(req.grammar, budget)
+    except TimeoutError:
+        raise ApiError(
+            400,
+            f"response_format: the schema took over {MAX_BUILD_S:g} s to turn into a grammar; "
+            "simplify it.",
+            "response_format",
+        ) from None
 
 
 async def _wait_unless_gone(request: Request, job: Job) -> tuple[str, Any]:
