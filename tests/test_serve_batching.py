@@ -3,12 +3,16 @@ answered exactly as alone; then the same through `dolly-desktop serve`."""
 
 from __future__ import annotations
 
+import random
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import openai
+import psutil
 import pytest
 from serving import Served, make_reference, serve_process, server_log
 
@@ -125,29 +129,44 @@ def test_cancel_drops_only_its_own_request(batch, engine):
         assert results[n].stop_reason is alone.stop_reason
 
 
-def test_the_kv_cache_default_follows_the_model_and_free_memory(tiny_fp16, tmp_path):
+def test_the_kv_cache_default_is_what_the_batch_can_use_and_no_more(tiny_fp16, tmp_path):
     import json
+
+    import openvino_genai as ov_genai
 
     from dolly_desktop.generation.batching import GIB, plan_kv_cache
     from dolly_desktop.models.folder import ModelDir, inspect_model_dir
 
     tiny = inspect_model_dir(tiny_fp16)
     small = plan_kv_cache(tiny, 4, {}, free_bytes=64 * GIB)
-    assert small.cache_gb == 1 and small.tokens >= 4 * tiny.context_length  # the floor
+    # Blocks of 32 tokens on the CPU: 4 contexts of 2048 tokens, not a whole GB (issue 23, 5).
+    assert (small.blocks, small.cache_gb, small.tokens) == (256, 0, 4 * tiny.context_length)
+    assert small.bytes == 4 * tiny.context_length * small.bytes_per_token
+    assert "4 full contexts" in small.reason and "KV cache 8.4 MB" in small.line()
+    scheduler = ov_genai.SchedulerConfig()
+    small.apply(scheduler)
+    assert (scheduler.num_kv_blocks, scheduler.cache_size) == (256, 0)
     # The export leaves an f16 KV cache in the IR, which OpenVINO applies: f32 is twice that.
     assert plan_kv_cache(tiny, 4, EXACT, free_bytes=64 * GIB).bytes_per_token == (
         small.bytes_per_token * 2
     )
+    assert plan_kv_cache(tiny, 4, {}, free_bytes=64 * GIB, device="GPU.0").blocks == 4 * 128
     (tmp_path / "config.json").write_text(
         json.dumps({"num_hidden_layers": 32, "hidden_size": 2560})
     )
     b3 = ModelDir(path=tmp_path, context_length=2048, has_ov_tokenizer=True, weights_bytes=0)
     # dolly-v2-3b at u8: 200 KiB a token; 8 contexts of 2048 tokens = 3.4 GB.
     plan = plan_kv_cache(b3, 8, {}, free_bytes=64 * GIB)
-    assert plan.cache_gb == 3 and plan.tokens >= 7 * 2048 and "8 full contexts" in plan.reason
+    assert plan.tokens == 8 * 2048 and "8 full contexts" in plan.reason
     tight = plan_kv_cache(b3, 8, {}, free_bytes=6 * GIB)  # a quarter of free memory at most
-    assert tight.cache_gb == 2 and "quarter" in tight.reason
-    assert plan_kv_cache(b3, 4, {}, cache_gb=5).cache_gb == 5
+    assert tight.bytes <= 1.5 * GIB < tight.bytes + 32 * tight.bytes_per_token
+    assert "quarter" in tight.reason
+    floor = plan_kv_cache(b3, 8, {}, free_bytes=GIB)  # never less than one full context
+    assert floor.tokens == 2048 and "one full context" in floor.reason
+    asked = plan_kv_cache(b3, 4, {}, cache_gb=5)
+    assert (asked.cache_gb, asked.blocks) == (5, 0) and asked.line().startswith("KV cache 5 GB")
+    asked.apply(scheduler := ov_genai.SchedulerConfig())
+    assert (scheduler.num_kv_blocks, scheduler.cache_size) == (0, 5)
     with pytest.raises(Exception, match="at least 1 GB"):
         plan_kv_cache(b3, 4, {}, cache_gb=0)
 
@@ -246,7 +265,8 @@ def test_one_at_a_time_without_batching(tiny_models, reference):
 
 def test_serve_prints_the_batch_and_the_kv_cache(batching_server):
     line = batching_server.stderr()
-    assert "up to 4 requests at once" in line and "KV cache 1 GB" in line
+    assert "up to 4 requests at once" in line
+    assert "KV cache 8.4 MB: 8192 tokens of context in all" in line
 
 
 def test_chat_max_completion_tokens_outranks_max_tokens(batching_server, reference):
@@ -259,3 +279,41 @@ def test_chat_max_completion_tokens_outranks_max_tokens(batching_server, referen
         max_completion_tokens=5,
     )
     assert r.usage.completion_tokens == reference(INSTRUCTIONS[0], 5).generated_tokens <= 5
+
+
+# Serve memory across prompt lengths (issue 23, item 5): the audit saw +204 MB after 200 new
+# lengths and +165 MB after 200 more, from genai touching a 1 GB KV cache block by block.
+MEMORY_LENGTHS = 400
+MEMORY_WARMUP = 20
+MEMORY_SLACK = 60_000_000
+
+
+def test_serve_memory_levels_off_across_new_prompt_lengths(tiny_models, report_figure):
+    from dolly_desktop.generation.batching import kv_bytes_per_token
+    from dolly_desktop.models.folder import inspect_model_dir
+
+    info = inspect_model_dir(tiny_models["INT4"])
+    # What 4 full contexts (--max-batch's default) need, at the IR's f16 KV cache.
+    need = 4 * info.context_length * kv_bytes_per_token(info, {})
+    lengths = list(range(1, 1601))  # words; the longest prompt fits the context with 4 tokens
+    random.Random(23).shuffle(lengths)
+    with serve_process(tiny_models["INT4"]) as served, httpx.Client(timeout=60) as http:
+        size = re.search(r"KV cache ([\d.]+) (MB|GB)", served.stderr())
+        assert size, served.stderr()
+        kv = float(size[1]) * (1e6 if size[2] == "MB" else 1e9)
+        assert kv <= need * 1.01, f"the KV cache is {size[0]}, 4 contexts need {need / 1e6:.1f} MB"
+        proc = psutil.Process(served.proc.pid)
+        rss = []
+        for i, n in enumerate(lengths[:MEMORY_LENGTHS], 1):
+            r = http.post(
+                f"{served.url}/completions",
+                json={"model": "any", "prompt": "word " * n, "max_tokens": 4, "temperature": 0},
+            )
+            assert r.status_code == 200, r.text
+            if i in (MEMORY_WARMUP, MEMORY_LENGTHS // 2, MEMORY_LENGTHS):
+                rss.append(proc.memory_info().rss)
+    level, half, end = rss
+    figures = f"{level / 1e6:.0f} MB after {MEMORY_WARMUP}, then {(half - level) / 1e6:+.0f} / "
+    figures += f"{(end - level) / 1e6:+.0f} MB after {MEMORY_LENGTHS // 2} / {MEMORY_LENGTHS}"
+    report_figure("serve RSS across new prompt lengths (batching, tiny)", figures)
+    assert end - level <= need + MEMORY_SLACK, figures

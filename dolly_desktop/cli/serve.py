@@ -98,8 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--kv-cache",
         type=int,
         metavar="GB",
-        help="KV cache size with batching on (default: room for --max-batch full contexts, "
-        "at most a quarter of free memory, at least 1 GB)",
+        help="KV cache size with batching on; all of it becomes resident as requests come and "
+        "go (default: room for --max-batch full contexts and no more, at most a quarter of "
+        "free memory)",
     )
     p.set_defaults(func=cmd_serve)
 

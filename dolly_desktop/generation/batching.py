@@ -33,7 +33,7 @@ import openvino_genai as ov_genai
 
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
-from dolly_desktop.generation.cpu_tuning import runtime_option
+from dolly_desktop.generation.cpu_tuning import KERNEL_CACHE, runtime_option
 from dolly_desktop.generation.devices import check_device
 from dolly_desktop.generation.engine import (
     EngineBase,
@@ -42,6 +42,7 @@ from dolly_desktop.generation.engine import (
     TextCallback,
 )
 from dolly_desktop.generation.local import cpu_defaults
+from dolly_desktop.generation.memory import bound_onednn_cache
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import find_end_token_id, room_after
 from dolly_desktop.generation.streaming import TokenStreamer, first_line, generation_config
@@ -51,26 +52,50 @@ from dolly_desktop.models.folder import ModelDir, inspect_model_dir, read_config
 
 log = logging.getLogger(__name__)
 
+# local.py does this at import too; said here as well, since a server sees every prompt length.
+bound_onednn_cache(KERNEL_CACHE)
+
 GIB = 1 << 30
 DEFAULT_MAX_BATCH = 4
 MAX_BATCHED_TOKENS = 256  # prompt tokens per step: a long prefill is split, streams go on
 KV_SHARE_OF_FREE_RAM = 0.25  # the default KV cache takes at most this much of free memory
+# Tokens in a KV block: genai's CPU cache uses blocks of 32, its GPU cache 16 (or more).
+KV_BLOCK_TOKENS = {"CPU": 32}
+KV_BLOCK_TOKENS_OTHER = 16
 
 
 @dataclass(frozen=True)
 class KvPlan:
-    """The KV cache: its size in GB (genai's unit) and what it holds."""
+    """The KV cache: how many blocks (genai's num_kv_blocks) or GB (cache_size, as asked), and
+    what it holds.
 
-    cache_gb: int
+    The whole cache ends up resident: genai hands its free blocks out first in, first out, so
+    each new request writes blocks that no request has touched for longest, and over enough
+    requests every page of the cache is touched. A cache larger than the batch can use is
+    memory the server takes for nothing (docs/benchmarks.md, "Serve memory: the KV cache")."""
+
+    blocks: int  # 0 when cache_gb decides
+    cache_gb: int  # 0 unless asked for
     bytes_per_token: int
     tokens: int  # how many tokens of context fit, across all running requests
     reason: str
 
+    @property
+    def bytes(self) -> int:
+        return self.tokens * self.bytes_per_token
+
     def line(self) -> str:
+        size = f"{self.cache_gb} GB" if self.cache_gb else format_bytes(self.bytes)
         return (
-            f"KV cache {self.cache_gb} GB: {self.tokens} tokens of context in all "
+            f"KV cache {size}: {self.tokens} tokens of context in all "
             f"({format_bytes(self.bytes_per_token)} a token; {self.reason})"
         )
+
+    def apply(self, scheduler: ov_genai.SchedulerConfig) -> None:
+        if self.blocks:
+            scheduler.num_kv_blocks = self.blocks  # genai: this wins over cache_size
+        else:
+            scheduler.cache_size = self.cache_gb
 
 
 def kv_bytes_per_token(info: ModelDir, properties: dict[str, Any]) -> int:
@@ -92,23 +117,27 @@ def plan_kv_cache(
     properties: dict[str, Any],
     cache_gb: int | None = None,
     free_bytes: int | None = None,
+    device: str = "CPU",
 ) -> KvPlan:
-    """Room for `max_batch` full contexts, at most a quarter of free memory, at least 1 GB;
-    or `cache_gb` as given."""
+    """Blocks for `max_batch` full contexts and no more, within a quarter of free memory but
+    never less than one full context; or `cache_gb` as given."""
     per_token = kv_bytes_per_token(info, properties)
     if cache_gb is not None:
         if cache_gb < 1:
             raise DollyError(f"The KV cache must be at least 1 GB; got {cache_gb}.")
-        reason = "as asked"
-    else:
-        want = max_batch * info.context_length * per_token
-        free = available_memory_bytes() if free_bytes is None else free_bytes
-        reason = f"{max_batch} full contexts of {info.context_length} tokens"
-        if free is not None and want > free * KV_SHARE_OF_FREE_RAM:
-            want = int(free * KV_SHARE_OF_FREE_RAM)
-            reason = f"a quarter of the {format_bytes(free)} of free memory"
-        cache_gb = max(1, round(want / GIB))
-    return KvPlan(cache_gb, per_token, cache_gb * GIB // per_token, reason)
+        return KvPlan(0, cache_gb, per_token, cache_gb * GIB // per_token, "as asked")
+    block = KV_BLOCK_TOKENS.get(device.split(".")[0].upper(), KV_BLOCK_TOKENS_OTHER)
+    per_context = math.ceil(info.context_length / block)
+    blocks = max_batch * per_context
+    reason = f"{max_batch} full contexts of {info.context_length} tokens"
+    free = available_memory_bytes() if free_bytes is None else free_bytes
+    if free is not None and blocks * block * per_token > free * KV_SHARE_OF_FREE_RAM:
+        fit = int(free * KV_SHARE_OF_FREE_RAM) // (block * per_token)
+        blocks = max(per_context, fit)
+        reason = f"a quarter of the {format_bytes(free)} of free memory"
+        if fit < per_context:
+            reason = f"one full context: a quarter of the {format_bytes(free)} free holds less"
+    return KvPlan(blocks, 0, per_token, blocks * block, reason)
 
 
 @dataclass
@@ -158,11 +187,11 @@ class BatchingEngine(EngineBase):
         cache = Path(cache_dir) if cache_dir else paths.compiled_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         props["CACHE_DIR"] = str(cache)
-        self.kv = plan_kv_cache(self.info, max_batch, props, cache_gb)
+        self.kv = plan_kv_cache(self.info, max_batch, props, cache_gb, device=self.device)
         scheduler = ov_genai.SchedulerConfig()
         scheduler.max_num_seqs = max_batch
         scheduler.max_num_batched_tokens = MAX_BATCHED_TOKENS
-        scheduler.cache_size = self.kv.cache_gb
+        self.kv.apply(scheduler)
         scheduler.dynamic_split_fuse = True
         # Dolly's shared template head is 21 tokens, less than one KV block: nothing to share.
         scheduler.enable_prefix_caching = False
