@@ -418,6 +418,78 @@ def test_cli_generate_records_and_history_commands(tiny_models, tmp_path):
     assert History(history_file(home)).list() == []
 
 
+def limited_cli(home: Path, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    """`cli` with a memory cap, for input that would otherwise be read without end."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    return subprocess.run(
+        [sys.executable, "-m", "dolly_desktop.cli", *args],
+        capture_output=True, text=True, encoding="utf-8", env=home_env(home),
+        timeout=timeout, preexec_fn=cap,
+    )  # fmt: skip
+
+
+def test_cli_refuses_out_of_range_ids_and_endless_or_odd_files_in_one_line(tmp_path):
+    home = tmp_path / "home"
+    path = history_file(home)
+    path.parent.mkdir(parents=True)
+    with History(path) as h:
+        keep = record(h, "Keep me", "as I am")
+    before = [e.to_dict() for e in History(path).list()]
+    huge = "999999999999999999999"  # past SQLite's integers
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage\n")
+    cases = {
+        ("show", huge): f"There is no history entry {huge}.",
+        ("delete", huge): f"There is no history entry {huge}.",
+        ("export", "--id", huge): f"There is no history entry {huge}.",
+        ("show", "-5"): "There is no history entry -5.",
+        ("list", "--limit", "0"): "not a number of runs",
+        ("import", "/dev/zero"): "is not a file",
+        ("import", str(fifo)): "is not a file",
+        ("import", str(tmp_path)): "is not a file",
+        ("import", str(binary)): "not UTF-8",
+    }
+    for args, says in cases.items():
+        t0 = time.monotonic()
+        p = limited_cli(home, "history", *args)
+        lines = p.stderr.splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and says in lines[0], (args, p.stderr)
+        assert "unexpected" not in p.stderr and time.monotonic() - t0 < 15, args
+    p = limited_cli(home, "history", "list", "--limit", huge)  # a huge limit means all
+    assert p.returncode == 0 and p.stdout.startswith(f"{keep}\t"), p.stderr
+    assert [e.to_dict() for e in History(path).list()] == before
+
+
+def test_import_reads_a_bounded_amount(tmp_path, monkeypatch):
+    h = History(tmp_path / "history.sqlite3")
+    record(h, "Keep me", "as I am")
+    monkeypatch.setattr(history_mod, "IMPORT_MAX_LINE", 1000)
+    monkeypatch.setattr(history_mod, "IMPORT_MAX_CHARS", 5000)
+
+    class Endless(io.TextIOBase):  # stdin from /dev/zero: never ends, never a newline
+        read_chars = 0
+
+        def readline(self, size: int = -1) -> str:
+            assert 0 < size < 10_000, "an unbounded read"
+            self.read_chars += size
+            return "\0" * size
+
+    src = Endless()
+    with pytest.raises(DollyError, match="Line 1 is longer than"):
+        h.import_jsonl(src)
+    assert src.read_chars <= 1001
+    line = json.dumps({"not": "an entry", "pad": "x" * 600}) + "\n"
+    with pytest.raises(DollyError, match="more than"):
+        h.import_jsonl(io.StringIO(line * 20))
+    assert [e.instruction for e in h.list()] == ["Keep me"]
+
+
 # ---- figures -----------------------------------------------------------------------------
 
 

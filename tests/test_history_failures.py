@@ -4,16 +4,22 @@ that can be read but not written. In the CLI (a real child process) and in the w
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_history import cli, history_file, record
 
+from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.history import store as history_mod
+from dolly_desktop.history.runs import run_and_record
 from dolly_desktop.history.store import History
 
 ARGS = ["--greedy", "--max-new-tokens", "8", "Who is Dolly?"]
@@ -97,10 +103,212 @@ def test_window_answers_and_recovers_when_history_cannot_be_written(qtbot, windo
             window.submit()
         assert window.last_result is not None and window.last_result.text
         assert not window.generating and window.submit_button.isEnabled()
-        assert "History is not being saved" in window.error_text()
+        # The save was queued and retried in the background; given up, it is said.
+        qtbot.waitUntil(lambda: "History is not being saved" in window.error_text(), timeout=5000)
         # The same failure again is not shown again, and the next answer still comes.
         window._hide_banner()
         with qtbot.waitSignal(window.response_done, timeout=60_000):
             window.submit()
+        assert window.history.flush(5)
+        qtbot.wait(100)
         assert window.error_text() == "" and window.last_result.text
     assert [e.instruction for e in window.history.list()] == ["An old question"]
+
+
+# ---- a lock held while a run streams: nothing waits for it ------------------------------
+
+STORY = "Write a long story about Dolly the sheep."
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's connection, ready to take the lock with BEGIN EXCLUSIVE (from any
+    thread) and to give it back when the block ends."""
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        yield locker
+    finally:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+        locker.close()
+
+
+def generate_locked_from_first_token(engine, h: History, locker: sqlite3.Connection):
+    """A real generation recorded in `h`, the lock taken when the first piece is shown; the
+    caller's thread reads the history meanwhile, as the History tab does. Returns the result,
+    the pieces' arrival times, the reads' durations and the notices."""
+    arrivals: list[float] = []
+    notices: list[str] = []
+    out: list = []
+
+    def on_text(piece: str) -> None:
+        if not arrivals:
+            locker.execute("BEGIN EXCLUSIVE")
+        arrivals.append(time.monotonic())
+
+    def generate() -> None:
+        params = GenerationParams(max_new_tokens=200, seed=11)
+        out.append(run_and_record(engine, h, STORY, params, on_text, notices.append))
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    reads = []
+    while worker.is_alive():
+        t0 = time.monotonic()
+        h.list()
+        reads.append(time.monotonic() - t0)
+        time.sleep(0.02)
+    worker.join()
+    (result,) = out
+    return result, arrivals, reads, notices
+
+
+def test_a_locked_history_never_stalls_the_run_or_a_read_and_is_saved_later(engine, tmp_path):
+    assert history_mod.BUSY_TIMEOUT_S == 10  # how long a save is retried; the run is shorter
+    path = tmp_path / "history.sqlite3"
+    h = History(path)
+    with exclusive(path) as locker:
+        result, arrivals, reads, notices = generate_locked_from_first_token(engine, h, locker)
+        assert locker.in_transaction, "the lock was never taken"
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        assert len(arrivals) > 50 and max(gaps) < 1.0, f"a {max(gaps):.1f} s stall"
+        assert arrivals[-1] - arrivals[0] < 8, "too slow a machine to tell"
+        assert max(reads) < 0.5, f"a read waited {max(reads):.1f} s"
+        assert h.saving and notices == []  # queued, not given up yet
+    # The lock is given back within the retry time: the whole run is saved after all.
+    assert h.flush(10)
+    (entry,) = h.list()
+    assert entry.response == result.text and entry.stop_reason == result.stop_reason.value
+    assert entry.generated_tokens == result.generated_tokens
+    assert h.take_notices() == [] and notices == []
+
+
+def test_a_save_locked_for_longer_than_its_retries_is_given_up_with_one_notice(
+    engine, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(history_mod, "BUSY_TIMEOUT_S", 2.0)
+    path = tmp_path / "history.sqlite3"
+    h = History(path)
+    with exclusive(path) as locker:
+        result, arrivals, reads, notices = generate_locked_from_first_token(engine, h, locker)
+        ended = time.monotonic()
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        assert max(gaps) < 1.0 and max(reads) < 0.5, (max(gaps), max(reads))
+        assert h.flush(10), "still retrying after the retry time"
+        assert time.monotonic() - ended < 2.0 + 1.0
+        assert notices == ["History is not being saved: database is locked."]
+    (entry,) = h.list()  # the row from before the lock, without the text
+    assert entry.response == "" and entry.stop_reason == "interrupted"
+    assert result.text
+
+
+@pytest.fixture
+def seeded_window(own_home, request):
+    """The window, on a history with one old entry; saves retried the full BUSY_TIMEOUT_S."""
+    seeded(own_home)
+    return request.getfixturevalue("tiny_window")
+
+
+def test_history_tab_refreshes_at_once_while_a_run_streams_into_a_locked_history(
+    qtbot, seeded_window
+):
+    from PySide6.QtCore import Qt
+
+    window = seeded_window
+    window.instruction.setPlainText(STORY)
+    window.spins["max_new_tokens"].setValue(200)  # shorter than the retries, on this machine
+    with exclusive(window.history.path) as locker:
+
+        def lock_at_first_piece(_piece: str) -> None:
+            if not locker.in_transaction:
+                locker.execute("BEGIN EXCLUSIVE")
+
+        window.worker.piece.connect(lock_at_first_piece, Qt.ConnectionType.DirectConnection)
+        refreshes = []
+        started = time.monotonic()
+        window.submit()
+        while window.generating and time.monotonic() - started < 120:
+            t0 = time.monotonic()
+            window.history_panel.refresh()
+            refreshes.append(time.monotonic() - t0)
+            qtbot.wait(50)
+        window.worker.piece.disconnect(lock_at_first_piece)
+        assert locker.in_transaction and not window.generating
+        assert refreshes and max(refreshes) < 0.5, f"the window froze {max(refreshes):.1f} s"
+        text = window.last_result.text
+    assert window.history.flush(10)
+    window.history_panel.refresh()
+    assert window.history_panel.list.count() == 2
+    newest = window.history.list()[0]
+    assert newest.instruction == STORY and newest.response == text
+
+
+def test_deleting_while_another_program_holds_the_lock_says_so_at_once(
+    qtbot, tmp_path, monkeypatch
+):
+    from dolly_desktop.ui.history_panel import HistoryPanel
+
+    monkeypatch.setattr(history_mod, "BUSY_TIMEOUT_S", 4.0)
+    path = tmp_path / "history.sqlite3"
+    with History(path) as h:
+        record(h, "An old question", "An old answer.")
+    panel = HistoryPanel(History(path))
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.list.setCurrentRow(0)
+    with write_locked(path):
+        t0 = time.monotonic()
+        panel.delete_current(confirm=False)
+        assert time.monotonic() - t0 < 1.0
+        assert panel.busy_label.isVisible() and "locked" in panel.busy_label.text()
+        assert panel.list.count() == 1
+    panel.delete_current(confirm=False)
+    assert panel.list.count() == 0 and not panel.busy_label.isVisible()
+    assert History(path).list() == []
+
+
+# ---- a full disk: the log fails quietly ----------------------------------------------------
+
+LOGS_A_LOT = """
+import logging, sys
+from dolly_desktop.logs import setup_logging
+setup_logging(console=True)
+for i in range(30):
+    logging.getLogger("dolly_desktop.test").info("line %d of the story", i)
+logging.getLogger("dolly_desktop.test").warning("a warning the person must see")
+print("done", flush=True)
+"""
+
+
+def log_on_a_full_disk(home: Path) -> Path:
+    """The log file on a disk with no room left: /dev/full takes the open, fails each write."""
+    log = home / "data" / "logs" / "dolly-desktop.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.symlink_to("/dev/full")
+    return log
+
+
+def test_a_log_file_that_cannot_be_written_costs_one_line(tmp_path):
+    home = tmp_path / "home"
+    log_on_a_full_disk(home)
+    p = subprocess.run(
+        [sys.executable, "-c", LOGS_A_LOT], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DOLLY_DESKTOP_HOME": str(home)},
+    )  # fmt: skip
+    assert p.returncode == 0 and p.stdout == "done\n", p.stderr
+    lines = p.stderr.splitlines()
+    assert "Logging error" not in p.stderr and "Traceback" not in p.stderr, p.stderr[:2000]
+    assert lines[-1] == "dolly-desktop: a warning the person must see", lines
+    (note,) = lines[:-1]
+    assert "log file" in note and "No space left on device" in note, note
+
+
+def test_generate_with_its_log_on_a_full_disk_prints_no_traceback(tiny_models, tmp_path):
+    home = tmp_path / "home"
+    log_on_a_full_disk(home)
+    p = cli(home, "generate", "--model", str(tiny_models["FP16"]), *ARGS)
+    assert p.returncode == 0 and p.stdout.strip(), p.stderr
+    assert "Logging error" not in p.stderr and "Traceback" not in p.stderr, p.stderr[:2000]
+    note, metrics = p.stderr.splitlines()
+    assert "log file" in note and "tokens" in metrics, p.stderr
+    assert [e.instruction for e in History(history_file(home)).list()] == ["Who is Dolly?"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -11,14 +12,14 @@ from pathlib import Path
 from typing import TextIO
 
 from dolly_desktop.errors import DollyError
-from dolly_desktop.history.store import Entry, History
+from dolly_desktop.history.store import BUSY_TIMEOUT_S, IMPORT_MAX_CHARS, Entry, History
 
 EXIT_NOTHING_FOUND = 1  # as grep: search ran fine and matched nothing
 
 
 def _open() -> History:
     """The history, with anything wrong with its file said once on stderr."""
-    history = History()
+    history = History(wait_s=BUSY_TIMEOUT_S)  # a terminal may wait for another program's lock
     for sentence in history.take_notices():
         print(f"dolly-desktop: {sentence}", file=sys.stderr)
     return history
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     hs = p.add_subparsers(dest="history_command", required=True, parser_class=type(p))
 
     ls = hs.add_parser("list", help="past runs, newest first")
-    ls.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    ls.add_argument("--limit", type=_count, default=50, help="at most this many (default: 50)")
     ls.set_defaults(func=cmd_list)
 
     show = hs.add_parser("show", help="one run in full (Markdown)")
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     search = hs.add_parser("search", help="runs whose instruction or response has these words")
     search.add_argument("text", nargs="+")
-    search.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    search.add_argument("--limit", type=_count, default=50, help="at most this many (default: 50)")
     search.set_defaults(func=cmd_search)
 
     export = hs.add_parser("export", help="write runs as Markdown or JSON Lines")
@@ -101,11 +102,8 @@ def cmd_import(a: argparse.Namespace) -> int:
     if a.file == "-":
         n = history.import_jsonl(sys.stdin)
     else:
-        try:
-            with open(a.file, encoding="utf-8") as src:
-                n = history.import_jsonl(src)
-        except OSError as e:
-            raise DollyError(f"{a.file} cannot be read: {e.strerror}.") from e
+        with _open_export(a.file) as src:
+            n = history.import_jsonl(src)
     print(f"Imported {n} runs.", file=sys.stderr)
     return 0
 
@@ -129,6 +127,42 @@ def cmd_clear(a: argparse.Namespace) -> int:
     history.clear()
     print(f"Deleted {n} runs.", file=sys.stderr)
     return 0
+
+
+def _count(text: str) -> int:
+    """A --limit: a whole number from 1 (a huge one means all)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of runs (1 or more)")
+    return n
+
+
+def _open_export(name: str) -> TextIO:
+    """A history export to read: a regular file, no larger than an import may be. A device,
+    a pipe or a folder is refused before anything is read (/dev/zero would never end)."""
+    try:
+        # O_NONBLOCK: a named pipe is opened without waiting for a writer, then refused.
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise DollyError(f"{name} cannot be read: {e.strerror}.") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DollyError(f"{name} is not a file: give a .jsonl file exported from the history.")
+        if st.st_size > IMPORT_MAX_CHARS:
+            raise DollyError(
+                f"{name} is {st.st_size / 2**20:.0f} MiB, more than a history export can be "
+                f"({IMPORT_MAX_CHARS // 2**20} MiB)."
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return open(fd, encoding="utf-8")  # the caller closes it
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _print_rows(entries: list[Entry]) -> None:

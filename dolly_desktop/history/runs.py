@@ -2,7 +2,9 @@
 
 The text reaches `on_text` first and the history second, so what is saved was always shown.
 A history that cannot be written never stops the run: `History` says so once in its notice
-(`take_notice`), and the answer comes all the same.
+(`take_notice`), and the answer comes all the same. A history locked by another process never
+slows it: the save is queued and retried in the background, and if it is given up after the
+run, `notify` hears it then.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ def run_and_record(
 
     Leaving early (cancel, an error, KeyboardInterrupt) records the run as cancelled or failed
     with the text shown so far. `notify` gets each history problem's sentence once, those
-    from opening the file included."""
-    run = history.start_run(instruction, params, engine.model, engine.device, context)
+    from opening the file included, and a save given up after the run (from the saver's
+    thread)."""
+    run = history.start_run(instruction, params, engine.model, engine.device, context, notify)
 
     def out(piece: str) -> None:
         if on_text is not None:

@@ -1,9 +1,13 @@
 """Run history: every generation kept in SQLite, written while it streams, searchable.
 
 One connection per History, shared under a lock by the GUI thread and the thread that streams
-(openvino-genai may call back from its own thread). WAL mode plus a busy timeout lets several
-app processes write at once. A file that cannot be used never stops the app: it is set aside
-untouched (or, when merely locked, left alone) and the app carries on with a fresh database.
+(openvino-genai may call back from its own thread). WAL mode lets several app processes write
+at once. Nothing waits long for another process's lock: a run's save that cannot get it at once
+is kept (the latest text only) and retried by a background thread for up to BUSY_TIMEOUT_S,
+then given up with a notice; reads and the person's own changes wait `wait_s` (short for the
+window, BUSY_TIMEOUT_S for the CLI) and then raise HistoryBusy. A file that cannot be used never
+stops the app: it is set aside untouched (or, when merely locked, left alone) and the app
+carries on with a fresh database.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +37,12 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = "history.sqlite3"
 FLUSH_INTERVAL_S = 1.0  # streaming text reaches the disk at most this often, plus the end
-BUSY_TIMEOUT_S = 10.0  # another process's write waits this long before failing
+BUSY_TIMEOUT_S = 10.0  # a locked save is retried this long; opening and the CLI wait this long
+WAIT_S = 0.25  # a read or a change asked for in the window waits this long for a lock
+IMPORT_MAX_CHARS = 512 * 2**20  # an import reads at most this much (all of it is held at once)
+IMPORT_MAX_LINE = 16 * 2**20  # one entry's line; a real one is far smaller
+MAX_ID = 2**63 - 1  # SQLite's largest integer: no entry id is outside 1..MAX_ID
+RETRY_FIRST_S, RETRY_MAX_S = 0.05, 0.5  # the background saver's pause between tries, doubling
 
 Status = Literal["running", "end", "length", "cancelled", "interrupted", "error"]
 STATUSES: tuple[str, ...] = ("running", "end", "length", "cancelled", "interrupted", "error")
@@ -212,24 +221,43 @@ class Entry:
         return "\n".join(lines) + "\n"
 
 
+class HistoryBusy(DollyError):
+    """Another program holds the history's lock for longer than this caller may wait."""
+
+
+Notify = Callable[[str], None]
+
+
 class RunRecorder:
     """Writes one run's row: the text while it streams, then how it ended.
 
     `append` may be called from any thread; the text reaches the disk at most once per
     FLUSH_INTERVAL_S (the first piece at once), so a killed process keeps what was shown.
+    A write never waits for another process's lock: what could not be written is kept (only
+    the latest state of each column) and the History's background saver retries it.
     Used as a context manager, a block left without `finish` records the run as cancelled
     (KeyboardInterrupt or a normal exit) or failed (any other exception).
     """
 
-    def __init__(self, history: History, entry_id: int | None, token: str = "") -> None:
-        self.entry_id = entry_id  # None when history is off
+    def __init__(
+        self,
+        history: History,
+        row: dict[str, Any] | None,
+        token: str = "",
+        notify: Notify | None = None,
+    ) -> None:
+        self.entry_id: int | None = None  # None when history is off, or not inserted yet
         self.flushes = 0  # writes of streaming text so far
         self._history = history
         self._token = token
+        self._notify = notify  # hears a notice that comes after the run (a save given up)
+        self._row = row  # the columns to insert, until the row is in the file
+        self._dirty: dict[str, Any] = {}  # columns not written yet
+        self._failing_since: float | None = None  # first failed try of what is in _dirty
         self._parts: list[str] = []
         self._lock = threading.Lock()
         self._last_flush = float("-inf")
-        self._closed = entry_id is None
+        self._closed = row is None
 
     @property
     def text(self) -> str:
@@ -274,11 +302,53 @@ class RunRecorder:
             self._write(status=status, finished_at=_iso(_now()), owner=None, **fields)
 
     def _write(self, **fields: Any) -> None:
+        """Called with self._lock held. Losing history must never stop a generation."""
+        self._dirty.update(fields)
+        if self._failing_since is not None:
+            return  # queued: the saver writes the latest state when it can
         try:
-            self._history._update(self.entry_id, fields)  # type: ignore[arg-type]
+            self._save()
         except sqlite3.Error as e:
-            # Losing history must never stop a generation: say so once and go on.
-            self._history._not_saved(e)
+            if not _is_busy(e):
+                self._dirty.clear()  # full disk, read-only: say so once and go on
+                self._history._not_saved(e)
+                return
+            self._failing_since = time.monotonic()
+            self._history._queue(self)
+
+    def _save(self) -> None:
+        """Write what is pending, without waiting for a lock (self._lock held)."""
+        if self._row is not None:
+            self.entry_id = self._history._insert({**self._row, **self._dirty}, wait=0)
+            self._row = None
+        elif self._dirty:
+            self._history._update(self.entry_id, self._dirty)  # type: ignore[arg-type]
+        self._dirty = {}
+        self._failing_since = None
+
+    def _retry(self) -> bool:
+        """The saver's try: True when nothing is left to do for this run."""
+        with self._lock:
+            if self._failing_since is None:
+                return True
+            try:
+                self._save()
+                return True
+            except sqlite3.Error as e:
+                if _is_busy(e) and time.monotonic() - self._failing_since < BUSY_TIMEOUT_S:
+                    return False
+                # Given up: the next append (if the run goes on) tries again from scratch.
+                self._dirty.clear()
+                self._failing_since = None
+                error = e
+        self._history._not_saved(error)
+        if self._notify is not None:
+            for sentence in self._history.take_notices():
+                try:
+                    self._notify(sentence)
+                except Exception:  # e.g. a window already gone: the log has it
+                    log.warning("history: notice not delivered: %s", sentence)
+        return True
 
     def __enter__(self) -> RunRecorder:
         return self
@@ -300,21 +370,30 @@ class History:
     """The run history in `path` (default: the data folder). `enabled=False` keeps no history:
     nothing is read or written and no file is created, with the same API."""
 
-    def __init__(self, path: Path | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self, path: Path | None = None, enabled: bool = True, wait_s: float | None = None
+    ) -> None:
         self.path = Path(path) if path is not None else paths.data_dir() / FILE_NAME
         self.enabled = enabled
+        # How long a read or a requested change waits for another process's lock before
+        # HistoryBusy: short, for the GUI thread, unless the caller can wait (the CLI).
+        self.wait_s = WAIT_S if wait_s is None else wait_s
+        self._saver_cv = threading.Condition()
+        self._waiting: set[RunRecorder] = set()  # runs whose save is queued
+        self._saver: threading.Thread | None = None
         self.notice: str | None = None  # one sentence when the file could not be used
         self.read_only = False  # shown, but nothing new is saved
         self._told: set[str] = set()  # every sentence said, each handed out once
         self._pending: list[str] = []  # said, not yet handed out by take_notices()
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
+        self._wait_ms = -1  # the connection's busy timeout, set before each statement
         if enabled:
             self._db = self._open()
             if not self.read_only:
                 try:
                     self._mark_interrupted()
-                except sqlite3.Error as e:  # locked by another process: next start does it
+                except (sqlite3.Error, HistoryBusy) as e:  # locked elsewhere: next start does it
                     log.warning("history: could not mark interrupted runs: %s", e)
 
     # ---- opening -------------------------------------------------------------------------
@@ -400,6 +479,8 @@ class History:
                 )
 
     def close(self) -> None:
+        """Closes the file once queued saves are written or given up."""
+        self.flush()
         with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -420,8 +501,11 @@ class History:
         model: ModelRef,
         device: str,
         context: str = "",
+        notify: Notify | None = None,
     ) -> RunRecorder:
-        """Insert a 'running' row now, so even a run killed at its first token is kept."""
+        """Insert a 'running' row now, so even a run killed at its first token is kept (or,
+        when another process holds the lock, as soon as the saver can). `notify` hears a
+        sentence that comes after the run ended (a save given up)."""
         if self._db is None:
             return RunRecorder(self, None)
         token = uuid.uuid4().hex
@@ -440,31 +524,85 @@ class History:
             status="running",
             owner=f"{os.getpid()}:{token}",
         )
-        try:
-            with self._lock:
-                entry_id = self._insert(values)
-        except sqlite3.Error as e:  # locked by another process, read-only, disk full: run on
-            self._not_saved(e)
-            return RunRecorder(self, None)
+        run = RunRecorder(self, values, token, notify)
         _LIVE_RUNS.add(token)
-        return RunRecorder(self, entry_id, token)
+        with run._lock:
+            run._write()  # at once, or queued when locked; full disk: said, and run on
+            if run._row is not None and run._failing_since is None:  # not queued: given up
+                run._closed = True
+                _LIVE_RUNS.discard(token)
+        return run
 
     def _update(self, entry_id: int, fields: dict[str, Any]) -> None:
         fields = {**fields, "updated_at": _iso(_now())}
         cols = ", ".join(f"{k} = ?" for k in fields)
-        self._exec(f"UPDATE entries SET {cols} WHERE id = ?", (*fields.values(), entry_id))
+        self._exec(f"UPDATE entries SET {cols} WHERE id = ?", (*fields.values(), entry_id), wait=0)
 
-    def _insert(self, values: dict[str, Any]) -> int:
+    def _insert(self, values: dict[str, Any], wait: float | None = None) -> int:
+        if "response" in values:  # a queued insert carries the latest text: date it now
+            values = {**values, "updated_at": _iso(_now())}
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
-        cur = self._exec(f"INSERT INTO entries ({cols}) VALUES ({marks})", tuple(values.values()))
+        cur = self._exec(
+            f"INSERT INTO entries ({cols}) VALUES ({marks})", tuple(values.values()), wait=wait
+        )
         return int(cur.lastrowid)  # type: ignore[union-attr, arg-type]
+
+    # ---- the background saver ------------------------------------------------------------
+
+    def _queue(self, run: RunRecorder) -> None:
+        """Retry `run`'s save in the background. The saver is not a daemon: a process that
+        ends with a save queued waits for it (at most BUSY_TIMEOUT_S) instead of losing it."""
+        with self._saver_cv:
+            self._waiting.add(run)
+            if self._saver is None or not self._saver.is_alive():
+                self._saver = threading.Thread(
+                    target=self._save_queued, name="history-saver", daemon=False
+                )
+                self._saver.start()
+            self._saver_cv.notify_all()
+
+    def _save_queued(self) -> None:
+        pause = RETRY_FIRST_S
+        while True:
+            with self._saver_cv:
+                if not self._waiting:
+                    self._saver = None
+                    self._saver_cv.notify_all()
+                    return
+                self._saver_cv.wait(pause)
+                runs = list(self._waiting)
+            for run in runs:
+                done = run._retry()
+                if done:
+                    with self._saver_cv:
+                        self._waiting.discard(run)
+            pause = min(pause * 2, RETRY_MAX_S)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued save is written or given up (at most `timeout` seconds);
+        True when nothing is left queued."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._saver_cv:
+            while self._waiting:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._saver_cv.wait(left)
+        return True
+
+    @property
+    def saving(self) -> bool:
+        """Saves are queued because another process holds the lock."""
+        with self._saver_cv:
+            return bool(self._waiting)
 
     # ---- reading -------------------------------------------------------------------------
 
     def list(self, limit: int = 200, query: str | None = None) -> list[Entry]:
         """Newest first; with `query`, only entries whose instruction or response has every
         word of it (each word also matches as a prefix, for search as you type)."""
+        limit = max(0, min(limit, MAX_ID))
         if query is None or not query.strip():
             rows = self._query(
                 "SELECT * FROM entries ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)
@@ -479,6 +617,8 @@ class History:
         return [_entry(r) for r in rows]
 
     def get(self, entry_id: int) -> Entry | None:
+        if not 1 <= entry_id <= MAX_ID:  # no such entry, and SQLite cannot take the number
+            return None
         rows = self._query("SELECT * FROM entries WHERE id = ?", (entry_id,))
         return _entry(rows[0]) if rows else None
 
@@ -489,6 +629,8 @@ class History:
     # ---- removing ------------------------------------------------------------------------
 
     def delete(self, entry_id: int) -> None:
+        if not 1 <= entry_id <= MAX_ID:
+            return
         with self._lock:
             self._exec("DELETE FROM entries WHERE id = ?", (entry_id,))
             self._purge()
@@ -539,8 +681,21 @@ class History:
         file twice adds nothing; ids are kept where free."""
         if self._db is None:
             raise DollyError("History is turned off, so nothing can be imported.")
+        lines, total = [], 0  # read first, within bounds (/dev/zero has no end, no newline)
+        for n, line in enumerate(iter(lambda: _read_line(src), ""), 1):
+            lines.append(line)
+            total += len(line)
+            if total > IMPORT_MAX_CHARS:
+                raise DollyError(
+                    f"This is more than {IMPORT_MAX_CHARS // 2**20} MiB: not a history export."
+                )
+            if len(line) > IMPORT_MAX_LINE:
+                raise DollyError(
+                    f"Line {n} is longer than {IMPORT_MAX_LINE // 2**20} MiB: "
+                    "not a Dolly Desktop history entry."
+                )
         entries = []
-        for n, line in enumerate(src, 1):
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -562,13 +717,37 @@ class History:
 
     # ---- sqlite plumbing -----------------------------------------------------------------
 
-    def _exec(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor | None:
+    def _exec(
+        self, sql: str, args: Sequence[Any] = (), wait: float | None = None
+    ) -> sqlite3.Cursor | None:
+        """`wait`: seconds to wait for another process's lock (None: self.wait_s; 0 for a
+        run's saves). A busy failure of the person's own request becomes HistoryBusy."""
         with self._lock:
-            return None if self._db is None else self._db.execute(sql, args)
+            if self._db is None:
+                return None
+            self._set_wait(self.wait_s if wait is None else wait)
+            try:
+                return self._db.execute(sql, args)
+            except sqlite3.OperationalError as e:
+                if wait is None and _is_busy(e):
+                    raise HistoryBusy(BUSY_SENTENCE) from e
+                raise
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return [] if self._db is None else self._db.execute(sql, args).fetchall()
+            cur = self._exec(sql, args)
+            try:
+                return [] if cur is None else cur.fetchall()
+            except sqlite3.OperationalError as e:
+                if _is_busy(e):
+                    raise HistoryBusy(BUSY_SENTENCE) from e
+                raise
+
+    def _set_wait(self, seconds: float) -> None:
+        ms = max(0, int(seconds * 1000))
+        if ms != self._wait_ms:
+            self._db.execute(f"PRAGMA busy_timeout = {ms}")  # type: ignore[union-attr]
+            self._wait_ms = ms
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -581,6 +760,12 @@ class History:
             self._exec("ROLLBACK")
             raise
         self._exec("COMMIT")
+
+
+BUSY_SENTENCE = (
+    "The history is locked by another program (another Dolly Desktop, a backup tool): "
+    "try again in a moment."
+)
 
 
 class _NewerSchema(Exception):
@@ -780,6 +965,13 @@ def _columns(e: Entry) -> dict[str, Any]:
         status=e.stop_reason,
         error=e.error,
     )
+
+
+def _read_line(src: TextIO) -> str:
+    try:
+        return src.readline(IMPORT_MAX_LINE + 1)
+    except UnicodeDecodeError as e:
+        raise DollyError("This is not UTF-8 text: not a history export.") from e
 
 
 def _fts_query(text: str) -> str:

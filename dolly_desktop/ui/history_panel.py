@@ -1,7 +1,13 @@
-"""The history panel: every run, newest first, searchable; restore, re-run, delete, export."""
+"""The history panel: every run, newest first, searchable; restore, re-run, delete, export.
+
+Everything here runs on the GUI thread, so nothing waits long for the history's lock: a read
+that another program blocks gives up after History.wait_s, says so in the panel and is tried
+again a moment later; a change (delete, clear) says so and is not made.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -9,6 +15,7 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -20,8 +27,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from dolly_desktop.history.store import Entry, History
+from dolly_desktop.history.store import Entry, History, HistoryBusy
 
+RETRY_MS = 1000  # a refresh the lock blocked is tried again after this long
 STATUS_MARK = {"interrupted": " ⚠", "error": " ✗", "cancelled": " ■", "running": " …"}
 
 
@@ -54,6 +62,10 @@ class HistoryPanel(QWidget):
         self.clear_button = QPushButton("Clear all")
         self.keep = QCheckBox("Keep history", objectName="history_keep")
         self.keep.setChecked(history.enabled)
+        self.busy_label = QLabel(objectName="history_busy", wordWrap=True)
+        self.busy_label.hide()
+        self._retry = QTimer(self, singleShot=True, interval=RETRY_MS)
+        self._retry.timeout.connect(self.refresh)
         row = QHBoxLayout()
         for b in (self.rerun_button, self.delete_button, self.export_button):
             row.addWidget(b)
@@ -65,6 +77,7 @@ class HistoryPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addWidget(self.search)
+        lay.addWidget(self.busy_label)
         lay.addWidget(self.list, 1)
         lay.addLayout(row)
         lay.addLayout(row2)
@@ -83,24 +96,46 @@ class HistoryPanel(QWidget):
         self.refresh()
 
     def refresh(self) -> None:
-        current = self.current_entry()
+        try:
+            entries = self.history.list(query=self.search.text() or None)
+        except HistoryBusy as e:  # what is shown stays; tried again in a moment
+            self._busy(str(e))
+            self._retry.start()
+            return
+        self._busy(None)
+        current_id = self._current_id()
         self.list.blockSignals(True)
         self.list.clear()
-        for e in self.history.list(query=self.search.text() or None):
+        for e in entries:
             first = e.instruction.strip().splitlines()[0] if e.instruction.strip() else "(empty)"
             when = e.created_at.astimezone().strftime("%d %b %H:%M")
             item = QListWidgetItem(f"{first[:80]}{STATUS_MARK.get(e.stop_reason, '')}\n{when}")
             item.setData(Qt.ItemDataRole.UserRole, e.id)
             item.setToolTip(f"{e.model.name} {e.model.precision} · {e.device} · {e.stop_reason}")
             self.list.addItem(item)
-            if current is not None and e.id == current.id:
+            if e.id == current_id:
                 self.list.setCurrentItem(item)
         self.list.blockSignals(False)
         self._sync_buttons()
 
-    def current_entry(self) -> Entry | None:
+    def _busy(self, sentence: str | None) -> None:
+        """Say in the panel that the history is locked (None: it is not any more)."""
+        self.busy_label.setText(sentence or "")
+        self.busy_label.setVisible(sentence is not None)
+
+    def _current_id(self) -> int | None:
         item = self.list.currentItem()
-        return self.history.get(item.data(Qt.ItemDataRole.UserRole)) if item else None
+        return item.data(Qt.ItemDataRole.UserRole) if item else None
+
+    def current_entry(self) -> Entry | None:
+        entry_id = self._current_id()
+        if entry_id is None:
+            return None
+        try:
+            return self.history.get(entry_id)
+        except HistoryBusy as e:
+            self._busy(str(e))
+            return None
 
     def _sync_buttons(self) -> None:
         has = self.list.currentItem() is not None
@@ -125,13 +160,21 @@ class HistoryPanel(QWidget):
             return
         if confirm and not self._ask(f"Delete “{entry.instruction[:60]}” from the history?"):
             return
-        self.history.delete(entry.id)
+        try:
+            self.history.delete(entry.id)
+        except HistoryBusy as e:
+            self._busy(str(e))
+            return
         self.refresh()
 
     def clear_all(self, confirm: bool = True) -> None:
         if confirm and not self._ask("Delete every entry in the history? This cannot be undone."):
             return
-        self.history.clear()
+        try:
+            self.history.clear()
+        except HistoryBusy as e:
+            self._busy(str(e))
+            return
         self.refresh()
 
     def export(self, fmt: str, only_current: bool, path: str | None = None) -> int:
@@ -146,10 +189,16 @@ class HistoryPanel(QWidget):
             if not path:
                 return 0
         ids = [entry.id] if only_current and entry else None
+        text = io.StringIO()  # read all first: a locked history leaves no empty file behind
+        write = self.history.export_markdown if fmt == "md" else self.history.export_jsonl
+        try:
+            n = write(text, ids)
+        except HistoryBusy as e:
+            self._busy(str(e))
+            return 0
         with open(path, "w", encoding="utf-8") as out:
-            if fmt == "md":
-                return self.history.export_markdown(out, ids)
-            return self.history.export_jsonl(out, ids)
+            out.write(text.getvalue())
+        return n
 
     def _ask(self, question: str) -> bool:
         answer = QMessageBox.question(self, "History", question)
