@@ -74,13 +74,13 @@ print("survived", rounds)
 
 @pytest.mark.slow
 def test_engines_loaded_primed_and_dropped_many_times_in_one_process(tiny_models, tmp_path):
-    """Before the fix, 1 run in 3 of 60 rounds died with SIGSEGV (AMD EPYC, 2 cores)."""
+    """Before the fix, 1 run in 3 of 60 rounds died (in round 3) with SIGSEGV (AMD EPYC, 2 cores)."""
     models = ",".join(str(tiny_models[p]) for p in ("FP16", "INT4", "INT8"))
     for seed in (1, 2, 3):
         p = subprocess.run(
-            [sys.executable, "-X", "faulthandler", "-c", _CHURN, models, "60", str(seed)],
+            [sys.executable, "-X", "faulthandler", "-c", _CHURN, models, "40", str(seed)],
             capture_output=True, text=True, timeout=900,
             env={**__import__("os").environ, "DOLLY_DESKTOP_HOME": str(tmp_path / "home")},
         )  # fmt: skip
         assert p.returncode == 0, f"seed {seed}: exit {p.returncode}\n{p.stderr[-3000:]}"
-        assert "survived 60" in p.stdout
+        assert "survived 40" in p.stdout
