@@ -7,8 +7,11 @@ closes within max_tokens only because the grammar's bounds fit the budget.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import time
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -174,3 +177,235 @@ def test_a_bad_response_format_gets_400_naming_it(client, fmt, words):
     error = e.value.body
     assert isinstance(error, dict) and error.get("param") == "response_format"
     assert words in str(error.get("message"))
+
+
+# --- hostile and malformed schemas (issue 23): refused with 400 before they reach genai
+
+
+def doubling(n: int, leaf: dict) -> dict:
+    """Definitions that each refer twice to the next, `n` deep: 2**n leaves once expanded
+    (n = 14 took xgrammar 34 s and 2.2 GB; issue 23)."""
+    obj = {
+        f"d{i}": {
+            "type": "object",
+            "properties": {"a": {"$ref": f"#/$defs/d{i + 1}"}, "b": {"$ref": f"#/$defs/d{i + 1}"}},
+            "required": ["a", "b"],
+        }
+        for i in range(n)
+    }
+    return {"$defs": {**obj, f"d{n}": leaf}, "$ref": "#/$defs/d0"}
+
+
+def ref_chain(n: int) -> dict:
+    defs: dict = {f"r{i}": {"$ref": f"#/$defs/r{i + 1}"} for i in range(n)}
+    defs[f"r{n}"] = {"type": "null"}
+    return {"$defs": defs, "$ref": "#/$defs/r0"}
+
+
+MALFORMED = {
+    "negative minLength": {"type": "string", "minLength": -5},
+    "huge minLength": {"type": "string", "minLength": 2**63},
+    "$defs a list": {"$defs": [{"type": "null"}], "$ref": "#/$defs/0"},
+    "$defs a string": {"$defs": "x", "$ref": "#/$defs/x"},
+    "type []": {"type": []},
+    "anyOf []": {"anyOf": []},
+    "oneOf not a list": {"oneOf": {"type": "null"}},
+    "allOf a number": {"allOf": 3},
+    "required [{}]": {"type": "object", "required": [{}]},
+    "required [1]": {"type": "object", "required": [1]},
+    "minProperties x": {"type": "object", "minProperties": "x"},
+    "maxItems true": {"type": "array", "maxItems": True},
+    "minimum Infinity": {"type": "integer", "minimum": float("inf")},
+    "minimum NaN": {"type": "number", "minimum": float("nan")},
+    "exclusiveMinimum a": {"type": "integer", "exclusiveMinimum": "a"},
+    "const NaN": {"const": float("nan")},
+    "additionalProperties 3": {"type": "object", "additionalProperties": 3},
+    "3000-long $ref chain": ref_chain(3000),
+    "600-long $ref chain": ref_chain(600),
+    "doubling 14 deep": doubling(14, {"type": "boolean"}),
+    "100,000-value enum": {"enum": list(range(100_000))},
+    "20,000-string enum": {"enum": [f"s{i}" for i in range(20_000)]},
+    "50 integer ranges": {
+        "type": "object",
+        "properties": {
+            f"p{i}": {"type": "integer", "minimum": 0, "maximum": 999} for i in range(50)
+        },
+    },
+}
+_deep: dict = {}
+for _ in range(40):
+    _deep = {"type": "array", "items": _deep}
+MALFORMED["items nested 40 deep"] = _deep
+
+# What the grammar cannot hold, beside what it can: refused, naming the keyword.
+UNHELD = [
+    ({"type": "object", "required": ["a"], "anyOf": [{"type": "object"}]}, "'required' beside"),
+    ({"$ref": "#/$defs/a", "$defs": {"a": {}}, "minLength": 1}, "'minLength' beside '$ref'"),
+    ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "oneOf"),
+    ({"oneOf": [{"type": "object"}, {"type": "object", "required": ["a"]}]}, "oneOf"),
+    ({"enum": ["a", 1], "minLength": 2}, "'minLength' beside 'enum'"),
+    ({"type": "object", "properties": {"a": {}, "b": {}}, "maxProperties": 1}, "maxProperties"),
+    ({"type": "number", "minimum": 0.5, "maximum": 0.7}, "Number bounds"),
+    ({"type": "object", "required": ["x"], "additionalProperties": False}, "required 'x'"),
+]
+
+# Accepted, and every answer must validate (each once answered invalid JSON; issue 23).
+HELD = {
+    "additionalProperties false": {"type": "object", "additionalProperties": False},
+    "exclusiveMaximum 0": {
+        "type": "object",
+        "properties": {"x": {"type": "number", "exclusiveMaximum": 0}},
+        "required": ["x"],
+    },
+    "integer exclusive bounds": {
+        "type": "integer",
+        "exclusiveMinimum": 0.5,
+        "exclusiveMaximum": 3,
+    },
+    "disjoint oneOf": {
+        "oneOf": [{"type": "integer"}, {"type": "string", "maxLength": 3}, {"const": None}]
+    },
+    "enum of a type": {"type": "string", "enum": ["a", 1, "b", None]},
+    "huge maxLength": {"type": "string", "maxLength": 2**63},
+    "values of a free object": {"type": "object", "additionalProperties": {"type": "boolean"}},
+    "required beside additionalProperties": {
+        "type": "object",
+        "required": ["k"],
+        "additionalProperties": {"type": "null"},
+    },
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_a_malformed_or_unbounded_schema_is_refused_in_one_sentence(name):
+    with pytest.raises(SchemaError) as e:
+        json_grammar(MALFORMED[name], 256)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("schema", "words"), UNHELD)
+def test_a_keyword_the_grammar_cannot_hold_is_named(schema, words):
+    with pytest.raises(SchemaError) as e:
+        json_grammar(schema, 256)
+    assert words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("name", HELD)
+def test_held_schemas_answer_valid_json(engine, name):
+    schema = HELD[name]
+    grammar = json_grammar(schema, 40)
+    for seed in (None, 1, 2, 3):
+        params = GenerationParams(greedy=seed is None, seed=seed, max_new_tokens=40)
+        result = engine.generate("Answer as JSON.", params, grammar=grammar)
+        check(result.text, schema)
+        assert result.stop_reason is StopReason.END
+
+
+def response_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
+def post(server, body: dict, timeout: float = 60) -> httpx.Response:
+    # Python's json writes NaN and Infinity, and the server's parser reads them, as many do.
+    return httpx.post(f"{server.url}/completions", content=json.dumps(body), timeout=timeout,
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+
+
+def assert_answers_plainly(server) -> None:
+    r = post(server, {"prompt": "Who is Dolly?", "max_tokens": 8})
+    assert r.status_code == 200, r.text
+    assert httpx.get(f"{server.url}/models", timeout=5).status_code == 200
+
+
+def test_poison_schemas_get_400_and_the_next_plain_request_200(server):
+    """Each once got 500, and the first one (minLength -5) made every later request 500 on the
+    batching server (the default) until it was restarted."""
+    for name, schema in MALFORMED.items():
+        body = {"prompt": "x", "max_tokens": 8, "response_format": response_format(schema)}
+        r = post(server, body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", (
+            name, r.status_code, r.text[:300]
+        )  # fmt: skip
+        assert_answers_plainly(server)
+    assert server.proc.poll() is None
+
+
+def test_json_object_needs_room_to_close(server):
+    """max_tokens 1 once answered `{`: now refused; 3 is enough for `{}`."""
+    fmt = {"type": "json_object"}
+    r = post(server, {"prompt": "x", "max_tokens": 1, "response_format": fmt})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+    assert "max_tokens" in r.json()["error"]["message"]
+    r = post(server, {"prompt": "x", "max_tokens": 3, "response_format": fmt})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert json.loads(choice["text"]) == {} and choice["finish_reason"] == "stop"
+
+
+def test_held_schemas_validate_through_serve(server):
+    for name, schema in HELD.items():
+        for seed in (1, 2):
+            body = {"prompt": "JSON please.", "max_tokens": 40, "seed": seed,
+                    "response_format": response_format(schema)}  # fmt: skip
+            r = post(server, body)
+            assert r.status_code == 200, (name, r.text)
+            choice = r.json()["choices"][0]
+            check(choice["text"], schema)
+            assert choice["finish_reason"] == "stop", (name, choice)
+
+
+def test_models_answers_within_100_ms_while_a_grammar_builds(server):
+    """Building a large schema's grammar takes a while (here ~0.5 s over every rung of the
+    ladder, before it is refused for its budget): on a worker thread, not the event loop."""
+    schema = doubling(8, {"type": "string", "minLength": 1})
+    body = {"prompt": "x", "max_tokens": 8, "response_format": response_format(schema)}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post, server, body)
+        worst, polls = 0.0, 0
+        with httpx.Client(timeout=10) as c:
+            c.get(f"{server.url}/models")  # the connection is open before timing starts
+            while not answer.done():
+                t0 = time.perf_counter()
+                assert c.get(f"{server.url}/models").status_code == 200
+                worst, polls = max(worst, time.perf_counter() - t0), polls + 1
+        r = answer.result()
+    assert r.status_code == 400 and "max_tokens" in r.json()["error"]["message"], r.text
+    assert polls >= 3, polls  # the build did take a while
+    assert worst < 0.1, f"/v1/models took {worst * 1000:.0f} ms"
+
+
+# --- the batching engine: a request that fails inside a batch step fails alone
+
+
+@pytest.fixture(scope="module")
+def batching(tiny_models):
+    from dolly_desktop.generation.batching import BatchingEngine
+
+    engine = BatchingEngine(tiny_models["INT4"])
+    yield engine
+    engine.close()
+
+
+BAD_EBNF = 'root ::= "\\"" char{-5,128} "\\""\nchar ::= [a-z]\n'  # genai fails in step()
+
+
+def test_a_grammar_that_fails_in_a_batch_step_fails_only_that_step(batching):
+    from dolly_desktop.errors import DollyError
+
+    plain = GenerationParams(greedy=True, max_new_tokens=8)
+    before = batching.generate("Who is Dolly?", plain).text
+    with pytest.raises(DollyError, match="EBNF"):
+        batching.generate("x", plain, grammar=BAD_EBNF)
+    assert batching.generate("Who is Dolly?", plain).text == before
+    # With others running: every request of the failed step ends (none hangs), and then the
+    # batch answers again, the same answer.
+    long = GenerationParams(greedy=True, max_new_tokens=400)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        running = [pool.submit(batching.generate, f"Story {i}", long) for i in range(2)]
+        time.sleep(0.3)
+        bad = pool.submit(batching.generate, "x", plain, grammar=BAD_EBNF)
+        with pytest.raises(DollyError):
+            bad.result(timeout=60)
+        for f in running:
+            f.exception(timeout=60)  # finished one way or the other, within a minute
+    assert batching.generate("Who is Dolly?", plain).text == before

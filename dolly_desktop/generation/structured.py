@@ -58,8 +58,9 @@ MAX_ENUMERATED = 1000  # integer ranges up to this many values are listed as alt
 MAX_SCHEMA_BYTES = 32 * 1024  # the schema as compact JSON
 MAX_DEPTH = 32  # schemas within schemas, $refs followed
 MAX_NODES = 2000  # subschemas built, each $ref counted where it is used
-MAX_ENUM = 1000  # values in one enum
+MAX_ENUM = 256  # values in one enum
 MAX_GRAMMAR_BYTES = 64 * 1024  # 0.2 s and ~20 MB for xgrammar to compile (see above)
+MAX_LITERAL_BYTES = 8 * 1024  # enum, const and integer-range values, all together
 MAX_BUILD_S = 2.0  # building the grammar, every rung of the LADDER together
 
 
@@ -151,6 +152,7 @@ class _Builder:
         self.refs: list[str] = []  # $refs being expanded: a cycle is refused
         self.nodes = 0
         self.depth = 0
+        self.literal_bytes = 0
 
     def grammar(self, top: Expr) -> str:
         lines = [f"root ::= {top.text}", f"char ::= {CHAR}"]
@@ -236,7 +238,7 @@ class _Builder:
             values = [v for v in values if any(_is(v, k) for k in kinds)]
             if not values:
                 raise SchemaError(f"No value of enum or const (at {where}) is of its type.")
-        return alternatives([_literal(v, where) for v in values])
+        return self.enumerated(values, where)
 
     def disjoint(self, branches: list[Any], where: str) -> None:
         """oneOf means exactly one branch: refused unless no answer can match two."""
@@ -324,10 +326,43 @@ class _Builder:
             self.refs.pop()
 
     def string(self, low: int, high: int) -> Expr:
+        """A string of `low` to `high` characters (or a subset of those lengths). xgrammar's
+        compile time grows with the character positions in the grammar (char{0,32}: 1.5 s
+        holding the GIL, char{0,128}: 6 s), and much less with repetitions of a rule: so
+        runs of four characters (a rule), then up to three single ones."""
         if high == 0:
             return Expr('"\\"\\""', 2)
-        body = f"char{{{low},{high}}}"
+        if high <= 3:
+            body = self.chars_rule(low, high)
+        else:
+            qa, ra = divmod(low, 4)
+            qb, rb = ((high - 3) // 4, 3) if high >= 4 * qa + 3 else (qa, high - 4 * qa)
+            self.rules["char4"] = "char char char char"
+            body = f"char4{{{qa},{qb}}} {self.chars_rule(ra, rb)}"
+            high = 4 * qb + rb
         return Expr(f'("\\"" {body} "\\"")', 2 + BYTES_PER_CHAR * high)
+
+    def chars_rule(self, low: int, high: int) -> str:
+        """A rule for `low` to `high` (at most 3) characters, shared by every string."""
+        name = f"chars{low}_{high}"
+        self.rules[name] = f"char{{{low},{high}}}"
+        return name
+
+    def digits_rule(self, low: int, high: int) -> str:
+        name = f"digits{low}_{high}"
+        self.rules[name] = f"[0-9]{{{low},{high}}}"
+        return name
+
+    def enumerated(self, values: list[Any], where: str) -> Expr:
+        """Alternatives of literal values, counted against MAX_LITERAL_BYTES."""
+        options = [_literal(v, where) for v in values]
+        self.literal_bytes += sum(len(o.text) for o in options)
+        if self.literal_bytes > MAX_LITERAL_BYTES:
+            raise SchemaError(
+                f"The schema's enums, consts and integer ranges (at {where}) add up to over "
+                f"{MAX_LITERAL_BYTES >> 10} KB of values; the limit keeps compiling it quick."
+            )
+        return alternatives(options)
 
     def integer(self, schema: dict[str, Any], where: str) -> Expr:
         low, high = _bounds(schema, where)
@@ -335,9 +370,9 @@ class _Builder:
             if high < low:
                 raise SchemaError(f"No integer fits the bounds at {where}.")
             if high - low + 1 <= MAX_ENUMERATED:
-                return alternatives([literal(i) for i in range(low, high + 1)])
+                return self.enumerated(list(range(low, high + 1)), where)
         n = self.bounds.digits
-        positive = f"([1-9] [0-9]{{0,{n - 1}}})" if n > 1 else "[1-9]"
+        positive = f"([1-9] {self.digits_rule(0, n - 1)})" if n > 1 else "[1-9]"
         if high is None and low in (None, 0, 1):
             if low == 1:
                 return Expr(positive, n)
@@ -359,7 +394,7 @@ class _Builder:
         ):
             # Non-negative numbers satisfy any minimum at or below 0.
             whole = self.integer({} if "minimum" not in schema else {"minimum": 0}, where)
-            fraction = f'("." [0-9]{{1,{FRACTION_DIGITS}}})?'
+            fraction = f'("." {self.digits_rule(1, FRACTION_DIGITS)})?'
             return Expr(f"({whole.text} {fraction})", whole.size + 1 + FRACTION_DIGITS)
         # Other bounds: the whole numbers within them, which are numbers too.
         try:
