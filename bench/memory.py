@@ -12,16 +12,26 @@ answer shows a different digest.
 
     .venv/bin/python -m bench.memory                              # tiny model, 200 and 2,000
     .venv/bin/python -m bench.memory --shape 3b --precision INT4 --lengths 50 200   # slow
+
+`--serve` measures `dolly-desktop serve` itself (a real child, real HTTP), as the audit of issue
+23 did: instructions of 1 to 1,600 words, each length once in a shuffled order, 4 greedy tokens
+each, one request at a time, the server's RSS read from /proc after 20, 200 and 400 lengths,
+with batching on (its KV cache as before, 1 GB, and as now, the default) and off:
+
+    .venv/bin/python -m bench.memory --serve                      # tiny INT4, about 3 minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import json
 import os
 import random
+import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -146,18 +156,129 @@ def machine_line() -> str:
     return f"{machine()}; /proc/cpuinfo model name: {cpu}; CPU capabilities: {' '.join(caps)}"
 
 
+# `serve` as the audit ran it: its arguments, and the environment on top of ours.
+SERVE_CONFIGS: dict[str, dict] = {
+    "batching, KV cache 1 GB (before)": dict(args=["--kv-cache", "1"], env={}),
+    "batching, default KV cache (after)": dict(args=[], env={}),
+    "batching, default KV cache, oneDNN cache 1,024": dict(
+        args=[], env={"ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(ONEDNN_CACHE_DEFAULT)}
+    ),
+    "batching off": dict(args=["--batching", "off"], env={}),
+}
+SERVE_WORDS = 1600  # the longest instruction: 1,600 words and the template fit 2,048 tokens
+SERVE_LENGTHS = [20, 200, 400]
+
+
+def proc_mb(pid: int) -> dict[str, float]:
+    """VmRSS and RssAnon of another process, in MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "RssAnon"):
+            out[key] = int(rest.split()[0]) * 1024 / MB
+    return out
+
+
+def serve_run(model: Path, config: dict, checkpoints: list[int], seed: int) -> dict:
+    """One `dolly-desktop serve` child: RSS after each checkpoint of new prompt lengths."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as home:
+        env = {**os.environ, **config["env"], "DOLLY_DESKTOP_HOME": home}
+        argv = [sys.executable, "-m", "dolly_desktop.cli", "serve", "--model", str(model),
+                "--port", str(port), *config["args"]]  # fmt: skip
+        err = Path(home) / "stderr"
+        with err.open("wb") as f:
+            child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=f, env=env)
+        url = f"http://127.0.0.1:{port}/v1"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if child.poll() is not None or time.monotonic() > deadline:
+                    return {"error": err.read_text().strip().splitlines()[-1][:160]}
+                with contextlib.suppress(httpx.TransportError):
+                    httpx.get(f"{url}/models", timeout=2)
+                    break
+                time.sleep(0.1)
+            kv = re.search(r"KV cache [\d.]+ [MG]B", err.read_text())
+            lengths = list(range(1, SERVE_WORDS + 1))
+            random.Random(seed).shuffle(lengths)
+            loaded = proc_mb(child.pid)
+            points, times = [], []
+            with httpx.Client(timeout=120) as http:
+                for i, n in enumerate(lengths[: max(checkpoints)], 1):
+                    t0 = time.perf_counter()
+                    body = {"model": "m", "prompt": "word " * n, "max_tokens": 4, "temperature": 0}
+                    r = http.post(f"{url}/completions", json=body)
+                    times.append(time.perf_counter() - t0)
+                    if r.status_code != 200:
+                        return {"error": f"length {n}: HTTP {r.status_code} {r.text[:120]}"}
+                    if i in checkpoints:
+                        points.append(dict(lengths=i, **proc_mb(child.pid)))
+            return dict(
+                kv=kv[0][len("KV cache ") :] if kv else "-", loaded=loaded, points=points,
+                ms=1e3 * statistics.median(times),
+            )  # fmt: skip
+        finally:
+            child.terminate()
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def serve_main(a: argparse.Namespace) -> None:
+    from bench.models import ir
+
+    print(f"machine: {machine_line()}")
+    model = ir(a.shape, a.precision or "INT4")
+    checkpoints = a.lengths or SERVE_LENGTHS
+    names = a.configs or list(SERVE_CONFIGS)
+    rows = {}
+    for name in names:
+        rows[name] = serve_run(model, SERVE_CONFIGS[name], checkpoints, a.seed)
+        print(f"  {name}: {rows[name]}", file=sys.stderr, flush=True)
+    first, *rest = checkpoints
+    print(f"\n`serve` on {a.shape} {a.precision or 'INT4'}: instructions of 1 to {SERVE_WORDS} "
+          "words, each length once, 4 greedy tokens each; RSS of the server process\n")  # fmt: skip
+    cols = [f"growth after {n} (MB)" for n in rest]
+    print(f"| config | KV cache | RSS loaded (MB) | RSS after {first} lengths (MB) | "
+          + " | ".join(cols) + " | anonymous growth (MB) | ms a request |")  # fmt: skip
+    print("|---" * (len(cols) + 6) + "|")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"| {name} | failed: {r['error']} |")
+            continue
+        base, *later = r["points"]
+        growth = [f"{p['VmRSS'] - base['VmRSS']:+.0f}" for p in later]
+        anon = "/".join(f"{p['RssAnon'] - base['RssAnon']:+.0f}" for p in later)
+        print(f"| {name} | {r['kv']} | {r['loaded']['VmRSS']:.0f} | {base['VmRSS']:.0f} | "
+              + " | ".join(growth) + f" | {anon} | {r['ms']:.0f} |")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="tiny", help="tiny (default) or 3b (slow to build and run)")
-    ap.add_argument("--precision", default="FP16")
-    ap.add_argument("--lengths", type=int, nargs="+", default=[200, 2000],
-                    help="distinct prompt lengths after which RSS is read")  # fmt: skip
-    ap.add_argument("--configs", nargs="*", help="a subset of CONFIGS, by name")
+    ap.add_argument("--precision", help="FP16 (default), or INT4 (--serve's default)")
+    ap.add_argument("--lengths", type=int, nargs="+",
+                    help="distinct prompt lengths after which RSS is read (default: 200 2000; "
+                    "--serve: 20 200 400, the first the level growth is counted from)")  # fmt: skip
+    ap.add_argument("--configs", nargs="*", help="a subset of CONFIGS (SERVE_CONFIGS), by name")
+    ap.add_argument("--serve", action="store_true", help="measure `serve` over HTTP")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--child")
     ap.add_argument("--model")
     ap.add_argument("--cache")
     a = ap.parse_args()
+    if a.serve:
+        serve_main(a)
+        return
+    a.precision = a.precision or "FP16"
+    a.lengths = a.lengths or [200, 2000]
     if a.child:
         print(json.dumps(child(a.model, a.cache, CONFIGS[a.child], a.lengths, a.seed)))
         return

@@ -13,7 +13,14 @@ read once per process from the ONEDNN_PRIMITIVE_CACHE_CAPACITY environment varia
 tiny model each new length kept about 1.4 MB, and nothing came back: 0.4 GB after 300 lengths.
 Both must be bounded: the runtime cache's executors hold their oneDNN primitives. glibc's
 heap is not the culprit (malloc_trim after every answer gave back 0-2 MB, with or without the
-bounds). docs/benchmarks.md, "Memory across prompt lengths", has the measurements.
+bounds). docs/benchmarks.md, "Memory across prompt lengths", has the measurements. The
+batching engine (generation/batching.py) gets both bounds too.
+
+The batching engine's KV cache. genai allocates it whole at start and hands its blocks out
+first in, first out, so over enough requests every page of it is touched and stays resident,
+whatever the prompts' lengths: the cache's size is a floor the server's RSS reaches, and
+batching.py sizes it to `--max-batch` full contexts and no more (docs/benchmarks.md, "Serve
+memory: the KV cache").
 """
 
 from __future__ import annotations
