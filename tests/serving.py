@@ -4,6 +4,7 @@ the bare engine's answers to compare with."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from conftest import EXACT
 
 from dolly_desktop import paths
 from dolly_desktop.generation.engine import GenerationResult
@@ -23,6 +25,19 @@ from dolly_desktop.generation.params import GenerationParams
 INSTRUCTION = "Who is Dolly?"
 START_TIMEOUT_S = 90
 SERVE = (sys.executable, "-m", "dolly_desktop.cli", "serve")
+# `serve` takes no OpenVINO properties: this child runs the same CLI with the batching engine
+# at exact f32 (conftest.EXACT), so that greedy answers are the same in every process and equal
+# the one-stream engine's token for token.
+EXACT_SERVE = (
+    sys.executable,
+    "-c",
+    "import functools, sys\n"
+    "from dolly_desktop.generation.batching import BatchingEngine as B\n"
+    f"B.__init__ = functools.partialmethod(B.__init__, properties={EXACT!r})\n"
+    "from dolly_desktop.cli import main\n"
+    "sys.exit(main())",
+    "serve",
+)
 
 
 @dataclass
@@ -42,14 +57,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_process(model: Path, *args: str) -> Iterator[Served]:
-    """`dolly-desktop serve` as a subprocess on a free port, once it answers HTTP."""
+def serve_process(model: Path, *args: str, exact: bool = False) -> Iterator[Served]:
+    """`dolly-desktop serve` as a subprocess on a free port, once it answers HTTP; `exact`:
+    its batching engine at exact f32 (EXACT_SERVE)."""
     port = free_port()
     with tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False) as f:
         log = Path(f.name)
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [*SERVE, "--model", str(model), "--port", str(port), *args],
+            [*(EXACT_SERVE if exact else SERVE), "--model", str(model), "--port", str(port), *args],
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
@@ -94,3 +110,15 @@ def make_reference(model: Path) -> Reference:
 
 def server_log() -> list[str]:
     return (paths.log_dir() / "dolly-desktop.log").read_text().splitlines()
+
+
+def post_json(url: str, body: dict, timeout: float = 60) -> httpx.Response:
+    """POST `body` as Python's json writes it: NaN and Infinity included, which the server's
+    parser reads, as many do (httpx's json= refuses them)."""
+    return httpx.post(url, content=json.dumps(body), timeout=timeout,
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+
+
+def json_schema_format(schema: object) -> dict:
+    """A `response_format` asking for answers that follow `schema`."""
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}

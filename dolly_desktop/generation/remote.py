@@ -12,6 +12,19 @@ Same duck-typed interface as core.engine.Engine, as the GUI worker and the CLI u
 loop. Differences: `GenerationResult.token_ids` holds one placeholder -1 per generated token
 (the API gives counts, not ids); `progress()` counts streamed pieces, about one per token;
 `stop_token_ids` cannot be sent and is refused.
+
+Failover repeats, it does not re-prompt: when a server breaks off, the next one is sent the same
+request (same prompt, budget and seed; a sampled answer without a seed gets one here for that),
+and the text it streams is checked against what was already shown and then goes on from there.
+A continuation prompt (Dolly's prompt plus the text so far) cannot give the same answer: `serve`
+wraps any prompt that does not end with `### Response:` in the template again, and the shown
+text re-tokenized is not the tokens that were generated.
+
+A hostile or broken server cannot exhaust the client: a line of the stream is at most
+MAX_LINE_BYTES; the stream's bytes, its text and its pieces at most what `max_tokens` needs
+(_Reader); and `token_timeout` seconds may pass without text (keep-alive comments do not
+count). Model lists and error bodies are read up to MAX_BODY_BYTES; compressed answers are
+refused. Each bound gives one sentence, and the answer moves on to the next server if any.
 """
 
 from __future__ import annotations
@@ -19,9 +32,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
+import secrets
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +63,25 @@ log = logging.getLogger(__name__)
 DOLLY_CONTEXT = 2048  # when the server does not say (OVMS does not)
 CONNECT_TIMEOUT_S = 5.0
 UNKNOWN_TOKEN_ID = -1
+# What a server may send (docs/remote.md, "Bounds"). One SSE line carries one chunk: a few
+# tokens' text (Dolly's longest token is 512 bytes, 514 as JSON) and ~300 bytes of fields.
+MAX_LINE_BYTES = 1 << 20
+# A whole stream: chunk fields, the role/finish/usage chunks and keep-alive comments fit in the
+# fixed part; per token asked for, 2 KiB is 2.5x the longest token's chunk and ~10x a usual one.
+STREAM_BYTES_FIXED = 64 << 10
+STREAM_BYTES_PER_TOKEN = 2 << 10
+# The answer's text, and how many pieces it comes in (a server sends about one per token): Dolly
+# averages ~4 characters a token. These also bound the client's work on the text, which grows
+# with pieces x length (StreamText cleans the whole text at each piece).
+TEXT_CHARS_FIXED = 4096
+TEXT_CHARS_PER_TOKEN = 64
+PIECES_FIXED = 16
+PIECES_PER_TOKEN = 2
+# Longest time without text while bytes still come (serve's queue sends a comment every 5 s):
+# long enough to wait for a busy server's batch to free a place, short of forever.
+TOKEN_TIMEOUT_S = 300.0
+MAX_BODY_BYTES = 1 << 20  # a model list or an error body
+_EOL = re.compile(rb"\r\n|\r|\n")
 
 
 class RemoteEngine(EngineBase):
@@ -60,11 +95,13 @@ class RemoteEngine(EngineBase):
         timeout: float = 60.0,
         model: str | None = None,
         notify: TextCallback | None = None,
+        token_timeout: float = TOKEN_TIMEOUT_S,
     ) -> None:
         """Connect and find the model (first of /models, or `model`). `url` may name several
         servers (a list, or one string with commas): the first that answers is used, and an
         answer moves on to the next when its server refuses or dies mid-answer. `timeout` is
-        the longest wait for the next bit of a response before giving up."""
+        the longest wait for the next bit of a response before giving up; `token_timeout`
+        the longest wait for the next bit of text while other bytes (keep-alives) come."""
         super().__init__()
         self.notify = notify
         urls = url.split(",") if isinstance(url, str) else list(url)
@@ -73,6 +110,7 @@ class RemoteEngine(EngineBase):
             raise DollyError("Give the address of at least one server.")
         self.device = REMOTE
         self.timeout = timeout
+        self.token_timeout = token_timeout
         self._wanted = model
         self._client = _client(api_key, timeout)
         self._response: httpx.Response | None = None
@@ -159,20 +197,21 @@ class RemoteEngine(EngineBase):
             raise DollyError("A remote server cannot be asked to stop at token ids.")
         if grammar is not None:  # a server takes a JSON schema (response_format), not EBNF
             raise DollyError("A remote server cannot be given a grammar.")
+        if not params.greedy and params.seed is None:
+            # A seed of our own, so that a server taking over repeats the same answer.
+            params = replace(params, seed=secrets.randbelow(2**31))
         meter = self._meter = _Meter()
-        text = StreamText()
+        answer = _Answer()
         usage: dict[str, Any] = {}
         finish: str | None = None
-        shown = 0  # pieces of this answer already streamed, over every server
         try:
             while True:
                 try:
-                    usage, finish = self._stream(prompt, params, on_text, text, meter, shown)
+                    usage, finish = self._stream(prompt, params, on_text, answer, meter)
                     break
                 except _ServerLost as lost:
-                    # Go on where the answer stopped: the next server continues from the text
-                    # shown so far (Dolly's prompt plus that text), not from the beginning.
-                    shown = meter.count
+                    # The next server is asked the same and repeats the answer so far, which is
+                    # checked and skipped: it goes on from where this one stopped.
                     following = self.bases[self.bases.index(self.base) + 1 :]
                     if self._cancel.is_set() or not following:
                         raise lost.error from None
@@ -181,6 +220,7 @@ class RemoteEngine(EngineBase):
         finally:
             self._response = None
             self._meter = None
+        text = answer.text
         tail = text.finish()
         if tail and on_text is not None:
             on_text(tail)
@@ -190,8 +230,8 @@ class RemoteEngine(EngineBase):
             reason = StopReason.CANCELLED
         else:
             reason = StopReason.LENGTH
-        n = usage.get("completion_tokens")
-        n = n + shown if isinstance(n, int) else meter.count
+        n = usage.get("completion_tokens")  # the whole answer's: the last server repeated it
+        n = n if isinstance(n, int) and n >= 0 else meter.count
         t_end = time.perf_counter()
         return GenerationResult(
             text=text.text,
@@ -209,48 +249,60 @@ class RemoteEngine(EngineBase):
         prompt: str,
         params: GenerationParams,
         on_text: TextCallback | None,
-        text: StreamText,
+        answer: _Answer,
         meter: _Meter,
-        shown: int,
     ) -> tuple[dict[str, Any], str | None]:
-        """One server's part of an answer: its usage and finish reason. _ServerLost when it
-        refuses or breaks off, so that the next server can take over."""
+        """One server's part of an answer: its usage and finish reason. The server first
+        repeats `answer.streamed` (what earlier servers sent), which is checked, not shown.
+        _ServerLost when it refuses, breaks off or goes beyond a bound, so that the next
+        server can take over."""
         usage: dict[str, Any] = {}
         finish: str | None = None
         complete = False  # [DONE], a finish reason or the end of the answer was seen
-        if shown:
-            prompt += text.text
-            params = replace(params, max_new_tokens=max(1, params.max_new_tokens - shown))
+        known = answer.streamed  # to be repeated by this server
+        repeated = 0  # how much of it this server has repeated
         try:
             with self._client.stream(
                 "POST", f"{self.base}/completions", json=self._body(prompt, params)
             ) as response:
                 self._response = response
                 if response.status_code != 200:
-                    response.read()
-                    error = _refused(self.base, response)
+                    body = _read_body(self.base, response, self.timeout)
+                    error = _refused(self.base, response, body)
                     if response.status_code in (429, 500, 502, 503, 504):
                         raise _ServerLost(error)
                     raise error
-                for line in response.iter_lines():
-                    if self._cancel.is_set():
-                        break
+                _identity(self.base, response)
+                reader = _Reader(
+                    self.base, response, params.max_new_tokens, self.token_timeout, self._cancel
+                )
+                for line in reader.lines():
                     event = _event(line, self.base)
                     if event is None:
                         continue
                     if event == "[DONE]":
                         complete = True
                         break
-                    usage = event.get("usage") or usage
-                    for choice in event.get("choices") or []:
+                    if isinstance(event.get("usage"), dict):
+                        usage = event["usage"]
+                    for choice in _choices(event, self.base):
                         piece = choice.get("text") or ""
                         if piece:
+                            reader.text(piece)
+                        if piece and repeated < len(known):
+                            head = piece[: len(known) - repeated]
+                            if known[repeated : repeated + len(head)] != head:
+                                raise _ServerLost(_diverged(self.base))
+                            repeated += len(head)
+                            piece = piece[len(head) :]
+                        if piece:
+                            answer.streamed += piece
                             meter.tick()
-                            delta = text.feed(piece)
+                            delta = answer.text.feed(piece)
                             if delta and on_text is not None:
                                 on_text(delta)
                         finish = choice.get("finish_reason") or finish
-                    if text.stopped:  # `### End` in the text: the answer is complete
+                    if answer.text.stopped:  # `### End` in the text: the answer is complete
                         complete = True
                         break
                 complete = complete or finish is not None
@@ -258,6 +310,8 @@ class RemoteEngine(EngineBase):
                     raise _ServerLost(
                         DollyError(f"The server at {self.base} ended the response early.")
                     )
+                if complete and repeated < len(known):  # a shorter answer than the one shown
+                    raise _ServerLost(_diverged(self.base))
         except httpx.HTTPError as e:
             if not self._cancel.is_set():
                 raise _ServerLost(_network_error(self.base, self.timeout, e)) from e
@@ -290,6 +344,127 @@ class _ServerLost(Exception):
     def __init__(self, error: DollyError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class _Answer:
+    """One answer over every server: what they streamed, and its clean text."""
+
+    def __init__(self) -> None:
+        self.streamed = ""
+        self.text = StreamText()
+
+
+class _Reader:
+    """A response's server-sent-event lines, within bounds for an answer of at most `tokens`
+    tokens: each line at most MAX_LINE_BYTES, the stream, its text and its pieces at most what
+    that many tokens need, and at most `token_timeout` seconds without text (`text(piece)` is
+    told of each piece). Beyond one, _ServerLost with its sentence."""
+
+    def __init__(
+        self,
+        base: str,
+        response: httpx.Response,
+        tokens: int,
+        token_timeout: float,
+        cancel: threading.Event,
+    ) -> None:
+        self.base = base
+        self.response = response
+        self.tokens = tokens
+        self.max_bytes = STREAM_BYTES_FIXED + STREAM_BYTES_PER_TOKEN * tokens
+        self.max_chars = TEXT_CHARS_FIXED + TEXT_CHARS_PER_TOKEN * tokens
+        self.max_pieces = PIECES_FIXED + PIECES_PER_TOKEN * tokens
+        self.token_timeout = token_timeout
+        self.cancel = cancel
+        self.text_at = time.monotonic()
+        self.chars = 0
+        self.pieces = 0
+
+    def text(self, piece: str) -> None:
+        self.text_at = time.monotonic()
+        self.chars += len(piece)
+        self.pieces += 1
+        if self.chars > self.max_chars:
+            raise self._lost(f"sent over {self.max_chars} characters")
+        if self.pieces > self.max_pieces:
+            raise self._lost(f"sent over {self.max_pieces} pieces of text")
+
+    def lines(self) -> Iterator[str]:
+        line = bytearray()
+        received = 0
+        for chunk in self.response.iter_raw():
+            if self.cancel.is_set():
+                return
+            received += len(chunk)
+            if received > self.max_bytes:
+                raise self._lost(f"sent over {_size(self.max_bytes)}")
+            if time.monotonic() - self.text_at > self.token_timeout:
+                raise _ServerLost(
+                    DollyError(
+                        f"The server at {self.base} sent no text for {self.token_timeout:g} s: "
+                        "it is stuck or too busy."
+                    )
+                )
+            start = 0
+            for end in _EOL.finditer(chunk):
+                line += chunk[start : end.start()]
+                self._check(line)
+                yield line.decode("utf-8", "replace")
+                line.clear()
+                start = end.end()
+                if self.cancel.is_set():
+                    return
+            line += chunk[start:]
+            self._check(line)
+        if line:
+            yield line.decode("utf-8", "replace")
+
+    def _check(self, line: bytearray) -> None:
+        if len(line) > MAX_LINE_BYTES:
+            raise _ServerLost(
+                DollyError(
+                    f"The server at {self.base} sent a line over {_size(MAX_LINE_BYTES)} long, "
+                    "which no answer needs: stopped reading it."
+                )
+            )
+
+    def _lost(self, what: str) -> _ServerLost:
+        return _ServerLost(
+            DollyError(
+                f"The server at {self.base} {what} for an answer of at most {self.tokens} "
+                "tokens: stopped reading it."
+            )
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n / 1024:g} KiB"
+
+
+def _diverged(base: str) -> DollyError:
+    return DollyError(
+        f"The server at {base} gives a different answer from the one shown, so it cannot "
+        "continue it."
+    )
+
+
+def _identity(base: str, response: httpx.Response) -> None:
+    """Refuse a compressed body: it was not asked for, and its size would not be bounded."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise DollyError(f"The server at {base} sent a compressed ({encoding}) answer.")
+
+
+def _read_body(base: str, response: httpx.Response, timeout: float) -> bytes:
+    """At most MAX_BODY_BYTES of a response's body, within `timeout` seconds in all."""
+    _identity(base, response)
+    deadline = time.monotonic() + timeout
+    body = bytearray()
+    for chunk in response.iter_raw():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES or time.monotonic() > deadline:
+            break
+    return bytes(body[:MAX_BODY_BYTES])
 
 
 class _Meter:
@@ -328,7 +503,9 @@ def _base_url(url: str) -> str:
 
 
 def _client(api_key: str | None, timeout: float) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {"Accept-Encoding": "identity"}  # see _identity
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     return httpx.Client(
         headers=headers, timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT_S, timeout))
     )
@@ -336,15 +513,17 @@ def _client(api_key: str | None, timeout: float) -> httpx.Client:
 
 def _find_model(client: httpx.Client, base: str, wanted: str | None) -> dict[str, Any]:
     """The model card to use: `wanted`, else the only one, else the first named Dolly."""
+    timeout = client.timeout.read or 0
     try:
-        response = client.get(f"{base}/models")
+        with client.stream("GET", f"{base}/models") as response:
+            body = _read_body(base, response, timeout)
     except httpx.HTTPError as e:
-        raise _network_error(base, client.timeout.read or 0, e) from e
+        raise _network_error(base, timeout, e) from e
     if response.status_code != 200:
-        raise _refused(base, response)
+        raise _refused(base, response, body)
     try:
-        cards = [c for c in response.json()["data"] if isinstance(c.get("id"), str)]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        cards = [c for c in json.loads(body)["data"] if isinstance(c.get("id"), str)]
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise DollyError(f"{base}/models did not answer with a model list.") from e
     if wanted is not None:
         card = next((c for c in cards if c["id"] == wanted), None)
@@ -365,7 +544,7 @@ def _event(line: str, base: str) -> dict[str, Any] | str | None:
         return data
     try:
         event = json.loads(data)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise DollyError(f"The server at {base} sent something that is not JSON.") from e
     if not isinstance(event, dict):
         return None
@@ -374,18 +553,28 @@ def _event(line: str, base: str) -> dict[str, Any] | str | None:
     return event
 
 
+def _choices(event: dict[str, Any], base: str) -> list[dict[str, Any]]:
+    """An event's choices, each with `text` a string (or absent)."""
+    choices = event.get("choices") or []
+    if not isinstance(choices, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("text") or "", str) for c in choices
+    ):
+        raise DollyError(f"The server at {base} sent a chunk that is not a completion.")
+    return choices
+
+
 def _message(body: Any) -> str:
     err = body.get("error") if isinstance(body, dict) else None
     msg = err.get("message") if isinstance(err, dict) else err
     return str(msg or body).strip()
 
 
-def _refused(base: str, response: httpx.Response) -> DollyError:
-    """One sentence for an HTTP error status."""
+def _refused(base: str, response: httpx.Response, body: bytes) -> DollyError:
+    """One sentence for an HTTP error status (`body`: the start of its body)."""
     try:
-        detail = _message(response.json())
-    except ValueError:
-        detail = response.text.strip()[:200] or response.reason_phrase
+        detail = _message(json.loads(body))[:500]
+    except (ValueError, RecursionError):
+        detail = body.decode("utf-8", "replace").strip()[:200] or response.reason_phrase
     status = response.status_code
     if status in (401, 403):
         return DollyError(f"The server at {base} refused the API key: {detail}")
