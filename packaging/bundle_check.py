@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,13 +139,18 @@ def main() -> int:
     if not exe.is_file():
         print(f"bundle_check: no bundle at {exe}", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="dolly-bundle-check-") as tmp:
+    return run_checks("bundle_check", check, exe)
+
+
+def run_checks(name: str, checks: Callable[[Path, Path], None], exe: Path) -> int:
+    """Run `checks(exe, work)` in a temporary folder; 0 when all passed (user_env_check too)."""
+    with tempfile.TemporaryDirectory(prefix=f"dolly-{name}-") as tmp:
         try:
-            check(exe, Path(tmp))
+            checks(exe, Path(tmp))
         except (CheckFailed, subprocess.TimeoutExpired) as e:
-            print(f"bundle_check: FAILED: {e}", file=sys.stderr)
+            print(f"{name}: FAILED: {e}", file=sys.stderr)
             return 1
-    print("bundle_check: all passed")
+    print(f"{name}: all passed")
     return 0
 
 

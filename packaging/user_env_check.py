@@ -20,12 +20,11 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from bundle_check import ROOT, CheckFailed, installed_path, make_models, run
+from bundle_check import ROOT, CheckFailed, installed_path, make_models, run, run_checks
 
 sys.path.insert(0, str(ROOT / "tests"))
 from hub_server import HubServer
@@ -126,14 +125,7 @@ def main() -> int:
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():
         print("usage: user_env_check.py PATH/TO/dolly-desktop", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="dolly-user-env-") as tmp:
-        try:
-            check(Path(sys.argv[1]), Path(tmp))
-        except (CheckFailed, subprocess.TimeoutExpired) as e:
-            print(f"user_env_check: FAILED: {e}", file=sys.stderr)
-            return 1
-    print("user_env_check: all passed")
-    return 0
+    return run_checks("user_env_check", check, Path(sys.argv[1]))
 
 
 if __name__ == "__main__":
