@@ -74,7 +74,7 @@ print("survived", rounds)
 
 @pytest.mark.slow
 def test_engines_loaded_primed_and_dropped_many_times_in_one_process(tiny_models, tmp_path):
-    """Before the fix, 1 run in 3 of 60 rounds died (in round 3) with SIGSEGV (AMD EPYC, 2 cores)."""
+    """Before the fix, 1 run in 3 of 60 rounds died with SIGSEGV (round 3; AMD EPYC, 2 cores)."""
     models = ",".join(str(tiny_models[p]) for p in ("FP16", "INT4", "INT8"))
     for seed in (1, 2, 3):
         p = subprocess.run(
