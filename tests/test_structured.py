@@ -15,6 +15,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from serving import json_schema_format, post_json
 
 from dolly_desktop.generation.engine import StopReason
 from dolly_desktop.generation.params import GenerationParams
@@ -301,14 +302,8 @@ def test_held_schemas_answer_valid_json(engine, name):
         assert result.stop_reason is StopReason.END
 
 
-def response_format(schema: dict) -> dict:
-    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-
-
-def post(server, body: dict, timeout: float = 60) -> httpx.Response:
-    # Python's json writes NaN and Infinity, and the server's parser reads them, as many do.
-    return httpx.post(f"{server.url}/completions", content=json.dumps(body), timeout=timeout,
-                      headers={"Content-Type": "application/json"})  # fmt: skip
+def post(server, body: dict) -> httpx.Response:
+    return post_json(f"{server.url}/completions", body)
 
 
 def assert_answers_plainly(server) -> None:
@@ -321,7 +316,7 @@ def test_poison_schemas_get_400_and_the_next_plain_request_200(server):
     """Each once got 500, and the first one (minLength -5) made every later request 500 on the
     batching server (the default) until it was restarted."""
     for name, schema in MALFORMED.items():
-        body = {"prompt": "x", "max_tokens": 8, "response_format": response_format(schema)}
+        body = {"prompt": "x", "max_tokens": 8, "response_format": json_schema_format(schema)}
         r = post(server, body)
         assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", (
             name, r.status_code, r.text[:300]
@@ -346,7 +341,7 @@ def test_held_schemas_validate_through_serve(server):
     for name, schema in HELD.items():
         for seed in (1, 2):
             body = {"prompt": "JSON please.", "max_tokens": 40, "seed": seed,
-                    "response_format": response_format(schema)}  # fmt: skip
+                    "response_format": json_schema_format(schema)}  # fmt: skip
             r = post(server, body)
             assert r.status_code == 200, (name, r.text)
             choice = r.json()["choices"][0]
@@ -358,7 +353,7 @@ def test_models_answers_within_100_ms_while_a_grammar_builds(server):
     """Building a large schema's grammar takes a while (here ~0.5 s over every rung of the
     ladder, before it is refused for its budget): on a worker thread, not the event loop."""
     schema = doubling(8, {"type": "string", "minLength": 1})
-    body = {"prompt": "x", "max_tokens": 8, "response_format": response_format(schema)}
+    body = {"prompt": "x", "max_tokens": 8, "response_format": json_schema_format(schema)}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         answer = pool.submit(post, server, body)
         worst, polls = 0.0, 0

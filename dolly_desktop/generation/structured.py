@@ -190,6 +190,10 @@ class _Builder:
         unknown = sorted(set(schema) - HANDLED - IGNORED)
         if unknown:
             raise SchemaError(f"The schema keyword {unknown[0]!r} (at {where}) is not supported.")
+        nulls = sorted(k for k in HANDLED - {"const"} if k in schema and schema[k] is None)
+        if nulls:
+            raise SchemaError(f"{nulls[0]} (at {where}) must not be null.")
+        _check_kinds(schema, where)
         for key, beside in ALONE.items():
             if key in schema:
                 others = sorted(set(schema) & HANDLED - {key} - beside)
@@ -504,6 +508,39 @@ class _Builder:
         return Expr(f'("{{" {inner.text} "}}")', 2 + inner.size)
 
 
+COUNT_KEYWORDS = {"minLength", "maxLength", "minItems", "maxItems", "minProperties",
+                  "maxProperties"}  # fmt: skip
+NUMBER_KEYWORDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+
+
+def _check_kinds(schema: dict[str, Any], where: str) -> None:
+    """Every keyword's value of the kind JSON Schema requires, also where it does not apply
+    (maxItems on a string): a validator would refuse such a schema."""
+    for key in COUNT_KEYWORDS & set(schema):
+        b = schema[key]
+        if not isinstance(b, int) or isinstance(b, bool) or b < 0:
+            raise SchemaError(f"{key} (at {where}) must be a whole number, 0 or more.")
+    for key in NUMBER_KEYWORDS & set(schema):
+        _number(schema, key, where)
+    required = schema.get("required", [])
+    if (
+        not isinstance(required, list)
+        or not all(isinstance(n, str) for n in required)
+        or (len(set(required)) != len(required))
+    ):
+        raise SchemaError(f"required (at {where}) must be a list of distinct property names.")
+    if not isinstance(schema.get("properties", {}), dict):
+        raise SchemaError(f"properties (at {where}) must be an object of schemas.")
+    if not isinstance(schema.get("additionalProperties", True), (bool, dict)):
+        raise SchemaError(f"additionalProperties (at {where}) must be true, false or a schema.")
+    if not isinstance(schema.get("items", True), (bool, dict)):
+        raise SchemaError(f"items (at {where}) must be a schema.")
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            _schemas(schema[key], key, where)
+    _types(schema, where)
+
+
 def _literal(value: Any, where: str) -> Expr:
     try:
         json.dumps(value, allow_nan=False)
@@ -527,9 +564,11 @@ def _types(schema: dict[str, Any], where: str) -> list[str] | None:
     if not listed:
         raise SchemaError(f"type (at {where}) must name at least one type.")
     for kind in listed:
-        if kind not in TYPES:
+        if not isinstance(kind, str) or kind not in TYPES:
             raise SchemaError(f"The type {kind!r:.40} (at {where}) is not a JSON Schema type.")
-    return list(dict.fromkeys(listed))
+    if len(set(listed)) != len(listed):
+        raise SchemaError(f"type (at {where}) names a type twice.")
+    return listed
 
 
 def _kind(value: Any) -> str:
