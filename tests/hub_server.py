@@ -14,7 +14,10 @@
 - Faults for tests: `cut_once` drops the connection after N bytes of one GET of a file;
   `corrupt` flips a byte of a file as served; `throttle` makes a file arrive slowly (a slow
   line, so that a test can stop a transfer halfway); `wrong_length` answers every GET of a
-  file with another number of bytes than it lists, saying so in Content-Length or not.
+  file with another number of bytes than it lists, saying so in Content-Length or not;
+  `drip` answers every GET of a file with a few bytes, then hangs up; `list_size` lists a file
+  with another size (negative, huge, a string); `endless_pages` makes `/api/models` always link
+  to a next page (`page_size` splits a listing into pages linked as the Hub links them).
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ class HubServer:
         self._corrupt: set[tuple[str, str]] = set()
         self._rates: dict[tuple[str, str], float] = {}
         self._lengths: dict[tuple[str, str], tuple[int, bool]] = {}
+        self._drips: dict[tuple[str, str], int] = {}
+        self._listed_sizes: dict[tuple[str, str], object] = {}
+        self.endless_pages = False
+        self.page_size = 1000
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -136,6 +143,15 @@ class HubServer:
         """Every GET of this file sends `total` bytes (the file, cut there or followed by zeros):
         with a Content-Length that says so (`declared`), or none and the connection closed."""
         self._lengths[(repo_id, filename)] = (total, declared)
+
+    def drip(self, repo_id: str, filename: str, nbytes: int) -> None:
+        """Every GET of this file sends its next `nbytes` (Content-Length saying the rest), then
+        hangs up: a mirror that never refuses and never gets anywhere."""
+        self._drips[(repo_id, filename)] = nbytes
+
+    def list_size(self, repo_id: str, filename: str, size: object) -> None:
+        """The listing gives this as the file's size (and its LFS size), whatever it is."""
+        self._listed_sizes[(repo_id, filename)] = size
 
     def gets(self, filename: str) -> list[Request]:
         """Byte-serving GETs of a file (the CDN for LFS files), in order."""
@@ -192,10 +208,16 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 for rid in hub.repos
                 if rid.startswith(f"{author}/") and search in rid.lower()
             ]
-            payload = json.dumps(found).encode()
+            page = int((query.get("cursor") or ["0"])[0])
+            start = page * hub.page_size
+            payload = json.dumps(found[start : start + hub.page_size]).encode()
+            self.req.status = 200
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
+            if hub.endless_pages or start + hub.page_size < len(found):
+                nxt = f"{hub.url}/api/models?author={author}&search={search}&cursor={page + 1}"
+                self.send_header("Link", f'<{nxt}>; rel="next"')
             self.end_headers()
             self.wfile.write(payload)
 
@@ -219,9 +241,10 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 if hub.bare:
                     siblings.append(s)
                     continue
-                s["size"] = f.size
+                size = hub._listed_sizes.get((repo_id, name), f.size)
+                s["size"] = size
                 if f.sha256:
-                    s["lfs"] = {"size": f.size, "sha256": f.sha256, "pointerSize": f.pointer_size}
+                    s["lfs"] = {"size": size, "sha256": f.sha256, "pointerSize": f.pointer_size}
                 siblings.append(s)
             data = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False}
             self._json(200, {**data, "siblings": siblings})
@@ -293,6 +316,8 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if (repo_id, name) in hub._corrupt and data:
                 data[len(data) // 2] ^= 0xFF
             limit = hub._cuts.pop((repo_id, name), None)
+            if (repo_id, name) in hub._drips:
+                limit = hub._drips[(repo_id, name)]
             if limit is not None:
                 data = data[:limit]
                 self.close_connection = True  # hang up with the body unfinished

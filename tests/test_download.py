@@ -20,7 +20,7 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 
 from dolly_desktop.errors import DollyError
-from dolly_desktop.models import capacity
+from dolly_desktop.models import capacity, download
 from dolly_desktop.models.cancel import Cancelled
 from dolly_desktop.models.download import list_repo
 from dolly_desktop.models.folder import MODEL_BIN
@@ -245,6 +245,55 @@ def test_a_server_sending_a_wrong_length_fails_within_the_retries(hub, store, se
     assert store.list() == []
 
 
+def test_a_server_sending_a_byte_per_get_fails_within_the_retries(hub, store):
+    # 1 byte per GET, then the line dropped: each byte once counted as progress and reset the
+    # retries (15,503 GETs in 60 s for a 3.5 MB file, still going).
+    hub.drip(INT4_REPO, MODEL_BIN, 1)
+    size = hub.repos[INT4_REPO].files[MODEL_BIN].size
+    cancel = threading.Event()  # the watchdog: the download must give up on its own first
+    _cancel_when(lambda: len(hub.gets(MODEL_BIN)) > 10, cancel)
+    with pytest.raises(DollyError) as e:
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url, retries=2, cancel=cancel)
+    assert str(e.value).startswith(f"The download of {MODEL_BIN} from {INT4_REPO} keeps failing (")
+    assert len(str(e.value).splitlines()) == 1
+    assert len(hub.gets(MODEL_BIN)) == 3  # retries + 1
+    [partial] = store.partial_downloads()  # the bytes that came are kept for a resume
+    assert partial.bytes_done < size and store.list() == []
+
+
+def test_a_trickle_counts_as_a_stalled_attempt(hub, store, monkeypatch):
+    # A server that keeps sending a little now and then never trips the read timeout: under
+    # STALL_BYTES in STALL_S ends the answer, and such answers count toward the retries.
+    monkeypatch.setattr(download, "STALL_BYTES", 1 << 20)
+    monkeypatch.setattr(download, "STALL_S", 0.5)
+    hub.throttle(INT4_REPO, MODEL_BIN, 64 * 1024)  # 64 KiB a second
+    assert hub.repos[INT4_REPO].files[MODEL_BIN].size > 1 << 20
+    cancel = threading.Event()
+    t0 = time.monotonic()
+    _cancel_when(lambda: len(hub.gets(MODEL_BIN)) > 5 or time.monotonic() - t0 > 20, cancel)
+    with pytest.raises(
+        DollyError, match=r"keeps failing \(it sent under 1,048,576 bytes in 0\.5 s\)"
+    ):
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url, retries=1, cancel=cancel)
+    assert len(hub.gets(MODEL_BIN)) == 2 and time.monotonic() - t0 < 30
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("size", [-1000, -1, 2**80, 1.5, "12x", True])
+def test_a_listing_with_an_impossible_size_is_refused_in_one_sentence(hub, store, tmp_path, size):
+    # A negative size once raised FileNotFoundError from deep in the download.
+    hub.list_size(INT4_REPO, MODEL_BIN, size)
+    before = tree(tmp_path)
+    with pytest.raises(DollyError) as e:
+        store.download("dolly-v2-3b", "INT4", endpoint=hub.url)
+    assert str(e.value) == (
+        f"{hub.url} lists {MODEL_BIN} in {INT4_REPO} with an impossible size ({size!r}): "
+        "nothing was downloaded."
+    )
+    assert tree(tmp_path) == before
+    assert not any("/resolve/" in r.path or "/cdn/" in r.path for r in hub.requests)
+
+
 def test_a_repo_whose_files_match_but_make_no_model_installs_nothing(
     hub, store, tiny_models, tmp_path
 ):
@@ -287,7 +336,7 @@ def test_errors_are_one_clear_sentence(hub, store, tiny_models, monkeypatch):
         with pytest.raises(DollyError, match=message):
             store.download(endpoint=hub.url, **kwargs)
     assert not any("/resolve/" in r.path for r in hub.requests)  # refused before any byte
-    with pytest.raises(DollyError, match=r"Cannot reach http://127\.0\.0\.1:9"):
+    with pytest.raises(DollyError, match=r"^Cannot reach 127\.0\.0\.1:9: "):
         store.download("dolly-v2-3b", "INT4", endpoint="http://127.0.0.1:9")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DollyError, match="HF_HUB_OFFLINE is set"):

@@ -50,6 +50,15 @@ READ_CHUNK = 8 << 20  # for checksums
 _GIT_BLOB_ID = re.compile(r"[0-9a-f]{40}")
 SKIPPED_FILES = {".gitattributes"}  # git plumbing, not part of the model
 REPORT_EVERY_S = 0.1
+# An answer that ends having brought less than this (and not the rest of the file) counts as a
+# failed attempt, toward the retries: a mirror sending 1 byte per GET and hanging up once made
+# 15,503 GETs in 60 s, each byte counted as progress.
+MIN_ATTEMPT_BYTES = 1 << 20
+# An answer bringing less than STALL_BYTES in STALL_S seconds is ended as stalled (a trickle
+# keeps the read timeout from ever firing), and counts like any other failed attempt.
+STALL_BYTES = 64 << 10
+STALL_S = 60.0
+MAX_FILE_BYTES = 1 << 40  # 1 TiB: Dolly's largest file is 23.8 GB; more is a broken listing
 
 
 @dataclass(frozen=True)
@@ -134,9 +143,12 @@ def _remote_file(
     an LFS pointer's.
     """
     if s.lfs is not None:
-        return RemoteFile(s.rfilename, int(s.lfs.size), s.lfs.sha256 or None, None)
+        size = listed_size(s.lfs.size, s.rfilename, repo_id, endpoint)
+        return RemoteFile(s.rfilename, size, s.lfs.sha256 or None, None)
     if s.size is not None:
-        return RemoteFile(s.rfilename, int(s.size), None, s.blob_id)
+        return RemoteFile(
+            s.rfilename, listed_size(s.size, s.rfilename, repo_id, endpoint), None, s.blob_id
+        )
     url = hf_hub_url(repo_id, s.rfilename, revision=commit, endpoint=endpoint)
     meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
     if meta.size is None:
@@ -144,8 +156,23 @@ def _remote_file(
             f"{endpoint} gives the size of {s.rfilename} in {repo_id} neither in its listing "
             "nor for the file itself: it cannot be downloaded safely."
         )
+    size = listed_size(meta.size, s.rfilename, repo_id, endpoint)
     plain = meta.location == url and _GIT_BLOB_ID.fullmatch(meta.etag or "") is not None
-    return RemoteFile(s.rfilename, meta.size, None, meta.etag if plain else None)
+    return RemoteFile(s.rfilename, size, None, meta.etag if plain else None)
+
+
+def listed_size(size: object, name: str, repo_id: str, endpoint: str) -> int:
+    """A size a Hub (or a mirror) gives for a file: a whole number of bytes from 0 to 1 TiB
+    (digits in a string too), else refused in one sentence before anything is fetched."""
+    if isinstance(size, str) and size.isascii() and size.isdigit():
+        size = int(size)
+    if type(size) is not int or not 0 <= size <= MAX_FILE_BYTES:
+        shown = repr(size) if len(repr(size)) <= 40 else repr(size)[:40] + "..."
+        raise DollyError(
+            f"{endpoint} lists {name} in {repo_id} with an impossible size ({shown}): "
+            "nothing was downloaded."
+        )
+    return size
 
 
 def partial_bytes(folder: Path) -> int:
@@ -281,7 +308,9 @@ def _fetch_file(
             _transfer(http, url, headers, part, have, f, meter, cancel)
         except (httpx.TransportError, _Unusable) as e:  # cut, reset, timeout, wrong length
             raise_if_cancelled(cancel)
-            grew = _size(part) > have  # resume from what arrived
+            # Resume from what arrived; but an answer that brought little counts as a failure,
+            # or a server sending a byte at a time would keep the download going round forever.
+            grew = _size(part) - have >= MIN_ATTEMPT_BYTES
             failures = 0 if grew else failures + 1
             if failures > retries:
                 why = str(e) or type(e).__name__
@@ -344,6 +373,7 @@ def _transfer(
         if length is not None and length.isdigit() and int(length) > due:
             raise _Unusable(f"it sent {int(length):,} bytes where {due:,} were due")
         got = 0
+        since, lately = time.monotonic(), 0  # a trickle: under STALL_BYTES in STALL_S
         with open(part, "ab" if have else "wb") as fh:
             for chunk in r.iter_raw():  # as it arrives: a cut loses nothing received
                 raise_if_cancelled(cancel)
@@ -354,6 +384,12 @@ def _transfer(
                 fh.write(chunk)
                 got += len(chunk)
                 meter.add(len(chunk))
+                lately += len(chunk)
+                now = time.monotonic()
+                if lately >= STALL_BYTES:
+                    since, lately = now, 0
+                elif now - since > STALL_S and got < due:
+                    raise _Unusable(f"it sent under {STALL_BYTES:,} bytes in {STALL_S:g} s")
         if got < due:  # ended early without an error: ask for the rest
             raise _Unusable(f"it sent {got:,} of {due:,} bytes")
 
