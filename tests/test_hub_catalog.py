@@ -3,15 +3,20 @@ dolly-v2 repos with their real sizes, cached with the date, the built-in list of
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
+import time
 
 import pytest
 from hub_server import HubServer
 from huggingface_hub import constants
 from test_history import home_env
 
+from dolly_desktop.errors import DollyError
 from dolly_desktop.models import hub_catalog
+from dolly_desktop.models.hub_catalog import HubCatalog
 from dolly_desktop.models.listing import list_models
 from dolly_desktop.models.store import Store
 
@@ -73,3 +78,84 @@ def test_models_list_available_refresh_on_the_command_line(hub, own_home):
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("dolly-v2-7b/INT4"))
     assert "OpenVINO/dolly-v2-7b-int4-ov" in line and "~" not in line
     assert "From the Hub's list of" in p.stdout
+
+
+def _cli(own_home, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in home_env(own_home).items() if k != "HF_HUB_OFFLINE"}
+    return subprocess.run(
+        [sys.executable, "-m", "dolly_desktop.cli", "models", "list", "--available", *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+
+
+def test_pages_are_followed_within_a_bound(hub):
+    hub.page_size = 1  # the Hub's own Link: rel="next" pagination, one repo a page
+    assert len(hub_catalog.refresh(hub.url).repos) == 2
+    hub.endless_pages = True  # once: past 40 s and 897 requests, still going
+    hub.requests.clear()
+    t0 = time.monotonic()
+    with pytest.raises(DollyError, match=r"keeps linking to more pages .*: its list was not used"):
+        hub_catalog.refresh(hub.url)
+    assert time.monotonic() - t0 < 10
+    assert len([r for r in hub.requests if r.path == "/api/models"]) == hub_catalog.MAX_PAGES
+    assert len(hub_catalog.cached().repos) == 2  # the list kept before stays
+
+
+def test_an_endless_list_on_the_command_line_ends_with_one_line(hub, own_home):
+    hub.endless_pages = True
+    t0 = time.monotonic()
+    p = _cli(own_home, "--refresh", "--endpoint", hub.url)
+    assert time.monotonic() - t0 < 30
+    assert p.returncode == 0, p.stderr
+    [line] = p.stderr.strip().splitlines()
+    assert line.startswith("dolly-desktop: the Hub's list was not refreshed: ") and "pages" in line
+    assert "From the built-in list" in p.stdout
+
+
+@pytest.mark.parametrize("size", [-(10**15), 2**70, "12", 1.5])
+def test_impossible_sizes_are_not_kept_or_shown(hub, own_home, size):
+    hub.list_size("OpenVINO/dolly-v2-7b-int4-ov", "openvino_model.bin", size)
+    fetched = {r.repo_id: r for r in hub_catalog.refresh(hub.url).repos}
+    assert fetched["OpenVINO/dolly-v2-7b-int4-ov"].size_bytes is None  # not said: estimated
+    assert fetched["OpenVINO/dolly-v2-3b-int4-ov"].size_bytes > 0
+    p = _cli(own_home)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("dolly-v2-7b/INT4"))
+    assert "OpenVINO/dolly-v2-7b-int4-ov" in line and " ~" in line and "-1" not in line
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"size_bytes": "5000"},
+        {"model": ["dolly-v2-3b"]},
+        {"size_bytes": -1000000 * 10**9},
+        {"size_bytes": 10**30},
+        {"precision": "INT8"},
+        "not a repo",
+    ],
+)
+def test_a_damaged_cache_is_no_cache_with_one_line_in_the_log(hub, own_home, caplog, damage):
+    good = hub_catalog.refresh(hub.url)
+    path = hub_catalog.cache_path()
+    data = json.loads(path.read_text())
+    data["repos"][0] = damage if isinstance(damage, str) else {**data["repos"][0], **damage}
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        assert hub_catalog.cached() is None and hub_catalog.cached() is None
+        variants = hub_catalog.all_variants()
+    told = [r.getMessage() for r in caplog.records if "hub catalog" in r.getMessage()]
+    assert len(told) == 1 and "is unusable" in told[0] and len(told[0].splitlines()) == 1
+    assert variants == hub_catalog.all_variants(HubCatalog("", "", []))  # the built-in list
+    assert good.repos  # it was a real list before the damage
+    p = _cli(own_home)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) <= 1
+    assert "From the built-in list" in p.stdout and "-1000000" not in p.stdout
+
+
+def test_a_hub_that_cannot_be_reached_is_one_sentence(own_home, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(DollyError, match=r"^Cannot reach 127\.0\.0\.1:9: .*set HF_ENDPOINT"):
+        hub_catalog.refresh("http://127.0.0.1:9")
+    assert hub_catalog.cached() is None

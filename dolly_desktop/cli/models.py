@@ -269,8 +269,8 @@ def cmd_list(a: argparse.Namespace) -> int:
 
             try:
                 refresh(a.endpoint)
-            except Exception as e:  # offline, or the Hub did not answer: the cached list
-                print(f"dolly-desktop: the Hub's list could not be fetched ({e}).", file=sys.stderr)
+            except DollyError as e:  # offline, or no usable answer: the cached list, one line
+                print(f"dolly-desktop: the Hub's list was not refreshed: {e}", file=sys.stderr)
         return _list_available(installed)
     if not installed:
         print(f"No models installed in {store.root}.", file=sys.stderr)
