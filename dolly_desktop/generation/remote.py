@@ -438,7 +438,7 @@ class _Reader:
 
 
 def _size(n: int) -> str:
-    return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n / 1024:g} KiB"
+    return f"{n / (1 << 20):.3g} MiB" if n >= 1 << 20 else f"{n / 1024:.3g} KiB"
 
 
 def _diverged(base: str) -> DollyError:
