@@ -96,3 +96,46 @@ def test_a_cancelled_first_download_installs_nothing(qtbot, tiny_models, monkeyp
     assert Store().list() == [] and w.model_dir is None
     assert "stopped" in panel.message.text() or "failed" in panel.message.text()
     w.close()
+
+
+def test_a_failed_download_is_an_error_with_the_log_and_a_hint(qtbot, monkeypatch):
+    """An unreachable Hub: the sentence is styled as an error, names the log file's path and
+    says what to try (the connection, HF_ENDPOINT)."""
+    from dolly_desktop.logs import log_file
+    from dolly_desktop.ui.look import ERROR_STYLE
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    panel = w.first_run
+    panel.endpoint = "http://127.0.0.1:9"  # nothing listens on the discard port
+    panel.download_button.click()
+    with qtbot.waitSignal(panel.job.ended, timeout=MS):
+        pass
+    text = panel.message.text()
+    assert panel.message.isVisible() and text.startswith("The download failed")
+    assert log_file() in text and "HF_ENDPOINT" in text and "connection" in text
+    assert panel.message.property("error") is True
+    assert panel.message.styleSheet() == ERROR_STYLE
+    w.close()
+
+
+def test_the_panel_keeps_its_height_when_a_download_starts(qtbot):
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.resize(1000, 700)
+    w.show()
+    panel = w.first_run
+    qtbot.wait(50)
+    before = panel.height(), w.splitter.mapTo(w, w.splitter.rect().topLeft()).y()
+    panel._busy(True)  # what download() shows, without a Hub
+    long = "Downloading openvino_model.bin: 1.2 GB of 1.9 GB at 31.4 MB/s, 23 s left " * 3
+    panel._show_progress(long, 0.4)
+    qtbot.wait(50)
+    assert panel.progress.isVisible()
+    after = panel.height(), w.splitter.mapTo(w, w.splitter.rect().topLeft()).y()
+    assert after == before
+    assert w.width() == 1000
+    panel._busy(False)
+    w.close()

@@ -3,22 +3,25 @@ button that downloads it (progress and Cancel in the window), and the other ways
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
+from dolly_desktop.logs import log_file
 from dolly_desktop.models.capacity import available_memory_bytes, format_bytes, free_disk_bytes
 from dolly_desktop.models.catalog import Variant
 from dolly_desktop.models.choice import recommend
 from dolly_desktop.models.store import Store
 from dolly_desktop.ui.background import Job
+from dolly_desktop.ui.look import style_message
 from dolly_desktop.ui.settings_dialog import download_progress
 
 
@@ -42,10 +45,20 @@ class FirstRunPanel(QFrame):
         self.download_button = QPushButton(objectName="first_run_download")
         self.download_button.setAccessibleDescription("Downloads the recommended model")
         self.progress = QProgressBar(objectName="first_run_progress")
-        self.progress_label = QLabel(wordWrap=True)
+        # One line that never widens the window (a long file name is cut at the edge).
+        self.progress_label = QLabel(objectName="first_run_progress_label")
+        self.progress_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setAccessibleName("Cancel the download")
+        # The progress row keeps its room while hidden: nothing below moves when it appears.
+        for w in (self.progress, self.cancel_button, self.progress_label):
+            policy = w.sizePolicy()
+            policy.setRetainSizeWhenHidden(True)
+            w.setSizePolicy(policy)
         self.message = QLabel(wordWrap=True, objectName="first_run_message")
+        self.message.setTextFormat(Qt.TextFormat.PlainText)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message.hide()
         others = QHBoxLayout()
         others.addWidget(QLabel("Or:"))
         for text, signal in (
@@ -112,12 +125,12 @@ class FirstRunPanel(QFrame):
         job = self.job = Job(f"Downloading {v.model} {v.precision.value}", work, owner=self)
         job.progress.connect(self._show_progress)
         job.done.connect(lambda m: self.installed.emit(str(m.path)))
-        job.failed.connect(lambda msg: self.message.setText(f"The download failed: {msg}"))
+        job.failed.connect(self._failed)
         job.cancelled.connect(
-            lambda: self.message.setText("Download stopped; click Download again to resume.")
+            lambda: self._say("Download stopped; click Download again to resume.")
         )
         job.ended.connect(lambda: self._busy(False))
-        self.message.setText("")
+        self._say("")
         self._busy(True)
         job.start()
 
@@ -125,6 +138,21 @@ class FirstRunPanel(QFrame):
         if self.job is not None and self.job.running:
             self.job.cancel()
             self.progress_label.setText("Stopping…")
+
+    def _failed(self, message: str) -> None:
+        """The reason, what to try (the connection, a Hub mirror) and where the details are."""
+        text = f"The download failed: {message}"
+        if "HF_ENDPOINT" not in message:
+            text += (
+                " Check the internet connection; where huggingface.co cannot be reached, set "
+                "HF_ENDPOINT to a Hub mirror and start the app again."
+            )
+        self._say(f"{text} Details are in the log file: {log_file()}", error=True)
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.message.setText(text)
+        style_message(self.message, error)
+        self.message.setVisible(bool(text))
 
     def _show_progress(self, text: str, fraction: float) -> None:
         self.progress.setValue(int(fraction * 100))

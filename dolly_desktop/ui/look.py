@@ -18,6 +18,21 @@ from PySide6.QtWidgets import (
 ZOOM_STEP = 1  # points per Ctrl+= / Ctrl+-
 ZOOM_RANGE = (-6, 16)
 
+# The app's one error look: a light red box with dark text, readable in either scheme (the
+# window's banner, the first-run panel, the settings dialog's messages).
+ERROR_STYLE = (
+    "QLabel { padding: 8px; border-radius: 4px; background: #fde7e9; color: #1d1d1f; "
+    "border: 1px solid #b00020; }"
+)
+NOTE_STYLE = "QLabel { padding: 8px; border-radius: 4px; background: #eef3fb; color: #1d1d1f; }"
+
+
+def style_message(label: QLabel, error: bool) -> None:
+    """Show `label` in the error look (or the neutral note look); its `error` property says
+    which, for tests and style sheets."""
+    label.setProperty("error", error)
+    label.setStyleSheet(ERROR_STYLE if error else NOTE_STYLE)
+
 
 def dark_palette() -> QPalette:
     """Fusion's colours for a dark scheme (Fusion itself turns dark only on some platforms)."""

@@ -46,7 +46,7 @@ from dolly_desktop.models.store import Store
 from dolly_desktop.ui.context_pane import ContextPane
 from dolly_desktop.ui.first_run import FirstRunPanel
 from dolly_desktop.ui.history_panel import HistoryPanel
-from dolly_desktop.ui.look import ZOOM_RANGE, ZOOM_STEP, name_controls
+from dolly_desktop.ui.look import ZOOM_RANGE, ZOOM_STEP, name_controls, style_message
 from dolly_desktop.ui.settings import AppSettings
 from dolly_desktop.ui.settings_dialog import SettingsDialog
 from dolly_desktop.ui.workers import EngineThread, GenerateRequest, LoadRequest
@@ -649,11 +649,7 @@ class MainWindow(QMainWindow):
         show_about(self, self.model_dir)
 
     def _show_banner(self, html: str, offer_open: bool = False, error: bool = False) -> None:
-        self.banner.setProperty("error", error)
-        self.banner.setStyleSheet(
-            "QLabel { padding: 8px; border-radius: 4px; background: %s; color: #1d1d1f; }"
-            % ("#fde7e9" if error else "#eef3fb")  # light in either scheme: dark text on it
-        )
+        style_message(self.banner, error)  # light in either scheme: dark text on it
         self.banner.setText(html)
         self.banner.show()
         self.open_button.setVisible(offer_open)
