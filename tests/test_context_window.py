@@ -64,3 +64,22 @@ def test_a_file_that_is_not_utf8_text_leaves_the_context_as_it_was(window, tmp_p
     good.write_text("# Notes\nThe keeper lit the lamp at dusk.", encoding="utf-8")
     pane.load_file(str(good))
     assert pane.text().startswith("# Notes") and pane.message.text() == ""
+
+
+def test_the_meter_never_widens_the_window(qtbot, window):
+    """At 800 px, the longest red sentence wraps inside the window instead of widening it."""
+    window.resize(800, 600)
+    qtbot.wait(50)
+    assert window.width() == 800
+    pane = window.context_pane
+    pane._show_count(2100, 1000, 2048)  # does not fit: the longest sentence
+    qtbot.wait(50)
+    assert "does not fit" in pane.meter.text()
+    assert window.width() == 800
+    assert pane.meter.geometry().right() <= pane.width()
+    pane._show_count(1500, 1000, 2048)
+    qtbot.wait(50)
+    assert window.width() == 800
+    # All of it can be read: the label is tall enough for its wrapped lines.
+    needed = pane.meter.heightForWidth(pane.meter.width())
+    assert pane.meter.height() >= needed > 0

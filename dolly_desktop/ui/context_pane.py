@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -74,8 +75,14 @@ class ContextPane(QWidget):
         self.open_button = QPushButton("Open file…")
         self.open_button.setAccessibleName("Open a text file as the context")
         self.clear_button = QPushButton("Clear context")
-        self.meter = QLabel(objectName="token_meter")
+        self.meter = QLabel(objectName="token_meter", wordWrap=True)
         self.meter.setAccessibleName("Prompt size")
+        self.meter.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        # Takes the room left beside the toggle and wraps there: a long sentence (the prompt
+        # does not fit…) never widens the window.
+        policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        policy.setHeightForWidth(True)
+        self.meter.setSizePolicy(policy)
         self.message = QLabel(objectName="context_message", wordWrap=True)
         self.message.setStyleSheet(OVER)
         self.body = QWidget()
@@ -93,8 +100,7 @@ class ContextPane(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         top = QHBoxLayout()
         top.addWidget(self.toggle)
-        top.addStretch(1)
-        top.addWidget(self.meter)
+        top.addWidget(self.meter, 1)
         lay.addLayout(top)
         lay.addWidget(self.body, 1)
         self.fits = True
