@@ -96,3 +96,32 @@ def test_shortcuts_are_listed_under_help(qtbot):
     assert "Quit" in listed.values() and "Model settings…" in listed.values()
     assert QApplication.instance() is not None
     w.close()
+
+
+def test_zoom_scales_every_widget_not_only_the_text_boxes(qtbot):
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    widgets = {
+        "history": w.history_panel,
+        "examples": w.examples,
+        "temperature": w.spins["temperature"],
+        "greedy": w.greedy,
+        "submit": w.submit_button,
+        "status bar": w.statusBar(),
+        "stats": w.stats_label,
+        "model label": w.model_label,
+        "tabs": w.side_tabs,
+        "menu bar": w.menuBar(),
+        "first run": w.first_run.download_button,
+        "response": w.response,
+    }
+    normal = {name: x.font().pointSizeF() for name, x in widgets.items()}
+    w.zoom_in_action.trigger()
+    w.zoom_in_action.trigger()
+    w.zoom_in_action.trigger()
+    bigger = {name: x.font().pointSizeF() for name, x in widgets.items()}
+    assert bigger == {name: size + 3 for name, size in normal.items()}
+    w.zoom_reset_action.trigger()
+    assert {name: x.font().pointSizeF() for name, x in widgets.items()} == normal
+    w.close()

@@ -94,7 +94,7 @@ class MainWindow(QMainWindow):
         self.settings_dialog: SettingsDialog | None = None
         self._response_text = ""
         self._build()
-        self._base_point_size = self.response.font().pointSizeF()
+        self._base_point_size = QApplication.font(self).pointSizeF()
         self._name_controls()
         self._connect()
         if self.settings.zoom:
@@ -592,15 +592,15 @@ class MainWindow(QMainWindow):
 
     # ---- look -------------------------------------------------------------------------
     def zoom(self, steps: int | None) -> None:
-        """Make the instruction, context and response text bigger or smaller (None: back to
-        the normal size); kept between runs."""
+        """Make every text in the window bigger or smaller (None: back to the normal size):
+        the boxes, history, parameters, buttons, menus and status bar; kept between runs.
+        The window's font propagates to every widget that has not set a font of its own."""
         z = 0 if steps is None else self.settings.zoom + steps
         z = max(ZOOM_RANGE[0], min(ZOOM_RANGE[1], z))
         self.settings.zoom = z
-        for w in (self.instruction, self.response, self.context_pane.edit):
-            font = w.font()
-            font.setPointSizeF(max(4.0, self._base_point_size + z))
-            w.setFont(font)
+        font = QApplication.font(self)
+        font.setPointSizeF(max(4.0, self._base_point_size + z))
+        self.setFont(font)
 
     def text_point_size(self) -> float:
         return self.response.font().pointSizeF()
