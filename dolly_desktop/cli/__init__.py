@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from dolly_desktop import __version__
-from dolly_desktop.cli import devices, generate, history, models, serve
+from dolly_desktop.cli import devices, docs, generate, history, models, serve
 from dolly_desktop.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, Parser
 from dolly_desktop.errors import DollyError
 from dolly_desktop.logs import setup_logging
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", parser_class=Parser)
 
-    for family in (generate, devices, history, models, serve):
+    for family in (generate, devices, history, models, serve, docs):
         family.register(sub)
     return p
 

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from dolly_desktop import __version__
+from dolly_desktop.cli.docs import DocsQuestion, add_docs_options
 from dolly_desktop.cli.options import (
     EXIT_INTERRUPTED,
     add_lookup_option,
@@ -49,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a passage for Dolly to work from (UTF-8 text; - reads stdin), given in the "
         "Input: format Dolly was trained on",
     )
+    add_docs_options(g)
     g.add_argument("--no-history", action="store_true", help="do not record this run")
     g.add_argument("instruction", nargs="?", help="the instruction (default: read stdin)")
 
@@ -66,6 +68,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
     instruction = a.instruction if a.instruction not in (None, "-") else sys.stdin.read()
     context = read_text_file(a.context) if a.context else ""
     prompt = build_prompt(instruction, context)  # refuse bad input before the model loads
+    if a.docs and a.context:
+        raise DollyError("Give --context or --docs, not both.")
+    docs = DocsQuestion(a.docs, instruction, a.docs_fallback) if a.docs else None
     if a.remote and a.prompt_lookup:
         raise DollyError("--prompt-lookup is for a local model: a server decodes its own way.")
 
@@ -92,6 +97,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     try:
+        if docs is not None:
+            count, n = engine.count_tokens, engine.context_length
+            context = docs.passage(count, n, params.max_new_tokens)
         result = run_and_record(engine, history, instruction, params, out, warn, context)
     except KeyboardInterrupt:
         engine.cancel()
@@ -99,6 +107,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     finally:
         engine.close()
     sys.stdout.write("\n")
+    if docs is not None:
+        docs.print_sources()
     print(result.metrics_line(), file=sys.stderr)
     if result.extra.get("prompt_lookup"):
         n, steps = result.generated_tokens, result.extra["inferences"]
