@@ -120,7 +120,9 @@ def test_export_without_export_support_says_the_one_command(tmp_path, tiny_check
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=home_env(tmp_path / "home"))  # fmt: skip
     assert p.returncode == 2, p.stderr
-    assert "pip install -e" in p.stderr and "[export]" in p.stderr, p.stderr
+    # The locked set: adding export support changes no run-time package (tests/test_lock.py).
+    assert "pip install --require-hashes -r" in p.stderr, p.stderr
+    assert "requirements/export.txt" in p.stderr and len(p.stderr.splitlines()) == 1
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.xml"))
 
 
