@@ -230,3 +230,24 @@ def test_history_off_writes_nothing(qtbot, tiny_fp16, tmp_path):
     w2 = open_window(qtbot)
     assert not w2.history_panel.keep.isChecked()  # the choice persists
     w2.close()
+
+
+def test_a_random_run_records_its_seed_and_restoring_it_reproduces_the_answer(qtbot, window):
+    """Sampling with no fixed seed: the seed chosen for the run is stored, not None, and the
+    restored entry (fixed seed, that value) gives the same answer again."""
+    panel = window.history_panel
+    params = GenerationParams(max_new_tokens=24, temperature=1.5, top_p=1.0)
+    run(qtbot, window, EXAMPLES[3], params)
+    first = window._response_text
+    entry = window.history.list()[0]
+    assert entry.params.seed is not None and not entry.params.greedy
+    run(qtbot, window, EXAMPLES[3], params)  # another random seed: another answer
+    second = window.history.list()[0]
+    assert second.params.seed != entry.params.seed and window._response_text != first
+    panel.refresh()
+    window.show_entry(entry)
+    assert window.seed_check.isChecked() and window.seed.value() == entry.params.seed
+    with qtbot.waitSignal(window.response_done, timeout=GEN_MS):
+        window.submit_button.click()
+    assert window._response_text == first
+    assert window.history.list()[0].params.seed == entry.params.seed

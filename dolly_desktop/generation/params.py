@@ -6,7 +6,8 @@ validation below all read it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import random
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, NamedTuple
 
 from dolly_desktop.errors import DollyError
@@ -58,6 +59,13 @@ class GenerationParams:
                 raise DollyError(
                     f"{r.label} must be from {_fmt(r.low)} to {_fmt(r.high)}; got {_fmt(value)}."
                 )
+
+    def with_seed(self) -> GenerationParams:
+        """The parameters this run will use: a random seed chosen now when sampling asked for
+        none, so that the run can be recorded with it and reproduced. Greedy needs none."""
+        if self.seed is not None or self.greedy:
+            return self
+        return replace(self, seed=random.randrange(int(RANGES["seed"].high) + 1))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
