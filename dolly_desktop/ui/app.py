@@ -30,7 +30,7 @@ def make_app() -> QApplication:
 
 def run_gui(model: str | None = None, screenshot: str | None = None) -> int:
     app = make_app()
-    window = MainWindow(model=model)
+    window = MainWindow(model=model, scripted=bool(screenshot))
     window.show()
     if screenshot:
         _script_screenshot(window, screenshot)

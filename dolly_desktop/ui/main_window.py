@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QSettings, Qt, QTemporaryDir, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut, QTextCursor
 from PySide6.QtWidgets import (
     QApplication,
@@ -79,13 +79,16 @@ class MainWindow(QMainWindow):
     load_done = Signal()
     response_done = Signal()
 
-    def __init__(self, model: str | None = None) -> None:
+    def __init__(self, model: str | None = None, scripted: bool = False) -> None:
+        """`scripted` (--screenshot): the person's settings are read but every change goes to
+        a throw-away copy, and no history is read or written; both stay as they were."""
         super().__init__()
         self.setWindowTitle(APP_NAME)
-        self.settings = AppSettings()
+        self.settings = _scratch_settings(self) if scripted else AppSettings()
         self.engine_thread = EngineThread()
         self.worker = self.engine_thread.worker
-        self.history = History(enabled=self.settings.history_enabled)
+        keep = self.settings.history_enabled and not scripted
+        self.history = History(enabled=keep)
         self.model_dir: str | None = None  # what is loaded: a model folder or a server's URL
         self.model_is_remote = False
         self.generating = False
@@ -691,6 +694,17 @@ class MainWindow(QMainWindow):
         if not self.engine_thread.stop():
             log.error("engine thread did not stop in time")
         event.accept()
+
+
+def _scratch_settings(owner: QWidget) -> AppSettings:
+    """A copy of the saved settings in a temporary file that goes with `owner`."""
+    saved = AppSettings().qs
+    tmp = QTemporaryDir()
+    owner._scratch_dir = tmp  # type: ignore[attr-defined]  # removed with the window
+    qs = QSettings(tmp.filePath("settings.ini"), QSettings.Format.IniFormat, owner)
+    for key in saved.allKeys():
+        qs.setValue(key, saved.value(key))
+    return AppSettings(qs)
 
 
 def _model_name(folder: str) -> str:
