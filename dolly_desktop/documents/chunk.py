@@ -1,5 +1,6 @@
 """Blocks of text -> chunks of about TARGET_TOKENS tokens with a small overlap, cut only
-between words, each with its anchor (page, nearest heading). Chunks never cross a page.
+between words, each with its anchor (page, and the heading of the section most of it is in).
+Chunks never cross a page.
 
 Tokens are counted with the model's own tokenizer (`tokenizer.json`, through the `tokenizers`
 library: no torch, no OpenVINO). Byte-level BPE never merges across the start of a
@@ -68,6 +69,16 @@ class TokenCounter:
         return list(map(cache.__getitem__, units))
 
 
+def _main_block(starts: list[int], cum: list[int], start: int, end: int) -> int:
+    """The block holding most of the tokens of units start..end (the first on a tie)."""
+    first, last = bisect_right(starts, start) - 1, bisect_right(starts, end - 1) - 1
+    bounds = [*starts, len(cum) - 1]
+    return max(
+        range(first, last + 1),
+        key=lambda b: (cum[min(end, bounds[b + 1])] - cum[max(start, bounds[b])], -b),
+    )
+
+
 def chunk_blocks(
     blocks: list[Block],
     counter: TokenCounter,
@@ -100,7 +111,7 @@ def chunk_blocks(
             if cum[n] - cum[start] <= max_tokens:
                 end = n  # a short tail joins this chunk rather than standing alone
             text = "".join(units[start:end]).strip()
-            heading = heads[bisect_right(starts, start) - 1]
+            heading = heads[_main_block(starts, cum, start, end)]
             chunks.append(Chunk(text, cum[end] - cum[start], page, heading))
             if end >= n:
                 break
