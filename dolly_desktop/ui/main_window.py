@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTemporaryDir, QTimer, Signal, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut, QTextCursor
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 
 WITH_PASSAGE = "  (with a passage)"
+FRAME_MS = 16  # the response is painted at most once per frame while it streams
 
 
 class InstructionEdit(QPlainTextEdit):
@@ -208,6 +210,8 @@ class MainWindow(QMainWindow):
         sb.addPermanentWidget(self.busy)
         sb.addPermanentWidget(self.model_label)
         self.live_timer = QTimer(self, interval=250)
+        self.paint_timer = QTimer(self, singleShot=True)
+        self._last_paint = 0.0
         self.resize(1100, 720)
 
     def _name_controls(self) -> None:
@@ -290,7 +294,8 @@ class MainWindow(QMainWindow):
         w.loading.connect(self._on_loading, q)
         w.loaded.connect(self._on_loaded, q)
         w.load_failed.connect(self._on_load_failed, q)
-        w.piece.connect(self._on_piece, q)
+        w.stream_ready.connect(self._on_stream_ready, q)
+        self.paint_timer.timeout.connect(self._paint)
         w.finished.connect(self._on_finished, q)
         w.failed.connect(self._on_failed, q)
         self.instruction.submit.connect(self.submit)
@@ -501,6 +506,7 @@ class MainWindow(QMainWindow):
         self.generating = True
         self.last_result = None
         self._response_text = ""
+        self.worker.take_text()  # nothing from an earlier answer
         self.response.clear()
         self.stats_label.setText("Waiting for the first token…")
         self._update_buttons()
@@ -513,16 +519,32 @@ class MainWindow(QMainWindow):
             self.worker.cancel()  # thread-safe; the engine stops within one token
             self.stats_label.setText("Stopping…")
 
-    @Slot(str)
-    def _on_piece(self, piece: str) -> None:
-        self._response_text += piece
+    @Slot()
+    def _on_stream_ready(self) -> None:
+        """New text: painted now if the last paint is a frame old, else at the next frame."""
+        if self.paint_timer.isActive():
+            return
+        wait_ms = FRAME_MS - (time.monotonic() - self._last_paint) * 1000
+        if wait_ms <= 0:
+            self._paint()
+        else:
+            self.paint_timer.start(int(wait_ms) + 1)
+
+    def _paint(self) -> None:
+        """Everything streamed so far, rendered as Markdown as the final answer will be: no
+        change under the reader's eyes when it ends."""
+        text = self.worker.take_text()
+        if not text:
+            return
+        self._response_text += text
+        self._render(self._response_text)
+        self._last_paint = time.monotonic()
+
+    def _render(self, text: str) -> None:
         bar = self.response.verticalScrollBar()
-        at_end = bar.value() >= bar.maximum() - 4
-        cursor = QTextCursor(self.response.document())
-        cursor.movePosition(QTextCursor.MoveOperation.End)
-        cursor.insertText(piece)
-        if at_end:  # follow the text unless the reader scrolled up
-            bar.setValue(bar.maximum())
+        at_end, where = bar.value() >= bar.maximum() - 4, bar.value()
+        self.response.setMarkdown(text)
+        bar.setValue(bar.maximum() if at_end else where)  # follow unless the reader scrolled up
 
     def _show_live_stats(self) -> None:
         n, tps = self.worker.progress()
@@ -533,18 +555,21 @@ class MainWindow(QMainWindow):
     def _on_finished(self, result: GenerationResult) -> None:
         self._end_generation()
         self.last_result = result
-        self._response_text = result.text
-        bar = self.response.verticalScrollBar()
-        was_at_end = bar.value() >= bar.maximum() - 4
-        self.response.setMarkdown(result.text)
-        if was_at_end:
-            bar.setValue(bar.maximum())
+        self.paint_timer.stop()
+        shown = self._response_text
+        self._response_text += self.worker.take_text()
+        if result.text != self._response_text:  # the engine's last word, if it differs
+            self._response_text = result.text
+        if self._response_text != shown:
+            self._render(self._response_text)
         self.stats_label.setText(result.metrics_text(" · "))
         self._update_buttons()
 
     @Slot(str)
     def _on_failed(self, message: str) -> None:
         self._end_generation()
+        self.paint_timer.stop()
+        self._paint()  # what was streamed before the failure stays on screen
         self.stats_label.setText("")
         self._show_error(message)
         self._update_buttons()

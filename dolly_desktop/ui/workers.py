@@ -4,6 +4,7 @@ queued signals and hears back through signals; cancel is a direct, thread-safe c
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +56,9 @@ class EngineWorker(QObject):
     loading = Signal(str, str)  # folder or URL, device
     loaded = Signal(str, str, float)  # folder or URL, device, seconds
     load_failed = Signal(str)
-    piece = Signal(str)  # one per streamed piece of text
+    piece = Signal(str)  # one per streamed piece of text (for listeners; the window reads
+    # the text through stream_ready / take_text, at most once a frame)
+    stream_ready = Signal()  # text waits in take_text(); sent once until it is taken
     finished = Signal(object)  # GenerationResult
     failed = Signal(str)
     notice = Signal(str)  # a history problem, once per sentence: the answer still comes
@@ -64,6 +67,26 @@ class EngineWorker(QObject):
         super().__init__()
         self.engine: EngineBase | None = None
         self._closing = False
+        self._lock = threading.Lock()
+        self._stream: list[str] = []  # pieces not yet taken by the window
+        self._told = False  # stream_ready sent and the text not taken since
+
+    def _on_text(self, piece: str) -> None:
+        """Any thread (genai's own, maybe): keep the piece, tell the window once."""
+        with self._lock:
+            self._stream.append(piece)
+            tell, self._told = not self._told, True
+        if tell:
+            self.stream_ready.emit()
+        self.piece.emit(piece)
+
+    def take_text(self) -> str:
+        """The text streamed since the last call (GUI thread)."""
+        with self._lock:
+            text = "".join(self._stream)
+            self._stream.clear()
+            self._told = False
+        return text
 
     @Slot(object)
     def load(self, req: LoadRequest) -> None:
@@ -101,7 +124,7 @@ class EngineWorker(QObject):
             params = req.params.with_seed()
             result = run_and_record(
                 self.engine, req.history, req.instruction, params,
-                self.piece.emit, self.notice.emit, req.context,
+                self._on_text, self.notice.emit, req.context,
             )  # fmt: skip
         except Exception as e:  # every request ends in finished or failed, whatever happened
             self.failed.emit(describe(e))
