@@ -126,7 +126,11 @@ class Engine(EngineBase):
         self._props = props
         # With warm_up, the mapped weight files are handed back as the runtime copies them
         # (core/memory.py): without it, RSS is about twice the weights.
-        weight_files = lambda: [self.model_dir / MODEL_BIN, *cache.glob("*.blob")]  # noqa: E731
+        # Not a closure over self: that cycle kept a dropped engine (and its mapping of the
+        # weights) alive until the next garbage collection, and MADV_PAGEOUT skips pages that
+        # two mappings share, so a reload of the same model kept both copies resident.
+        weights = self.model_dir / MODEL_BIN
+        weight_files = lambda: [weights, *cache.glob("*.blob")]  # noqa: E731
         self._weight_files = weight_files
         with releasing_mapped_files(weight_files) if warm_up else nullcontext():
             t0 = time.perf_counter()
