@@ -451,3 +451,23 @@ def test_a_damaged_index_is_set_aside(tmp_path, counter):
     ix = DocIndex(db)
     assert ix.names() == []
     assert [p.name.startswith("docs.sqlite3.damaged-") for p in tmp_path.iterdir()].count(True)
+
+
+def test_words_in_most_chunks_are_left_out_of_big_indexes(tmp_path, counter, monkeypatch):
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(60):
+        extra = " The zeppelin hangar is north." if i == 17 else ""
+        (root / f"n{i}.txt").write_text(f"Pump note {i}: the pump runs daily.{extra}")
+    ix = new_index(tmp_path, "c", root)
+    ix.index("c", counter)
+    words = ["pump", "runs", "daily", "zeppelin", "hangar"]
+    assert ix._prune(words) == words  # a small index: every word counts
+    monkeypatch.setattr(index_module, "PRUNE_MIN_CHUNKS", 10)
+    assert ix._prune(words) == ["zeppelin", "hangar"]
+    assert ix._prune(["pump", "runs", "zeppelin"]) == ["pump", "zeppelin"]  # two rarest kept
+    assert top(ix, "Where does the pump that runs daily sit, by the zeppelin?").rel == "n17.txt"
+    (root / "n17.txt").unlink()
+    ix.index("c", counter)
+    ix.check()  # the word counts followed the deletion
+    assert ix._db.execute("SELECT df FROM terms WHERE term = 'zeppelin'").fetchone() == (0,)

@@ -20,6 +20,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,12 @@ NAME_RE = re.compile(r"^[\w][\w .-]{0,63}$")
 MAX_QUERY_TERMS = 32
 MAX_TERM_CHARS = 64
 BM25_WEIGHTS = (1.0, 0.5, 0.5)  # body, heading, file name
+# A word in more than this share of the chunks adds little to bm25 and costs the most time
+# (its whole list is scored): left out of the query, unless it is among the KEEP_RAREST
+# rarest words of the question. Only for indexes of at least PRUNE_MIN_CHUNKS chunks.
+PRUNE_FRACTION = 0.05
+KEEP_RAREST = 2
+PRUNE_MIN_CHUNKS = 2000
 
 # Append-only: each entry moves the database one version on (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -63,6 +70,13 @@ MIGRATIONS: list[str] = [
         collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
         path TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY(collection_id, path));
     """,
+    # How many chunks hold each word (as the query sees words, unstemmed; '' counts all
+    # chunks): lets a search leave out words so common they barely rank (PRUNE_FRACTION).
+    # Chunks indexed before this version are not counted: their words are never left out.
+    """
+    CREATE TABLE terms(term TEXT PRIMARY KEY, df INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO terms SELECT '', count(*) FROM chunks;
+    """,
 ]
 
 # Words that say nothing about which passage answers: a question made only of these keeps
@@ -75,15 +89,35 @@ STOPWORDS = frozenset(_STOP.split())
 _TERM = re.compile(r"[^\W_]+")
 
 
+def query_words(question: str) -> list[str]:
+    """The words of a question that a search looks for: runs of letters and digits,
+    lower-cased, de-duplicated, stop words dropped (all kept if nothing else is left)."""
+    words = list(dict.fromkeys(_words(question)))
+    return ([w for w in words if w not in STOPWORDS] or words)[:MAX_QUERY_TERMS]
+
+
+def quote(words: Sequence[str]) -> str | None:
+    """Words as an FTS5 query that can match but never parse as syntax: each one a quoted
+    string (quotes doubled), joined by OR for bm25 to rank. None for no words."""
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words) or None
+
+
 def match_expression(question: str) -> str | None:
-    """`question` as an FTS5 query that can match but never parse as syntax: its words (runs
-    of letters and digits), de-duplicated, stop words dropped, each one a quoted string,
-    joined by OR for bm25 to rank. None when there is no word at all."""
-    words = list(dict.fromkeys(w.lower()[:MAX_TERM_CHARS] for w in _TERM.findall(question)))
-    kept = [w for w in words if w not in STOPWORDS] or words
-    if not kept:
-        return None
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in kept[:MAX_QUERY_TERMS])
+    """`question` as an FTS5 query of its words only (query_words, quote)."""
+    return quote(query_words(question))
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower()[:MAX_TERM_CHARS] for w in _TERM.findall(text)]
+
+
+def _chunk_words(texts: Sequence[str]) -> Counter[str]:
+    """In how many of these texts each word occurs, and '' for how many texts."""
+    counts: Counter[str] = Counter()
+    for t in texts:
+        counts.update(set(_words(t)))
+    counts[""] = len(texts)
+    return counts
 
 
 @dataclass(frozen=True)
@@ -243,11 +277,8 @@ class DocIndex:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "DELETE FROM chunk_text WHERE rowid IN (SELECT c.id FROM chunks c "
-                "JOIN files f ON f.id = c.file_id WHERE f.collection_id = ?)",
-                (cid,),
-            )
+            for (file_id,) in db.execute("SELECT id FROM files WHERE collection_id = ?", (cid,)):
+                self._delete_file(file_id)
             db.execute("DELETE FROM collections WHERE id = ?", (cid,))
             db.execute("COMMIT")
         except BaseException:
@@ -295,6 +326,9 @@ class DocIndex:
         n_text = self._db.execute("SELECT count(*) FROM chunk_text").fetchone()[0]
         if n_chunks != n_text:
             raise DollyError(f"The document index has {n_chunks} chunks but {n_text} texts.")
+        counted = self._db.execute("SELECT df FROM terms WHERE term = ''").fetchone()
+        if counted is None or counted[0] != n_chunks:
+            raise DollyError(f"The document index counts {counted} chunks of {n_chunks}.")
 
     def _id(self, name: str) -> int:
         row = self._db.execute("SELECT id FROM collections WHERE name = ?", (name,)).fetchone()
@@ -461,6 +495,7 @@ class DocIndex:
                     (cur.lastrowid, c.text, c.heading, name),
                 )
             db.execute("DELETE FROM skipped WHERE collection_id = ? AND path = ?", (cid, path))
+            self._count_terms(_chunk_words([c.text for c in chunks]), +1)
 
         self._transaction(write)
         report.chunks_added += len(chunks)
@@ -481,7 +516,18 @@ class DocIndex:
 
         self._transaction(do) if transaction else do()
 
+    def _count_terms(self, counts: Counter[str], sign: int) -> None:
+        self._db.executemany(
+            "INSERT INTO terms VALUES (?, ?) ON CONFLICT(term) DO UPDATE SET df = df + excluded.df",
+            [(t, sign * n) for t, n in counts.items()],
+        )
+
     def _delete_file(self, file_id: int) -> None:
+        bodies = self._db.execute(
+            "SELECT body FROM chunk_text WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)",
+            (file_id,),
+        )
+        self._count_terms(_chunk_words([b for (b,) in bodies]), -1)
         self._db.execute(
             "DELETE FROM chunk_text WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)",
             (file_id,),
@@ -502,21 +548,46 @@ class DocIndex:
 
     def search(self, names: Sequence[str], question: str, limit: int = 10) -> list[Hit]:
         """The best `limit` chunks of these collections for `question`, best first."""
-        ids = [self._id(n) for n in names]
-        expr = match_expression(question)
+        ids = sorted({self._id(n) for n in names})
+        expr = quote(self._prune(query_words(question)))
         if expr is None or not ids:
             return []
+        every = ids == [r[0] for r in self._db.execute("SELECT id FROM collections ORDER BY id")]
+        # The best chunks first, from the full-text index alone; then their files, dropping
+        # other collections' (fetching more to allow for them; all of them if too few stay).
+        fetch = limit if every else limit * 8
+        hits = self._search(expr, ids, fetch, limit)
+        if len(hits) < limit and not every:
+            hits = self._search(expr, ids, -1, limit)
+        return hits
+
+    def _search(self, expr: str, ids: list[int], fetch: int, limit: int) -> list[Hit]:
         w = ", ".join(str(x) for x in BM25_WEIGHTS)
         rows = self._db.execute(
-            f"SELECT c.id, col.name, f.path, f.rel, c.page, c.heading, t.body, c.tokens, "
-            f"bm25(chunk_text, {w}) AS score "
-            "FROM chunk_text t JOIN chunks c ON c.id = t.rowid "
+            f"WITH top AS (SELECT rowid AS id, bm25(chunk_text, {w}) AS score FROM chunk_text "
+            "WHERE chunk_text MATCH ? ORDER BY score LIMIT ?) "
+            "SELECT c.id, col.name, f.path, f.rel, c.page, c.heading, t.body, c.tokens, "
+            "top.score FROM top JOIN chunks c ON c.id = top.id "
+            "JOIN chunk_text t ON t.rowid = top.id "
             "JOIN files f ON f.id = c.file_id JOIN collections col ON col.id = f.collection_id "
-            f"WHERE chunk_text MATCH ? AND f.collection_id IN ({','.join('?' * len(ids))}) "
-            "ORDER BY score LIMIT ?",
-            (expr, *ids, limit),
+            f"WHERE f.collection_id IN ({','.join('?' * len(ids))}) ORDER BY top.score LIMIT ?",
+            (expr, fetch, *ids, limit),
         )
         return [Hit(*r) for r in rows]
+
+    def _prune(self, words: list[str]) -> list[str]:
+        """Leave out words in more than PRUNE_FRACTION of the chunks (see there)."""
+        if len(words) <= KEEP_RAREST:
+            return words
+        marks = ",".join("?" * (len(words) + 1))
+        df = dict(
+            self._db.execute(f"SELECT term, df FROM terms WHERE term IN ({marks})", ["", *words])
+        )
+        total = df.get("", 0)
+        if total < PRUNE_MIN_CHUNKS:
+            return words
+        rarest = set(sorted(words, key=lambda w: df.get(w, 0))[:KEEP_RAREST])
+        return [w for w in words if w in rarest or df.get(w, 0) <= PRUNE_FRACTION * total]
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:

@@ -1,0 +1,290 @@
+"""Ask your documents (issue 24): indexing rate, re-index of an unchanged tree, query latency
+at many chunks, and retrieval quality on a small corpus written for it.
+
+    .venv/bin/python -m bench.docs [--mb 100] [--files 10000] [--chunks 200000]
+
+Everything runs in a temporary folder with Dolly's own tokenizer (the test fixture); the
+figures go to stdout as a Markdown table. Text is generated: the words of this repository's
+own prose and code, drawn with their real frequencies (so the token cache and the index see a
+realistic mix of frequent and rare words; a larger real vocabulary would index slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from dolly_desktop.documents.chunk import TokenCounter
+from dolly_desktop.documents.index import DocIndex
+from dolly_desktop.documents.retrieve import Bm25Retriever, retrieve
+
+TOKENIZER = Path(__file__).parent.parent / "tests/fixtures/dolly-v2-tokenizer/tokenizer.json"
+STOP = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "with", "was"]
+REPO = Path(__file__).parent.parent
+
+
+def repo_vocabulary() -> tuple[list[str], list[float]]:
+    """English words with their real frequencies: every word of this repository's Markdown
+    and Python (docstrings, comments, names split at underscores)."""
+    counts: dict[str, int] = {}
+    for path in [*REPO.glob("*.md"), *REPO.glob("docs/*.md"), *REPO.glob("dolly_desktop/**/*.py")]:
+        for w in re.findall(r"[a-z]{2,}", path.read_text(errors="replace").lower()):
+            counts[w] = counts.get(w, 0) + 1
+    words = sorted(counts, key=lambda w: -counts[w])
+    return words, [float(counts[w]) for w in words]
+
+
+class Words:
+    def __init__(self, seed: int = 7) -> None:
+        self.rng = random.Random(seed)
+        self.vocab, weights = repo_vocabulary()
+        self.cum = list(_accumulate(weights))
+
+    def sentence(self, n: int) -> str:
+        words = self.rng.choices(self.vocab, cum_weights=self.cum, k=n)
+        for i in range(0, n, 4):
+            words[i] = self.rng.choice(STOP)
+        return " ".join(words).capitalize() + "."
+
+    def document(self, nbytes: int) -> str:
+        parts, size, section = [], 0, 0
+        while size < nbytes:
+            if size // 4000 >= section:
+                section += 1
+                parts.append(f"\n## {self.sentence(3)[:-1]}\n")
+            p = " ".join(self.sentence(self.rng.randint(8, 20)) for _ in range(5)) + "\n"
+            parts.append(p)
+            size += len(p) + 1
+        return "\n".join(parts)
+
+
+def _accumulate(xs: list[float]):
+    total = 0.0
+    for x in xs:
+        total += x
+        yield total
+
+
+def bench_indexing(tmp: Path, counter: TokenCounter, mb: int) -> dict[str, str]:
+    words = Words(1)
+    root = tmp / "md"
+    root.mkdir()
+    per_file = 200_000
+    total = 0
+    for i in range(mb * 10**6 // per_file):
+        text = words.document(per_file)
+        (root / f"doc{i:04}.md").write_text(text)
+        total += len(text.encode())
+    ix = DocIndex(tmp / "index.sqlite3")
+    ix.add("md", [root])
+    t0 = time.perf_counter()
+    report = ix.index("md", TokenCounter(TOKENIZER))  # a cold token cache
+    dt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = ix.index("md", counter)
+    dt_again = time.perf_counter() - t0
+    info = ix.info("md")
+    ix.close()
+    return {
+        "index Markdown, cold token cache": (
+            f"{total / 1e6:.0f} MB, {report.files} files, {info.chunks:,} chunks in {dt:.1f} s: "
+            f"**{total / 1e6 / dt:.1f} MB/s**"
+        ),
+        "re-index it unchanged": f"{dt_again * 1000:.0f} ms ({again.unchanged} unchanged)",
+    }
+
+
+def bench_reindex(tmp: Path, counter: TokenCounter, files: int) -> dict[str, str]:
+    words = Words(2)
+    root = tmp / "tree"
+    for i in range(files):
+        d = root / f"dir{i // 100:03}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"note{i:05}.txt").write_text(words.document(600))
+    ix = DocIndex(tmp / "tree.sqlite3")
+    ix.add("tree", [root])
+    t0 = time.perf_counter()
+    ix.index("tree", counter)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        r = ix.index("tree", counter)
+        times.append(time.perf_counter() - t0)
+        assert r.unchanged == files, r.line()
+    ix.close()
+    return {
+        f"first index of {files:,} small files": f"{first:.1f} s",
+        f"re-index of {files:,} unchanged files (best of 3)": f"**{min(times):.2f} s**",
+    }
+
+
+def bench_queries(tmp: Path, counter: TokenCounter, chunks: int) -> dict[str, str]:
+    """Chunks written straight into the index (the indexer's own path, a file per 100
+    chunks, with counts from the tokenizer), then questions timed."""
+    words = Words(3)
+    root = tmp / "big"
+    root.mkdir()
+    per_file = 100
+    n_files = chunks // per_file
+    for i in range(n_files):
+        text = "\n\n".join(words.sentence(150) for _ in range(per_file))
+        (root / f"b{i:05}.txt").write_text(text)
+    ix = DocIndex(tmp / "big.sqlite3")
+    ix.add("big", [root])
+    t0 = time.perf_counter()
+    ix.index("big", counter)
+    build = time.perf_counter() - t0
+    n = ix.info("big").chunks
+    rng = random.Random(5)
+    questions = []
+    for _ in range(300):
+        q = words.rng.choices(words.vocab, cum_weights=words.cum, k=rng.randint(3, 9))
+        questions.append("What does " + " ".join(q) + " mean?")
+    ix.search(["big"], questions[0], 20)  # warm
+    lat = []
+    for q in questions:
+        t0 = time.perf_counter()
+        ix.search(["big"], q, 20)
+        lat.append((time.perf_counter() - t0) * 1000)
+    lat.sort()
+    retriever = Bm25Retriever(ix)
+    full = []
+    for q in questions[:100]:
+        t0 = time.perf_counter()
+        retrieve(retriever, ["big"], q, counter.count, 2048, 256)
+        full.append((time.perf_counter() - t0) * 1000)
+    full.sort()
+    ix.close()
+    return {
+        f"index of {n:,} chunks": f"built in {build:.0f} s",
+        "query (bm25, top 20), p50 / p95 / max": (
+            f"{statistics.median(lat):.1f} / **{lat[int(0.95 * len(lat))]:.1f}** / {lat[-1]:.1f} ms"
+        ),
+        "retrieve + pack (search, count whole prompts), p50 / p95": (
+            f"{statistics.median(full):.1f} / **{full[94]:.1f} ms**"
+        ),
+    }
+
+
+# A corpus written for this bench: (file, section title, passage). Questions below name the
+# passage they are answered by; "own" ones use the passage's words, "paraphrase" ones do not.
+CORPUS = [
+    ("lighthouse.md", "History", "The Harwick lighthouse was built in 1871 from granite "
+     "quarried on the island, and its lamp was automated in 1987 when the last keeper left."),
+    ("lighthouse.md", "Visiting", "Visitors can climb the 142 steps of the tower on weekends "
+     "from May to September; tickets are sold at the ferry office, not at the gate."),
+    ("bakery.md", "Sourdough", "The bakery feeds its sourdough starter twice a day with rye "
+     "flour and keeps it at 24 degrees so the loaves rise overnight."),
+    ("bakery.md", "Opening hours", "The shop opens at six in the morning on weekdays and "
+     "closes at two in the afternoon; on Sundays it bakes only croissants."),
+    ("bikes.md", "Chains", "A bicycle chain should be cleaned and oiled every 300 kilometres, "
+     "and replaced once it has stretched by more than half a percent."),
+    ("bikes.md", "Tyres", "Road tyres run best at six to eight bar, while gravel tyres need "
+     "much less pressure, about two and a half bar, for grip on loose stones."),
+    ("garden.md", "Tomatoes", "Tomato plants need six hours of direct sun, deep watering "
+     "twice a week, and stakes once the stems climb past thirty centimetres."),
+    ("garden.md", "Compost", "A compost heap turns to soil in about nine months if it is "
+     "turned every fortnight and kept as damp as a wrung-out sponge."),
+    ("office.md", "Printer", "The third-floor printer jams when glossy paper is loaded in "
+     "tray two; use tray one for photos and report jams to facilities."),
+    ("office.md", "Badges", "Lost access badges are replaced by security on the ground floor "
+     "within a day; a temporary badge works only until eight in the evening."),
+    ("astronomy.md", "Telescope", "The club's reflecting telescope has a 200 millimetre "
+     "mirror and must cool outdoors for forty minutes before sharp views of Saturn."),
+    ("astronomy.md", "Meteor showers", "The Perseid meteor shower peaks around the twelfth "
+     "of August, best watched after midnight away from city lights."),
+]  # fmt: skip
+QUESTIONS = [
+    (0, "own", "When was the Harwick lighthouse lamp automated?"),
+    (0, "para", "What year did the last keeper leave the tower on the island?"),
+    (1, "own", "Where are tickets sold to climb the lighthouse tower steps?"),
+    (1, "para", "How many stairs does one walk up to reach the top of the lighthouse?"),
+    (2, "own", "How often does the bakery feed its sourdough starter?"),
+    (2, "para", "What temperature is the bread culture kept at?"),
+    (3, "own", "When does the bakery shop open on weekdays?"),
+    (3, "para", "What is baked on Sundays?"),
+    (4, "own", "How often should a bicycle chain be cleaned and oiled?"),
+    (4, "para", "When should I swap my bike's drive chain for a new one?"),
+    (5, "own", "What pressure do gravel tyres need?"),
+    (5, "para", "How hard should I pump road bike wheels?"),
+    (6, "own", "How many hours of direct sun do tomato plants need?"),
+    (6, "para", "How often should tomatoes be watered?"),
+    (7, "own", "How long does a compost heap take to turn to soil?"),
+    (7, "para", "How wet should compost be kept?"),
+    (8, "own", "Why does the third-floor printer jam?"),
+    (8, "para", "Which tray should I use for photos?"),
+    (9, "own", "Who replaces lost access badges?"),
+    (9, "para", "Until what time does a temporary pass work?"),
+    (10, "own", "How long must the reflecting telescope cool outdoors?"),
+    (10, "para", "How big is the mirror of the club's scope?"),
+    (11, "own", "When does the Perseid meteor shower peak?"),
+    (11, "para", "What time of night is best for watching the August shooting stars?"),
+]
+
+
+def bench_recall(tmp: Path, counter: TokenCounter) -> dict[str, str]:
+    """Each passage sits in its own section among filler sections of generated text, so each
+    file has several chunks and the answer is in exactly one of them."""
+    words = Words(4)
+    root = tmp / "corpus"
+    root.mkdir()
+    by_file: dict[str, list[str]] = {}
+    for name, title, passage in CORPUS:
+        filler = "\n\n".join(words.sentence(18) for _ in range(25))
+        by_file.setdefault(name, []).append(f"## {title}\n\n{passage}\n\n{filler}")
+    for name, sections in by_file.items():
+        (root / name).write_text("\n\n".join(sections))
+    ix = DocIndex(tmp / "recall.sqlite3")
+    ix.add("c", [root])
+    ix.index("c", counter)
+    result: dict[str, list[int]] = {"own": [], "para": []}
+    for k, kind, q in QUESTIONS:
+        hits = ix.search(["c"], q, 5)
+        rank = next((i for i, h in enumerate(hits) if CORPUS[k][2] in h.text), None)
+        result[kind].append(99 if rank is None else rank)
+    n_chunks = ix.info("c").chunks
+    ix.close()
+    out = {}
+    for kind, label in (("own", "the passage's own words"), ("para", "paraphrased")):
+        ranks = result[kind]
+        r1 = sum(r == 0 for r in ranks) / len(ranks)
+        r5 = sum(r < 5 for r in ranks) / len(ranks)
+        out[f"recall@1 / @5, {len(ranks)} questions in {label} ({n_chunks} chunks)"] = (
+            f"**{r1:.2f} / {r5:.2f}**"
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=int, default=100, help="Markdown to index (default: 100)")
+    ap.add_argument("--files", type=int, default=10_000, help="small files to re-index")
+    ap.add_argument("--chunks", type=int, default=200_000, help="chunks for query latency")
+    a = ap.parse_args()
+    counter = TokenCounter(TOKENIZER)
+    rows: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-docs-") as d:
+        tmp = Path(d)
+        for part in (
+            lambda: bench_recall(tmp, counter),
+            lambda: bench_reindex(tmp, counter, a.files),
+            lambda: bench_indexing(tmp, counter, a.mb),
+            lambda: bench_queries(tmp, counter, a.chunks),
+        ):
+            got = part()
+            for k, v in got.items():
+                print(f"{k}: {v}", flush=True)
+            rows.update(got)
+    print("\n| what | figure |\n|---|---|")
+    for k, v in rows.items():
+        print(f"| {k} | {v} |")
+
+
+if __name__ == "__main__":
+    main()
