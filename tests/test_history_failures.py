@@ -144,6 +144,8 @@ def generate_locked_from_first_token(engine, h: History, locker: sqlite3.Connect
     def on_text(piece: str) -> None:
         if not arrivals:
             locker.execute("BEGIN EXCLUSIVE")
+        elif time.monotonic() - arrivals[-1] > 1.0:
+            engine.cancel()  # stalled: no need to sit through every other stall to see it
         arrivals.append(time.monotonic())
 
     def generate() -> None:
@@ -218,10 +220,14 @@ def test_history_tab_refreshes_at_once_while_a_run_streams_into_a_locked_history
     window.instruction.setPlainText(STORY)
     window.spins["max_new_tokens"].setValue(200)  # shorter than the retries, on this machine
     with exclusive(window.history.path) as locker:
+        last = [time.monotonic()]
 
         def lock_at_first_piece(_piece: str) -> None:
             if not locker.in_transaction:
                 locker.execute("BEGIN EXCLUSIVE")
+            elif time.monotonic() - last[0] > 1.0:
+                window.worker.cancel()  # stalled: seen once is enough
+            last[0] = time.monotonic()
 
         window.worker.piece.connect(lock_at_first_piece, Qt.ConnectionType.DirectConnection)
         refreshes = []
