@@ -4,7 +4,8 @@ The reference is the FP16 IR run in f32 (no bf16, no KV-cache quantization, no d
 quantization); it decodes greedily from Dolly-formatted prompts. Every candidate is then fed
 the same tokens one at a time (teacher forcing, so one early difference does not decide all
 that follows), and each step's logits are compared with the reference's: top-1 agreement and
-KL(reference || candidate). Runs on the plain OpenVINO runtime, one child per candidate.
+KL(reference || candidate). Runs on the plain OpenVINO runtime, one child per candidate,
+with the app's measurement (dolly_desktop/compare/agreement.py; `models check` uses it too).
 
     .venv/bin/python -m bench.agreement --shape 3b 3b-INT8 3b-INT4 "3b-INT4@KV u4" ...
 
@@ -23,52 +24,18 @@ from pathlib import Path
 import numpy as np
 
 from bench.cpu_settings import BASE, CONFIGS
+from dolly_desktop.compare.agreement import EXACT, LogitsModel, compare_rows
 
-EXACT = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32",
-         "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}  # fmt: skip
 INSTRUCTIONS = ["Who is Dolly?", "Write a short poem about the sea and the wind."]
 
 
 def decode(model: Path, props: dict, prompts: list[list[int]], forced: list[list[int]] | None,
            steps: int) -> tuple[list[list[int]], list[np.ndarray]]:  # fmt: skip
-    """Greedy (or forced) decoding; the tokens fed and one logits row per step."""
-    import openvino as ov
-
-    req = ov.Core().compile_model(model / "openvino_model.xml", "CPU", props).create_infer_request()
-    all_tokens, all_rows = [], []
-    for i, prompt in enumerate(prompts):
-        req.reset_state()
-        fed, rows, pos = list(prompt), [], 0
-        chunk = prompt
-        for step in range(steps):
-            n = len(chunk)
-            req.infer({
-                "input_ids": np.array([chunk], dtype=np.int64),
-                "attention_mask": np.ones((1, pos + n), dtype=np.int64),
-                "position_ids": np.arange(pos, pos + n, dtype=np.int64)[None],
-                "beam_idx": np.zeros(1, dtype=np.int32),
-            })  # fmt: skip
-            row = req.get_tensor("logits").data[0, -1].astype(np.float32)
-            rows.append(row.copy())
-            pos += n
-            nxt = forced[i][step] if forced else int(row.argmax())
-            fed.append(nxt)
-            chunk = [nxt]
-        all_tokens.append(fed[len(prompt) :])
-        all_rows.append(np.stack(rows))
-    return all_tokens, all_rows
-
-
-def compare(ref: list[np.ndarray], cand: list[np.ndarray]) -> tuple[float, float]:
-    """Top-1 agreement (share of steps) and mean KL(ref || cand) in nats."""
-    r, c = np.concatenate(ref).astype(np.float64), np.concatenate(cand).astype(np.float64)
-    top1 = float((r.argmax(1) == c.argmax(1)).mean())
-    lp = r - r.max(1, keepdims=True)
-    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
-    lq = c - c.max(1, keepdims=True)
-    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
-    kl = float((np.exp(lp) * (lp - lq)).sum(1).mean())
-    return top1, kl
+    """Greedy (or forced) decoding, the app's own (compare/agreement.py); the tokens fed and
+    one logits row per step."""
+    runner = LogitsModel(model, props)
+    out = [runner.decode(p, steps, forced[i] if forced else None) for i, p in enumerate(prompts)]
+    return [t for t, _ in out], [r for _, r in out]
 
 
 def child(model: str, props: dict, work: str, steps: int, forced: bool) -> None:
@@ -124,7 +91,7 @@ def main() -> None:
                      if k != "ATTENTION_BACKEND"}  # genai's, not the plugin's  # fmt: skip
             shape, _, precision = name.partition("-")
             rows = run(ir(shape, precision), props, work, a.steps, forced=True)
-            top1, kl = compare(ref, rows)
+            top1, kl = compare_rows(ref, rows)
             print(f"| {cand} | {top1:.1%} ({round(top1 * n)}/{n}) | {kl:.4f} |", flush=True)
 
 
