@@ -148,3 +148,23 @@ def test_pdf_page_anchor_survives_an_edit_between_runs(corpus, tiny_fp16):
     assert "1 changed" in p.stdout
     assert ok("docs", "search", "manuals", "gaskets").stdout.startswith("[1] manual.pdf, page 4")
     assert run("docs", "search", "manuals", "impeller").returncode == 1
+
+
+def test_history_keeps_the_chunks_used_after_the_files_change(corpus, tiny_fp16):
+    from dolly_desktop.history.store import History
+
+    ok(
+        "generate", "--model", str(tiny_fp16), "--docs", "manuals", "--max-new-tokens", "2",
+        "--seed", "3", "How often is the impeller replaced?",
+    )  # fmt: skip
+    (corpus / "manual.pdf").unlink()
+    ok("docs", "index", "manuals", "--model", str(tiny_fp16))
+    entry = History().list(limit=1)[0]
+    first = entry.sources[0]
+    assert (first["rel"], first["page"], first["collection"]) == ("manual.pdf", 2, "manuals")
+    assert "Replace the impeller every spring." in first["text"]
+    assert first["text"] in entry.context  # the exact text that went into the prompt
+    md = ok("history", "show", str(entry.id)).stdout
+    assert "### Sources" in md and "1. manual.pdf, page 2" in md
+    line = ok("history", "export", "--format", "jsonl").stdout.splitlines()[0]
+    assert '"sources": [{"collection": "manuals"' in line

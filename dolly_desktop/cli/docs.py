@@ -230,6 +230,14 @@ class DocsQuestion:
         self.sources = p.hits
         return p.text
 
+    def source_records(self) -> list[dict]:
+        """The chunks used, as the history keeps them (with their text)."""
+        return [
+            {"collection": h.collection, "file": h.path, "rel": h.rel, "page": h.page,
+             "heading": h.heading, "text": h.text, "score": h.score}
+            for h in self.sources
+        ]  # fmt: skip
+
     def print_sources(self) -> None:
         if self.sources:
             print("\nSources:")

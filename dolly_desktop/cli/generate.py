@@ -100,7 +100,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
         if docs is not None:
             count, n = engine.count_tokens, engine.context_length
             context = docs.passage(count, n, params.max_new_tokens)
-        result = run_and_record(engine, history, instruction, params, out, warn, context)
+        sources = docs.source_records() if docs is not None else []
+        result = run_and_record(
+            engine, history, instruction, params, out, warn, context, sources=sources
+        )
     except KeyboardInterrupt:
         engine.cancel()
         return EXIT_INTERRUPTED

@@ -9,7 +9,8 @@ run, `notify` hears it then.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from dolly_desktop.generation.engine import EngineBase, GenerationResult, TextCallback
 from dolly_desktop.generation.params import GenerationParams
@@ -26,6 +27,7 @@ def run_and_record(
     on_text: TextCallback | None = None,
     notify: Notify | None = None,
     context: str = "",
+    sources: Sequence[dict[str, Any]] = (),
 ) -> GenerationResult:
     """Generate with `engine` (with a passage to work from, if `context`), streaming to
     `on_text` and recording the run in `history`.
@@ -33,8 +35,10 @@ def run_and_record(
     Leaving early (cancel, an error, KeyboardInterrupt) records the run as cancelled or failed
     with the text shown so far. `notify` gets each history problem's sentence once, those
     from opening the file included, and a save given up after the run (from the saver's
-    thread)."""
-    run = history.start_run(instruction, params, engine.model, engine.device, context, notify)
+    thread). `sources`: the document chunks the passage was made of, kept with the run."""
+    run = history.start_run(
+        instruction, params, engine.model, engine.device, context, notify, sources
+    )
 
     def out(piece: str) -> None:
         if on_text is not None:

@@ -116,6 +116,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             VALUES (new.id, new.instruction, new.response, new.context);
         END""",
     ),
+    # 3: the document chunks a passage was made of (JSON list of {collection, file, rel, page,
+    # heading, text}), so an answer stays explainable after its files change.
+    ("ALTER TABLE entries ADD COLUMN sources TEXT NOT NULL DEFAULT '[]'",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -142,6 +145,7 @@ class Entry:
     stop_reason: Status  # 'running' only while its writer is alive
     error: str | None
     context: str = ""  # the passage Dolly worked from, if any
+    sources: tuple[dict[str, Any], ...] = ()  # the document chunks it was made of, if any
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON Lines form (export and import)."""
@@ -165,6 +169,7 @@ class Entry:
             "tokens_per_s": self.tokens_per_s,
             "stop_reason": self.stop_reason,
             "error": self.error,
+            "sources": list(self.sources),
         }
 
     @classmethod
@@ -190,7 +195,11 @@ class Entry:
             # A run still going when exported will never finish in the importing database.
             stop_reason="interrupted" if stop == "running" else stop,
             error=d.get("error"),
+            sources=tuple(dict(x) for x in d.get("sources") or ()),
         )
+
+    def _source_lines(self) -> list[str]:
+        return [_source_line(n, s) for n, s in enumerate(self.sources, 1)]
 
     def metrics_text(self, sep: str = ", ") -> str:
         """An interrupted run has no metrics: only what is known."""
@@ -210,6 +219,7 @@ class Entry:
             self.instruction,
             "",
             *(["### Input", "", self.context, ""] if self.context else []),
+            *(["### Sources", "", *self._source_lines(), ""] if self.sources else []),
             "### Response",
             "",
             self.response,
@@ -502,6 +512,7 @@ class History:
         device: str,
         context: str = "",
         notify: Notify | None = None,
+        sources: Sequence[dict[str, Any]] = (),
     ) -> RunRecorder:
         """Insert a 'running' row now, so even a run killed at its first token is kept (or,
         when another process holds the lock, as soon as the saver can). `notify` hears a
@@ -515,6 +526,7 @@ class History:
             updated_at=now,
             instruction=instruction.strip(),  # what the prompt was built from
             context=context.strip(),
+            sources=json.dumps(list(sources), ensure_ascii=False),
             response="",
             params=json.dumps(params.to_dict()),
             model_name=model.name,
@@ -941,6 +953,7 @@ def _entry(row: sqlite3.Row) -> Entry:
         tokens_per_s=row["tokens_per_s"],
         stop_reason=status,
         error=row["error"],
+        sources=tuple(json.loads(row["sources"] or "[]")),
     )
 
 
@@ -964,7 +977,19 @@ def _columns(e: Entry) -> dict[str, Any]:
         tokens_per_s=e.tokens_per_s,
         status=e.stop_reason,
         error=e.error,
+        sources=json.dumps(list(e.sources), ensure_ascii=False),
     )
+
+
+def _source_line(n: int, s: dict[str, Any]) -> str:
+    """A source as Markdown: 'n. file, page p, section “h”: “its text”'."""
+    where = str(s.get("rel") or s.get("file") or "")
+    if s.get("page") is not None:
+        where += f", page {s['page']}"
+    if s.get("heading"):
+        where += f", section “{s['heading']}”"
+    text = " ".join(str(s.get("text", "")).split())
+    return f"{n}. {where}: “{text}”"
 
 
 def _read_line(src: TextIO) -> str:
