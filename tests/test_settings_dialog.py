@@ -46,6 +46,8 @@ def test_export_in_the_dialog_then_use_it(qtbot, window, tiny_checkpoint):
     installed = Store().get("tiny-dolly", "INT4")
     assert window.model_dir == str(installed.path)
     assert dialog.table.item(row, 2).text() == "in use"
+    assert "Loading" not in dialog.message.text()  # the window has answered
+    assert dialog.message.text() == "tiny-dolly INT4 is loaded and in use."
 
 
 def test_cancel_a_running_export_leaves_nothing(qtbot, window, tiny_checkpoint):
@@ -122,3 +124,87 @@ def test_cancel_before_a_compress_has_started_installs_nothing(
         pass
     assert "cancelled; nothing was installed" in dialog.message.text(), dialog.message.text()
     assert [m.variant for m in Store().list() if m.name == "tiny"] == ["FP16"]
+
+
+def test_the_export_that_asked_for_export_support_starts_when_it_is_installed(
+    qtbot, window, monkeypatch, tmp_path
+):
+    """No torch/optimum yet: Export offers the install; when the install has succeeded, the
+    same export (same checkpoint) starts by itself, without a second click."""
+    from pathlib import Path
+
+    from PySide6.QtWidgets import QMessageBox
+
+    from dolly_desktop.models.convert import export_support
+    from dolly_desktop.ui import settings_dialog
+
+    installed = []
+    exports: list[Path] = []
+
+    class FakeChild:
+        progress = None
+
+        def __init__(self, src: Path) -> None:
+            self.src = src
+
+        def run(self) -> Path:
+            exports.append(self.src)
+            return self.src
+
+        def cancel(self) -> None:
+            pass
+
+    monkeypatch.setattr(export_support, "available", lambda: bool(installed))
+    monkeypatch.setattr(export_support, "pip_command", lambda: ["pip", "install"])
+    monkeypatch.setattr(export_support, "install", lambda *_a: installed.append(True))
+    monkeypatch.setattr(settings_dialog, "export_job", lambda _s, src, _p: FakeChild(src))
+    monkeypatch.setattr(QMessageBox, "question", lambda *_a, **_k: QMessageBox.StandardButton.Yes)
+    dialog = window.open_settings()
+    ckpt = tmp_path / "dolly-v2-3b"
+    dialog.export_checkpoint(str(ckpt))
+    install_job = dialog.job
+    assert install_job.title.startswith("Installing export support")
+    qtbot.waitUntil(lambda: dialog.job is not install_job, timeout=JOB_MS)
+    assert installed and dialog.job.title.startswith("Exporting dolly-v2-3b")
+    qtbot.waitUntil(lambda: dialog.job.over, timeout=JOB_MS)
+    assert exports == [ckpt]
+    assert "done" in dialog.message.text()
+
+
+def test_a_failed_install_starts_no_export(qtbot, window, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    from dolly_desktop.errors import DollyError
+    from dolly_desktop.models.convert import export_support
+
+    def fail(*_a):
+        raise DollyError("pip could not install torch.")
+
+    monkeypatch.setattr(export_support, "available", lambda: False)
+    monkeypatch.setattr(export_support, "pip_command", lambda: ["pip", "install"])
+    monkeypatch.setattr(export_support, "install", fail)
+    monkeypatch.setattr(QMessageBox, "question", lambda *_a, **_k: QMessageBox.StandardButton.Yes)
+    dialog = window.open_settings()
+    dialog.export_checkpoint("/nowhere")
+    job = dialog.job
+    with qtbot.waitSignal(job.ended, timeout=JOB_MS):
+        pass
+    qtbot.wait(50)
+    assert dialog.job is job and "pip could not install torch" in dialog.message.text()
+    assert dialog.message.property("error") is True
+
+
+def test_opening_model_settings_offline_prints_nothing_on_the_terminal(
+    qtbot, window, monkeypatch, capfd
+):
+    """The Hub cannot be reached (no network here): the catalog refresh fails quietly, in the
+    log only; no retry warnings on the terminal."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    capfd.readouterr()
+    dialog = window.open_settings()
+    with qtbot.waitSignal(dialog._hub_job.ended, timeout=JOB_MS):
+        pass
+    qtbot.wait(100)
+    err = capfd.readouterr().err
+    assert "etry" not in err and "WARNING" not in err, err

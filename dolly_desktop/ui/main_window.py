@@ -441,8 +441,7 @@ class MainWindow(QMainWindow):
         self.model_is_remote = device == REMOTE
         self.first_run.hide()
         if self.settings_dialog is not None:
-            self.settings_dialog.current_folder = folder
-            self.settings_dialog.refresh()
+            self.settings_dialog.model_loaded(folder)
         self.busy.hide()
         if self.model_is_remote:  # `folder` is the server's URL: restored at the next start
             self.settings.remote_url = folder
@@ -463,6 +462,8 @@ class MainWindow(QMainWindow):
         self.model_dir = None
         self.busy.hide()
         self.model_label.setText("No model")
+        if self.settings_dialog is not None:
+            self.settings_dialog.model_failed(message)
         self._show_error(f"The model could not be loaded. {message}", offer_open=True)
         self._update_buttons()
         self.load_done.emit()

@@ -45,6 +45,7 @@ from dolly_desktop.models.folder import Precision
 from dolly_desktop.models.listing import Listed, list_models
 from dolly_desktop.models.store import Store
 from dolly_desktop.ui.background import Job, ProgressFn
+from dolly_desktop.ui.look import style_message
 from dolly_desktop.ui.settings import AppSettings
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class SettingsDialog(QDialog):
         self.job: Job | None = None
         self.rows: list[Listed] = []
         self.current_folder: str | None = None  # the window says what it has loaded
+        self._loading = ""  # the model "Use this model" asked for, until the window answers
         self.endpoint: str | None = None  # the Hub; None: HF_ENDPOINT or huggingface.co
         tabs = self.tabs = QTabWidget()
         tabs.setAccessibleName("Model settings")
@@ -313,9 +315,24 @@ class SettingsDialog(QDialog):
     def use_selected(self) -> None:
         row = self.selected_row()
         if row and row.installed and row.installed.runnable:
+            self._loading = f"{row.name} {row.variant}"
+            self._say(f"Loading {self._loading}…")
             self.model_chosen.emit(str(row.installed.path), self.device.currentData())
             self.refresh()
-            self._say(f"Loading {row.name} {row.variant}…")
+
+    def model_loaded(self, folder: str) -> None:
+        """The window has loaded `folder`: the table says so, and "Loading …" goes."""
+        self.current_folder = folder
+        self.refresh()
+        if self._loading:
+            self._say(f"{self._loading} is loaded and in use.")
+            self._loading = ""
+
+    def model_failed(self, message: str) -> None:
+        """The load asked for here failed: said here too, not only in the window."""
+        if self._loading:
+            self._say(f"{self._loading} could not be loaded. {message}", error=True)
+            self._loading = ""
 
     def download_selected(self) -> None:
         row = self.selected_row()
@@ -335,8 +352,8 @@ class SettingsDialog(QDialog):
         )
 
     def export_checkpoint(self, src: str | None = None) -> None:
-        if not export_support.available():
-            self.offer_export_support()
+        if not export_support.available():  # once it is installed, this export goes on
+            self.offer_export_support(then=lambda: self.export_checkpoint(src))
             return
         if src is None:
             src = QFileDialog.getExistingDirectory(self, "A PyTorch checkpoint folder to export")
@@ -350,8 +367,9 @@ class SettingsDialog(QDialog):
             return
         self._run_child(f"Exporting {Path(src).name} to {precision.value}", child)
 
-    def offer_export_support(self) -> None:
-        """Export needs torch and optimum-intel, which the app does not install up front."""
+    def offer_export_support(self, then: Callable[[], None] | None = None) -> None:
+        """Export needs torch and optimum-intel, which the app does not install up front.
+        `then` (the export that asked) starts by itself once the install has succeeded."""
         if export_support.pip_command() is None:  # a bundle: no pip to install with
             self._say(export_support.how_to_install(), error=True)
             return
@@ -365,7 +383,7 @@ class SettingsDialog(QDialog):
         if answer != QMessageBox.StandardButton.Yes:
             self._say(export_support.how_to_install())
             return
-        self._run(f"Installing export support (about {size})", export_support.install)
+        self._run(f"Installing export support (about {size})", export_support.install, then=then)
 
     def compress_selected(self) -> None:
         row = self.selected_row()
@@ -412,14 +430,19 @@ class SettingsDialog(QDialog):
         self.refresh()
 
     # ---- jobs -------------------------------------------------------------------------
-    def _run(self, title: str, fn, on_cancel=None) -> None:
+    def _run(self, title: str, fn, on_cancel=None, then: Callable[[], None] | None = None) -> None:
+        """Run `fn` as the dialog's job; `then` follows a success, once the job has ended."""
         job = Job(title, fn, on_cancel, owner=self)
         self.job = job
+        succeeded: list[bool] = []
         job.progress.connect(lambda stage, frac: self._show_job(job, stage, frac))
+        job.done.connect(lambda _r: succeeded.append(True))
         job.done.connect(lambda _r: self._say(f"{title}: done."))
         job.failed.connect(lambda msg: self._say(f"{title} failed: {msg}", error=True))
         job.cancelled.connect(lambda: self._say(f"{title}: cancelled; nothing was installed."))
         job.ended.connect(self._job_ended)
+        if then is not None:
+            job.ended.connect(lambda: succeeded and then())
         self._show_job(job, "starting", 0.0)
         self._say("")
         job.start()
@@ -453,7 +476,11 @@ class SettingsDialog(QDialog):
             self.progress_label.setText(f"{job.title}: {stage}")
 
     def _say(self, text: str, error: bool = False) -> None:
-        self.message.setStyleSheet("color: #b00020;" if error else "")
+        if error:
+            style_message(self.message, True)
+        else:
+            self.message.setProperty("error", False)
+            self.message.setStyleSheet("")
         self.message.setText(text)
 
     def closeEvent(self, event: QCloseEvent) -> None:
