@@ -585,10 +585,17 @@ class History:
                 self._saver_cv.wait(pause)
                 runs = list(self._waiting)
             for run in runs:
-                done = run._retry()
+                try:
+                    done = run._retry()
+                except Exception:  # never leave a run queued for ever (close waits on it)
+                    log.exception("history: a queued save failed")
+                    run._failing_since = None
+                    done = True
                 if done:
                     with self._saver_cv:
-                        self._waiting.discard(run)
+                        # Unless queued again meanwhile (a later append failed after a give-up).
+                        if run._failing_since is None:
+                            self._waiting.discard(run)
             pause = min(pause * 2, RETRY_MAX_S)
 
     def flush(self, timeout: float | None = None) -> bool:
