@@ -1,5 +1,5 @@
 """The one entry point: the window by default, headless subcommands (one module each:
-generate, devices, history, models, serve) over the same rooms the window uses.
+generate, devices, history, models, serve, docs, compare) over the same rooms the window uses.
 
 May import everything below it: ui and server (it starts them), history, generation, models,
 the basics. Heavy packages (openvino, PySide6, starlette) only inside the command that needs
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from dolly_desktop import __version__
-from dolly_desktop.cli import devices, docs, generate, history, models, serve
+from dolly_desktop.cli import compare, devices, docs, generate, history, models, serve
 from dolly_desktop.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, Parser
 from dolly_desktop.errors import DollyError
 from dolly_desktop.logs import setup_logging
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", parser_class=Parser)
 
-    for family in (generate, devices, history, models, serve, docs):
+    for family in (generate, devices, history, models, serve, docs, compare):
         family.register(sub)
     return p
 

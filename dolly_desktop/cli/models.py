@@ -1,4 +1,4 @@
-"""`dolly-desktop models ...`: list, download, export, compress, import, remove.
+"""`dolly-desktop models ...`: list, download, export, compress, import, remove, check.
 
 Long commands show a person at a terminal a progress bar on stderr (tqdm: bytes, speed and ETA
 for downloads, a percentage for the rest). With `--json` they print JSON lines on stdout
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from dolly_desktop.cli.compare import add_check_options, cmd_check
 from dolly_desktop.cli.options import EXIT_INTERRUPTED
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE, GB, format_bytes
@@ -109,6 +110,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.add_argument("target", help="NAME/VARIANT, e.g. dolly-v2-3b/INT4 (--partial: a repo id)")
     rm.add_argument("--partial", action="store_true", help="discard a partial download")
     rm.set_defaults(func=cmd_remove)
+
+    ck = ms.add_parser(
+        "check",
+        parents=[common],
+        help="measure a variant's agreement with its FP16 over 50 prompts; stored beside it",
+    )
+    add_check_options(ck)
+    ck.set_defaults(func=cmd_check)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -261,6 +270,8 @@ def _logs_above_the_bar(err: TextIO) -> Iterator[None]:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
+    from dolly_desktop.models.checks import read_check
+
     store = _store(a)
     installed = store.list()
     if a.available:
@@ -278,6 +289,9 @@ def cmd_list(a: argparse.Namespace) -> int:
         rate = m.compression_line or ""
         note = f"problem: {m.problem}" if m.problem else m.source
         print(f"{m.label:<26} {format_bytes(m.size_bytes):>10}  {rate:<22} {note}".rstrip())
+        check = read_check(m.path)
+        if check is not None:
+            print(f"{'':<26} checked: {check.summary()}")
     for p in store.partial_downloads():
         print(
             f"partial download of {p.repo_id}: {format_bytes(p.bytes_done)} so far "
