@@ -16,6 +16,7 @@ from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.prompt import MAX_CONTEXT_CHARS, build_prompt, room_after
 
 SEPARATOR = "\n\n"
+SEPARATOR_TOKENS = 2  # what a SEPARATOR and the chunk edges it joins may add, at most
 CANDIDATES = 20  # chunks fetched for one question; packing stops well before on 2048 tokens
 MAX_MISSES = 6  # chunks counted and found too long before packing gives up
 
@@ -60,13 +61,17 @@ def pack(
 ) -> Passage:
     """The longest rank-ordered run of distinct chunks whose prompt leaves room for
     `max_new_tokens`; a chunk too long for what is left is passed over for the next one.
-    Every accepted passage is counted whole, with the prompt, by the model's tokenizer."""
+
+    Chunks are taken on their own token counts (plus SEPARATOR_TOKENS each), then the whole
+    prompt is counted by the model's tokenizer; while it does not fit (counts from another
+    tokenizer, a join that tokenizes longer) the last chunk goes and it is counted again.
+    Nothing is returned that was not counted whole."""
     base = count_tokens(build_prompt(instruction))
     if not fits(base, context_length, max_new_tokens):
         return Passage(prompt_tokens=base)
     budget = context_length - max_new_tokens
     chosen: list[Hit] = []
-    best = Passage(prompt_tokens=base)
+    estimate = base
     seen: set[str] = set()
     misses = 0
     for h in hits:
@@ -74,21 +79,21 @@ def pack(
         if not key or key in seen:
             continue
         seen.add(key)
-        trial = [*chosen, h]
-        # The chunks' own counts first: one too long for what is left is not counted whole.
-        if best.prompt_tokens + h.tokens > budget:
-            misses += 1
+        if estimate + h.tokens + SEPARATOR_TOKENS <= budget:
+            chosen.append(h)
+            estimate += h.tokens + SEPARATOR_TOKENS
         else:
-            text = SEPARATOR.join(x.text for x in trial)
-            if len(text) <= MAX_CONTEXT_CHARS:
-                n = count_tokens(build_prompt(instruction, text))
-                if fits(n, context_length, max_new_tokens):
-                    chosen, best = trial, Passage(text, trial, n)
-                    continue
             misses += 1
-        if misses >= MAX_MISSES:
-            break
-    return best
+            if misses >= MAX_MISSES:
+                break
+    while chosen:
+        text = SEPARATOR.join(x.text for x in chosen)
+        if len(text) <= MAX_CONTEXT_CHARS:
+            n = count_tokens(build_prompt(instruction, text))
+            if fits(n, context_length, max_new_tokens):
+                return Passage(text, chosen, n)
+        chosen.pop()
+    return Passage(prompt_tokens=base)
 
 
 def retrieve(
