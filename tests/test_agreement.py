@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import copy_model
@@ -201,3 +202,52 @@ def test_prompt_files(tmp_path):
         read_prompt_file(tmp_path / "missing.txt")
     with pytest.raises(DollyError, match="is a folder"):
         read_prompt_file(tmp_path)
+
+
+# -- compare's memory plan --------------------------------------------------------------------
+
+
+def _contender(label: str, ram: int, precision: str = "INT4"):
+    from dolly_desktop.compare.runs import Contender
+
+    return Contender(label, Path("/nowhere") / label, precision, ram)
+
+
+def test_memory_plan_all_at_once_one_at_a_time_or_refused():
+    from dolly_desktop.compare.runs import ONE_AT_A_TIME, TOGETHER, plan_loading, reference_of
+
+    models = [_contender("a", 3), _contender("b", 5, "FP16"), _contender("c", 4, "INT8")]
+    assert plan_loading(models, 12) == TOGETHER
+    assert plan_loading(models, 11) == ONE_AT_A_TIME
+    assert plan_loading(models, 5) == ONE_AT_A_TIME
+    assert plan_loading(models, None) == ONE_AT_A_TIME
+    with pytest.raises(DollyError, match="Comparing with b needs about"):
+        plan_loading(models, 4)
+    assert reference_of(models).label == "b"
+
+
+def test_one_at_a_time_never_holds_two_engines(tiny_models):
+    from dolly_desktop.compare.runs import ONE_AT_A_TIME, Contender, run_comparison
+    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.params import GenerationParams
+
+    alive: list[Path] = []
+    most = []
+
+    class Counted(Engine):
+        def __init__(self, path):
+            alive.append(path)
+            most.append(len(alive))
+            super().__init__(path, "CPU")
+
+        def close(self):
+            alive.remove(self.model_dir)
+            super().close()
+
+    models = [Contender(p, tiny_models[p].resolve(), p, 1) for p in ("INT4", "INT8", "FP16")]
+    params = GenerationParams(greedy=True, max_new_tokens=8)
+    result = run_comparison(models, "Who is Dolly?", "", params, available=2,
+                            make_engine=Counted, measure_agreement=False)  # fmt: skip
+    assert result.loading == ONE_AT_A_TIME and max(most) == 1 and alive == []
+    assert [o.label for o in result.outcomes] == ["INT4", "INT8", "FP16"]
+    assert all(o.tokens > 0 for o in result.outcomes) and result.reference == "FP16"
