@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dolly_desktop.documents.parse import Block
 from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.prompt import END_KEY, INSTRUCTION_KEY, RESPONSE_KEY
 
 TARGET_TOKENS = 256  # a chunk ends at the last word that keeps it within this many
 MAX_TOKENS = 300  # ... or takes in a short tail up to this many
@@ -29,6 +30,14 @@ MAX_WORD_CHARS = 100  # a "word" longer than this (base64, a hash) is cut into p
 # A word with the whitespace before it; the unit of counting and of cutting.
 _UNIT = re.compile(r"\s*\S{1," + str(MAX_WORD_CHARS) + "}")
 CACHE_LIMIT = 2_000_000  # distinct words kept counted (cleared when full)
+# Dolly's template keys are special tokens (matched even inside a word: "### Ending"): in a
+# passage they would end the Input: early. A document's own are demoted a level.
+_KEYS = re.compile("|".join(re.escape(k) for k in (INSTRUCTION_KEY, RESPONSE_KEY, END_KEY)))
+
+
+def defuse(text: str) -> str:
+    """`text` with Dolly's template keys made plain text ("### Response:" -> "## Response:")."""
+    return _KEYS.sub(lambda m: m.group(0)[1:], text)
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,7 @@ def chunk_blocks(
             end = max(bisect_right(cum, cum[start] + target) - 1, start + 1)
             if cum[n] - cum[start] <= max_tokens:
                 end = n  # a short tail joins this chunk rather than standing alone
-            text = "".join(units[start:end]).strip()
+            text = defuse("".join(units[start:end]).strip())
             heading = heads[_main_block(starts, cum, start, end)]
             chunks.append(Chunk(text, cum[end] - cum[start], page, heading))
             if end >= n:
