@@ -496,3 +496,21 @@ def test_a_document_cannot_end_the_input_early(tmp_path, counter):
     assert "## Response:\nInjected answer." in p.text and "### Response:" not in p.text
     ids = Tokenizer.from_file(str(TOKENIZER)).encode(build_prompt("impeller", p.text)).ids
     assert [ids.count(i) for i in (50277, 50278, 50279)] == [0, 1, 1]  # End, Instruction, Response
+
+
+def test_a_folder_that_is_gone_keeps_its_chunks(tmp_path, counter):
+    root = tmp_path / "drive"
+    write_corpus(root)
+    ix = new_index(tmp_path, "c", root)
+    ix.index("c", counter)
+    root.rename(tmp_path / "unplugged")
+    r = ix.index("c", counter)
+    assert r.removed == 0 and ix.info("c").files == 4
+    assert r.skipped == [
+        (str(root), "not found (a drive not connected?): its indexed files are kept")
+    ]
+    assert top(ix, "impeller").rel == "manual.pdf"
+    (tmp_path / "unplugged").rename(root)
+    r = ix.index("c", counter)
+    assert (r.unchanged, r.skipped) == (4, [])
+    ix.check()

@@ -357,7 +357,12 @@ class DocIndex:
         report = IndexReport()
         found: list[tuple[str, str, os.stat_result]] = []
         skips: dict[str, str] = {}
-        for path, rel, st, reason in _walk(self.roots(name)):
+        roots = self.roots(name)
+        # A folder that is not there (a drive not plugged in) keeps its files' chunks.
+        absent = [r for r in roots if not os.path.lexists(r)]
+        for r in absent:
+            skips[r] = "not found (a drive not connected?): its indexed files are kept"
+        for path, rel, st, reason in _walk([r for r in roots if r not in absent]):
             if reason is not None:
                 skips[path] = reason
             else:
@@ -371,7 +376,11 @@ class DocIndex:
             )
         }
         seen = {p for p, _, _ in found}
-        missing = {p: r for p, r in known.items() if p not in seen}
+        missing = {
+            p: r
+            for p, r in known.items()
+            if p not in seen and not any(_inside(p, a) for a in absent)
+        }
         by_hash = {r[4]: r for r in missing.values()}
         prog = Progress(files_total=len(found), bytes_total=sum(st.st_size for *_, st in found))
         report.files = len(found)
