@@ -256,7 +256,10 @@ def _logs_above_the_bar(err: TextIO) -> Iterator[None]:
     console = [
         h
         for h in logging.getLogger().handlers
-        if type(h) is logging.StreamHandler and h.stream is err
+        # The console handler (logs.QuietStreamHandler), not the log file's (a FileHandler).
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(h, logging.FileHandler)
+        and h.stream is err
     ]
     before = [h.setStream(Above()) for h in console]
     try:
