@@ -556,3 +556,17 @@ def _one_jsonl(h: History) -> str:
     out = io.StringIO()
     h.export_jsonl(out, ids=[h.list(limit=1)[0].id])
     return out.getvalue()
+
+
+def test_a_random_run_records_the_seed_it_used_and_that_seed_reproduces_it(engine, tmp_path):
+    """The window and the CLI both record through run_and_record: sampling with no seed asked
+    for is recorded with the seed chosen for it (before: seed=None, not reproducible)."""
+    from dolly_desktop.history.runs import run_and_record
+
+    sampling = GenerationParams(max_new_tokens=12, temperature=1.5)
+    with History(tmp_path / "h.sqlite3") as h:
+        first = run_and_record(engine, h, "Who is Dolly?", sampling)
+        (entry,) = h.list()
+    assert entry.params.seed is not None
+    again = engine.generate("Who is Dolly?", entry.params)
+    assert again.token_ids == first.token_ids

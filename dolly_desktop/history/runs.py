@@ -36,6 +36,9 @@ def run_and_record(
     with the text shown so far. `notify` gets each history problem's sentence once, those
     from opening the file included, and a save given up after the run (from the saver's
     thread). `sources`: the document chunks the passage was made of, kept with the run."""
+    # A random seed is chosen here, before the run, so that the history keeps the one used
+    # (the window, the CLI): restoring the entry reproduces the answer.
+    params = params.with_seed()
     run = history.start_run(
         instruction, params, engine.model, engine.device, context, notify, sources
     )

@@ -120,10 +120,8 @@ class EngineWorker(QObject):
             return
         try:
             # on_text may run on an openvino-genai thread: Qt queues the signal to the window.
-            # A random seed is chosen here, before the run, so the history keeps the one used.
-            params = req.params.with_seed()
             result = run_and_record(
-                self.engine, req.history, req.instruction, params,
+                self.engine, req.history, req.instruction, req.params,
                 self._on_text, self.notice.emit, req.context,
             )  # fmt: skip
         except Exception as e:  # every request ends in finished or failed, whatever happened
