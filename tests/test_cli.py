@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from cli_runs import run
 
 from dolly_desktop.generation.params import GenerationParams
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dolly_desktop.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_generate_streams_and_reports_metrics(tiny_models):

@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runs import run, run_on_a_terminal
 from test_documents import pdf_bytes, write_corpus
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dolly_desktop.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def ok(*args: str) -> subprocess.CompletedProcess:
@@ -171,47 +161,15 @@ def test_history_keeps_the_chunks_used_after_the_files_change(corpus, tiny_fp16)
 
 
 def test_index_shows_progress_on_a_terminal(own_home, tmp_path, tiny_fp16):
-    import fcntl
-    import os
-    import struct
-    import termios
-    import threading
-
     root = tmp_path / "docs"
     write_corpus(root)
     (root / "junk.bin").write_bytes(b"\0")
     ok("docs", "add", "t", str(root))
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # 120 columns
-    shown = bytearray()
-
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                return
-            if not chunk:
-                return
-            shown.extend(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "dolly_desktop.cli", "docs", "index", "t", "--model",
-             str(tiny_fp16)],
-            stdout=subprocess.PIPE,
-            stderr=slave,
-        )  # fmt: skip
-    finally:
-        os.close(slave)
-    out, _ = child.communicate(timeout=120)
-    reader.join(10)
-    os.close(master)
-    assert child.returncode == 0
-    bar = shown.decode(errors="replace")
+    code, out, bar = run_on_a_terminal(
+        "docs", "index", "t", "--model", str(tiny_fp16), columns=120, timeout=120
+    )
+    assert code == 0
     assert "indexing" in bar and "4/4 files, 1 skipped" in bar and "B/s" in bar, bar
-    assert b"4 new" in out  # the summary still goes to stdout
+    assert "4 new" in out  # the summary still goes to stdout
     plain = ok("docs", "index", "t", "--model", str(tiny_fp16))
     assert "indexing" not in plain.stderr  # no bar off a terminal

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from cli_runs import run_on_a_terminal as on_a_terminal
 from hub_server import HubServer, tree
 from huggingface_hub import constants
 
@@ -177,37 +175,8 @@ def test_import_list_remove(store, tiny_models, tmp_path):
 
 
 def run_on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """`models ARGS` with stderr on a pseudo-terminal 100 columns wide, as from a person's
-    shell: the exit code, stdout, and everything the terminal was sent."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    shown = bytearray()
-
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: nobody holds the terminal any more
-                return
-            if not chunk:
-                return
-            shown.extend(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "dolly_desktop.cli", "models", *args],
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            env=env,
-        )
-    finally:
-        os.close(slave)
-    out, _ = child.communicate(timeout=300)
-    reader.join(10)
-    os.close(master)
-    return child.returncode, out.decode(), shown.decode(errors="replace")
+    """`models ARGS` on a terminal 100 columns wide (cli_runs.run_on_a_terminal)."""
+    return on_a_terminal("models", *args, env=env)
 
 
 def test_a_person_at_a_terminal_sees_a_progress_bar(store, tiny_models, tmp_path):

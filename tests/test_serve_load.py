@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ import openai
 import psutil
 import pytest
 import serving
-from conftest import EXACT
 from serving import Served, serve_process, server_log
 
 from dolly_desktop.generation.engine import StopReason
@@ -40,19 +38,6 @@ LEAVER_INSTRUCTIONS = [f"Tell me a long story about the number {n}." for n in ra
 INSTRUCTIONS = [f"Client {n}: what is a {w}?" for n, w in enumerate("abcdefghijkl")]
 assert len(INSTRUCTIONS) == CLIENTS - LEAVERS
 
-# `serve` takes no OpenVINO properties: this child runs the same CLI with the batching engine
-# at exact f32, so that a greedy answer can equal the one-stream engine's token for token.
-EXACT_SERVE = (
-    sys.executable,
-    "-c",
-    "import functools, sys\n"
-    "from dolly_desktop.generation.batching import BatchingEngine as B\n"
-    f"B.__init__ = functools.partialmethod(B.__init__, properties={EXACT!r})\n"
-    "from dolly_desktop.cli import main\n"
-    "sys.exit(main())",
-    "serve",
-)
-
 
 BAD = ("lost", "hung")
 
@@ -71,7 +56,7 @@ def exact_server(tiny_fp16) -> Iterator[Served]:
     args = ("--max-batch", str(MAX_BATCH), "--queue", str(QUEUE))
     with contextlib.ExitStack() as stack:
         with pytest.MonkeyPatch.context() as mp:  # only while the child starts
-            mp.setattr(serving, "SERVE", EXACT_SERVE)
+            mp.setattr(serving, "SERVE", serving.EXACT_SERVE)
             served = stack.enter_context(serve_process(tiny_fp16, *args))
         yield served
 
