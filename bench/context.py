@@ -7,7 +7,7 @@ configs interleaved in ABBA order, medians.
     .venv/bin/python -m bench.context [--shape 3b] [--precision INT4] [--runs 3] [--tokens 128]
                                       [--assistant-tokens 5] [--ngram 3]
 
-Configs: the app's engine as serve and scripts load it (generation/local.py, stateful SDPA
+Configs: the app's engine as serve and scripts load it (generation/engines/local.py, stateful SDPA
 pipeline, no lookup); openvino-genai's prompt-lookup pipeline (`prompt_lookup=True`, which
 runs on genai's continuous-batching, paged-attention pipeline) with the app's other CPU
 properties; and that paged-attention pipeline without lookup, to tell the lookup's effect
@@ -83,8 +83,8 @@ def child(
 ) -> dict:
     import openvino_genai as ov_genai
 
-    from dolly_desktop.generation import local
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines import local
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.prompt import build_prompt
 
     class Steps(ov_genai.StreamerBase):

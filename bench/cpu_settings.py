@@ -45,7 +45,7 @@ CONFIGS: dict[str, dict] = {
 
 
 def child(model: str, cache: str, props: dict, tokens: int) -> dict:
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
     t0 = time.perf_counter()

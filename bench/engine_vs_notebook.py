@@ -31,7 +31,7 @@ READING_S = 1.0
 
 
 def child_app(model: str, cache: str, tokens: int, long_prompt: str = LONG) -> dict:
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
     t0 = time.perf_counter()

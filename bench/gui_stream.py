@@ -30,7 +30,7 @@ def main() -> None:
     from PySide6.QtCore import QEventLoop, QTimer
 
     from bench.models import ir, machine
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.params import GenerationParams
     from dolly_desktop.ui.app import make_app
     from dolly_desktop.ui.main_window import MainWindow

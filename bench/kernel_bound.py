@@ -48,7 +48,7 @@ def genai_vs_raw(model: Path, cache: str, runs: int, tokens: int) -> tuple[list,
     import openvino as ov
     import openvino_genai as ov_genai
 
-    from dolly_desktop.generation.local import cpu_defaults
+    from dolly_desktop.generation.engines.local import cpu_defaults
     from dolly_desktop.generation.prompt import build_prompt
 
     pipe = ov_genai.LLMPipeline(str(model), "CPU", **cpu_defaults(model), CACHE_DIR=cache)
@@ -116,7 +116,7 @@ def child_ttft(kind: str, model: str, cache: str) -> dict:
 
 
 def template_reuse(model: Path, cache: str) -> None:
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
     params = GenerationParams(greedy=True, max_new_tokens=8)

@@ -82,7 +82,7 @@ def rss_mb() -> float:
 
 def child(model: str, cache: str, config: dict, checkpoints: list[int], seed: int) -> dict:
     os.environ.update(config["env"])  # before OpenVINO creates its first kernel
-    import dolly_desktop.generation.local as local
+    import dolly_desktop.generation.engines.local as local
     from dolly_desktop.generation.params import GenerationParams
     from dolly_desktop.generation.prompt import build_prompt
 

@@ -7,7 +7,7 @@ measurement a child process of its own, the configs interleaved in ABBA order, m
                                       [--configs "app now" "dq 128" ...] [--tokens 128]
     .venv/bin/python -m bench.prefill --paired "app now" "dq 128" [--rounds 8]
 
-Every app config starts from the engine's own CPU properties (generation/local.py's
+Every app config starts from the engine's own CPU properties (generation/engines/local.py's
 CPU_DEFAULTS, which the engine merges in) and changes what it names. The machine's
 OPTIMIZATION_CAPABILITIES are printed with the table: they tell which CPU kind it is.
 """
@@ -57,7 +57,7 @@ def date_tokens() -> list[tuple[float, float]]:
     """Every token the engines stream from now on, dated in wall and CPU time (all threads of
     this process): on a shared machine the CPU seconds a prefill takes move far less than its
     wall time."""
-    from dolly_desktop.generation import streaming
+    from dolly_desktop.generation.engines import streaming
 
     marks: list[tuple[float, float]] = []
     write = streaming.TokenStreamer.write
@@ -71,7 +71,7 @@ def date_tokens() -> list[tuple[float, float]]:
 
 
 def child_app(model: str, cache: str, props: dict, lengths: list[int], tokens: int) -> dict:
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
     marks = date_tokens()
@@ -170,7 +170,7 @@ def child_paired(
 
     # Both models' kernels must stay cached, or each turn would pay the other's evictions.
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
     marks = date_tokens()

@@ -66,7 +66,7 @@ def tiny_fp16(tiny_models) -> Path:
 @pytest.fixture(scope="session")
 def engine(tiny_fp16):
     """One exact-arithmetic engine on the FP16 tiny model, shared by the session."""
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
 
     return Engine(tiny_fp16, "CPU", properties=EXACT)
 

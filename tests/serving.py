@@ -19,7 +19,7 @@ from conftest import EXACT
 
 from dolly_desktop import paths
 from dolly_desktop.generation.engine import GenerationResult
-from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.engines.local import Engine
 from dolly_desktop.generation.params import GenerationParams
 
 INSTRUCTION = "Who is Dolly?"
@@ -32,7 +32,7 @@ EXACT_SERVE = (
     sys.executable,
     "-c",
     "import functools, sys\n"
-    "from dolly_desktop.generation.batching import BatchingEngine as B\n"
+    "from dolly_desktop.generation.engines.batching import BatchingEngine as B\n"
     f"B.__init__ = functools.partialmethod(B.__init__, properties={EXACT!r})\n"
     "from dolly_desktop.cli import main\n"
     "sys.exit(main())",

@@ -228,7 +228,7 @@ def test_memory_plan_all_at_once_one_at_a_time_or_refused():
 
 def test_one_at_a_time_never_holds_two_engines(tiny_models):
     from dolly_desktop.compare.runs import ONE_AT_A_TIME, Contender, run_comparison
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
     alive: list[Path] = []

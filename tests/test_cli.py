@@ -8,7 +8,7 @@ from dolly_desktop.generation.params import GenerationParams
 
 
 def test_generate_streams_and_reports_metrics(tiny_models):
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
 
     model = tiny_models["INT4"]
     p = run(

@@ -146,8 +146,8 @@ def test_the_api_takes_a_passage_and_the_remote_engine_sends_it(tiny_models):
     from serving import serve_process
     from transformers import AutoTokenizer
 
+    from dolly_desktop.generation.engines.remote import RemoteEngine
     from dolly_desktop.generation.params import GenerationParams
-    from dolly_desktop.generation.remote import RemoteEngine
 
     model = tiny_models["FP16"]
     n = len(AutoTokenizer.from_pretrained(str(model))(TRAINED)["input_ids"])

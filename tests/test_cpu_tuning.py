@@ -124,7 +124,7 @@ def test_amx_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
 def test_the_engine_loads_with_the_properties_chosen_for_this_cpu_and_model(
     tiny_models, precision, weights
 ):
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
     model = tiny_models[precision]

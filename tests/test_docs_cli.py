@@ -80,7 +80,7 @@ def test_index_without_any_model_says_how(own_home, tmp_path):
 
 
 def test_generate_answers_from_documents_and_prints_sources(corpus, tiny_fp16):
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.params import GenerationParams
     from dolly_desktop.history.store import History
 

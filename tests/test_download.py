@@ -127,7 +127,7 @@ def test_listing_reports_checksums_and_sizes(hub, tiny_models):
 
 
 def test_download_installs_a_catalog_variant(hub, store, tiny_models, report_figure):
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.generation.params import GenerationParams
 
     reports = []

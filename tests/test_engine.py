@@ -14,7 +14,7 @@ from conftest import EXACT, copy_model
 
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.engine import StopReason
-from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.engines.local import Engine
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import PROMPT_FORMAT, build_prompt
 
@@ -339,7 +339,7 @@ _LENGTHS_CHILD = r"""
 import json, os, sys
 cfg = json.loads(sys.argv[1])
 os.environ.update(cfg["env"])  # before OpenVINO creates its first kernel
-import dolly_desktop.generation.local as local
+import dolly_desktop.generation.engines.local as local
 from dolly_desktop.generation.params import GenerationParams
 
 def anon_mb():

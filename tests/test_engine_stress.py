@@ -48,7 +48,7 @@ def test_releasing_a_stale_range_keeps_the_memory_that_replaced_the_weights(tmp_
 
 _CHURN = r"""
 import gc, random, sys
-from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.engines.local import Engine
 from dolly_desktop.generation.params import GenerationParams
 models, rounds, seed = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)

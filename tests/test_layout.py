@@ -26,7 +26,7 @@ def _loaded_after(code: str) -> set[str]:
 @pytest.mark.parametrize(
     ("what", "code", "allowed"),
     [
-        ("the remote engine", "import dolly_desktop.generation.remote", ()),
+        ("the remote engine", "import dolly_desktop.generation.engines.remote", ()),
         ("history", "import dolly_desktop.history.store", ()),
         ("the CLI parser", "from dolly_desktop.cli import build_parser; build_parser()", ()),
         ("the server", "import dolly_desktop.server.app", ("starlette",)),

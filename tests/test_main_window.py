@@ -7,8 +7,8 @@ from conftest import copy_model
 from PySide6.QtCore import Qt
 
 from dolly_desktop.generation.engine import StopReason
+from dolly_desktop.generation.engines.local import Engine
 from dolly_desktop.generation.examples import EXAMPLES
-from dolly_desktop.generation.local import Engine
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.history.store import History
 from dolly_desktop.ui.main_window import MainWindow

@@ -25,7 +25,7 @@ SHORT = ("Who is Dolly?", "")
 
 @pytest.fixture(scope="module")
 def lookup_engine(tiny_fp16):
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
 
     eng = Engine(tiny_fp16, properties=EXACT, prompt_lookup="on")
     yield eng
@@ -64,7 +64,7 @@ def test_prompt_lookup_keeps_max_new_tokens_and_cancel(lookup_engine):
 
 
 def test_auto_looks_up_long_prompts_and_keeps_the_template_for_short_ones(engine, tiny_fp16):
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
 
     auto = Engine(tiny_fp16, properties=EXACT, prompt_lookup="auto", reuse_template=True)
     notices: list[str] = []
@@ -88,7 +88,7 @@ def test_auto_looks_up_long_prompts_and_keeps_the_template_for_short_ones(engine
 
 
 def test_auto_frees_prompt_lookup_after_answers_that_copy_too_little(tiny_fp16):
-    from dolly_desktop.generation import local, lookup
+    from dolly_desktop.generation.engines import local, lookup
 
     auto = local.Engine(tiny_fp16, properties=EXACT, prompt_lookup="auto")
     try:
@@ -105,7 +105,7 @@ def test_auto_frees_prompt_lookup_after_answers_that_copy_too_little(tiny_fp16):
 
 
 def test_auto_stays_plain_when_a_second_copy_does_not_fit(tiny_fp16, monkeypatch):
-    from dolly_desktop.generation import local
+    from dolly_desktop.generation.engines import local
 
     monkeypatch.setattr(local, "available_memory_bytes", lambda: 1 << 20)
     auto = local.Engine(tiny_fp16, properties=EXACT, prompt_lookup="auto")

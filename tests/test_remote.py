@@ -23,9 +23,9 @@ from serving import (
 
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.engine import StopReason
-from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.engines.local import Engine
+from dolly_desktop.generation.engines.remote import RemoteEngine
 from dolly_desktop.generation.params import GenerationParams
-from dolly_desktop.generation.remote import RemoteEngine
 from dolly_desktop.history.store import History
 
 KEY = "remote-test-key"

@@ -16,10 +16,10 @@ import pytest
 from conftest import TOKENIZER_DIR
 
 from dolly_desktop.errors import DollyError
-from dolly_desktop.generation import remote as remote_module
 from dolly_desktop.generation.engine import StopReason
+from dolly_desktop.generation.engines import remote as remote_module
+from dolly_desktop.generation.engines.remote import RemoteEngine
 from dolly_desktop.generation.params import GenerationParams
-from dolly_desktop.generation.remote import RemoteEngine
 
 KiB, MiB = 1 << 10, 1 << 20
 RUN_FOR_S = 10.0  # the longest any hostile answer goes on (past every bound tested here)

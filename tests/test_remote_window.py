@@ -7,7 +7,7 @@ import pytest
 from serving import serve_process
 
 from dolly_desktop.generation.engine import StopReason
-from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.engines.local import Engine
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.ui.main_window import MainWindow
 

@@ -1,4 +1,4 @@
-"""Continuous batching (generation/batching.py): several requests decoded together, each
+"""Continuous batching (generation/engines/batching.py): several requests decoded together, each
 answered exactly as alone; then the same through `dolly-desktop serve`."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ INSTRUCTIONS = [f"Question {i}: what is {w}?" for i, w in enumerate("abcd")]
 
 @pytest.fixture(scope="module")
 def batch(tiny_fp16) -> Iterator:
-    from dolly_desktop.generation.batching import BatchingEngine
+    from dolly_desktop.generation.engines.batching import BatchingEngine
 
     engine = BatchingEngine(tiny_fp16, "CPU", max_batch=4, properties=EXACT)
     yield engine
@@ -134,7 +134,7 @@ def test_the_kv_cache_default_is_what_the_batch_can_use_and_no_more(tiny_fp16, t
 
     import openvino_genai as ov_genai
 
-    from dolly_desktop.generation.batching import GIB, plan_kv_cache
+    from dolly_desktop.generation.engines.batching import GIB, plan_kv_cache
     from dolly_desktop.models.folder import ModelDir, inspect_model_dir
 
     tiny = inspect_model_dir(tiny_fp16)
@@ -289,7 +289,7 @@ MEMORY_SLACK = 60_000_000
 
 
 def test_serve_memory_levels_off_across_new_prompt_lengths(tiny_models, report_figure):
-    from dolly_desktop.generation.batching import kv_bytes_per_token
+    from dolly_desktop.generation.engines.batching import kv_bytes_per_token
     from dolly_desktop.models.folder import inspect_model_dir
 
     info = inspect_model_dir(tiny_models["INT4"])

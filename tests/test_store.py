@@ -283,7 +283,7 @@ def test_cleanup_removes_what_a_killed_job_left(store, tiny_models):
 
 
 def test_compress_an_fp16_ir_with_nncf(store, tiny_models, report_figure):
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
 
     [fp16] = store.import_folder(tiny_models["FP16"], name="tiny")
     stages = []

@@ -374,7 +374,7 @@ def test_models_answers_within_100_ms_while_a_grammar_builds(server):
 
 @pytest.fixture(scope="module")
 def batching(tiny_models):
-    from dolly_desktop.generation.batching import BatchingEngine
+    from dolly_desktop.generation.engines.batching import BatchingEngine
 
     engine = BatchingEngine(tiny_models["INT4"])
     yield engine

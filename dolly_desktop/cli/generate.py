@@ -79,11 +79,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     engine: EngineBase
     if a.remote:
-        from dolly_desktop.generation.remote import RemoteEngine
+        from dolly_desktop.generation.engines.remote import RemoteEngine
 
         engine = RemoteEngine(a.remote, api_key=a.api_key, notify=warn)
     else:
-        from dolly_desktop.generation.local import Engine, resolve_lookup
+        from dolly_desktop.generation.engines.local import Engine, resolve_lookup
 
         folder = resolve_model(a.model)
         # auto, with the one prompt known: one pipeline, plain or prompt lookup, not both.
@@ -126,7 +126,7 @@ def self_test(a: argparse.Namespace) -> int:
     import openvino
 
     from dolly_desktop.generation.devices import list_devices
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
     from dolly_desktop.models.choice import resolve_model
 
     t0 = time.perf_counter()

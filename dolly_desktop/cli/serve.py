@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 API_KEY_ENV = "DOLLY_DESKTOP_API_KEY"  # keeps the key out of the process list
 DEFAULT_QUEUE = 4
 DEFAULT_READ_TIMEOUT_S = 30.0
-DEFAULT_MAX_BATCH = 4  # generation.batching's; not imported here, which would load OpenVINO
+DEFAULT_MAX_BATCH = 4  # generation.engines.batching's; not imported here, which would load OpenVINO
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -137,7 +137,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     sock = _listen(a.host, a.port)  # before the model loads: a busy port fails at once
     engine: EngineBase
     if a.batching == "on":
-        from dolly_desktop.generation.batching import BatchingEngine
+        from dolly_desktop.generation.engines.batching import BatchingEngine
 
         engine = batch = BatchingEngine(
             model_dir, a.device, max_batch=a.max_batch, cache_gb=a.kv_cache
@@ -145,7 +145,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         slots, session = a.max_batch, batch.session
         answering = f"up to {a.max_batch} requests at once; {batch.kv.line()}"
     else:
-        from dolly_desktop.generation.local import Engine
+        from dolly_desktop.generation.engines.local import Engine
 
         engine = Engine(model_dir, a.device)
         slots, session = 1, None

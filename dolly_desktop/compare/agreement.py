@@ -42,7 +42,7 @@ GENAI_ONLY = ("ATTENTION_BACKEND", "CACHE_DIR")  # genai's keys, not the CPU plu
 def app_properties(model_dir: Path) -> dict[str, Any]:
     """The CPU properties the app's engine runs this model with (generation/cpu_tuning.py),
     less genai's own keys: the agreement a person gets from the app on this computer."""
-    from dolly_desktop.generation.local import cpu_defaults
+    from dolly_desktop.generation.engines.local import cpu_defaults
 
     return {k: v for k, v in cpu_defaults(Path(model_dir)).items() if k not in GENAI_ONLY}
 

@@ -166,12 +166,12 @@ class Comparison:
     outcomes: list[Outcome] = field(default_factory=list)
 
 
-EngineFactory = Callable[[Path], Any]  # a folder -> an engine (generation.local.Engine)
+EngineFactory = Callable[[Path], Any]  # a folder -> an engine (generation.engines.local.Engine)
 Events = Callable[[str, str], None]  # (label, what: "loading" | "generating" | text piece)
 
 
 def _engine(path: Path) -> Any:
-    from dolly_desktop.generation.local import Engine
+    from dolly_desktop.generation.engines.local import Engine
 
     return Engine(path, "CPU")
 

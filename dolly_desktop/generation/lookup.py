@@ -6,7 +6,7 @@ proposed as the next ones, and one inference checks them all. Greedy answers are
 token the same as without it (exact f32 arithmetic, tests/test_prompt_lookup.py): only the
 number of inferences changes. openvino-genai gives it only on its paged-attention
 (continuous-batching) pipeline, which cannot also have the SDPA backend the window's engine
-loads (generation/local.py), and that pipeline then wants every request to use it.
+loads (generation/engines/local.py), and that pipeline then wants every request to use it.
 
 `off`, `on`, `auto`: `on` loads the prompt-lookup pipeline instead of the plain one; `auto`
 keeps the plain one for short prompts (those that reuse Dolly's cached template head) and

@@ -14,7 +14,7 @@ tiny model each new length kept about 1.4 MB, and nothing came back: 0.4 GB afte
 Both must be bounded: the runtime cache's executors hold their oneDNN primitives. glibc's
 heap is not the culprit (malloc_trim after every answer gave back 0-2 MB, with or without the
 bounds). docs/benchmarks.md, "Memory across prompt lengths", has the measurements. The
-batching engine (generation/batching.py) gets both bounds too.
+batching engine (generation/engines/batching.py) gets both bounds too.
 
 The batching engine's KV cache. genai allocates it whole at start and hands its blocks out
 first in, first out, so over enough requests every page of it is touched and stays resident,
@@ -51,7 +51,7 @@ def bound_onednn_cache(capacity: int) -> None:
     """Cap oneDNN's primitive cache for this process, unless the environment already does.
 
     oneDNN reads the variable once, when it creates its first primitive: this must run before
-    the first model is compiled on the CPU (generation/local.py calls it at import)."""
+    the first model is compiled on the CPU (generation/engines/local.py calls it at import)."""
     os.environ.setdefault(ONEDNN_CACHE_ENV, str(capacity))
 
 

@@ -20,9 +20,9 @@ Choices a client should know (also in docs/remote.md):
   `response_format`. The grammar is built on a worker thread, never the event loop.
 
 `slots` requests are answered at once: 1 with the one-stream engine, the batch size with
-continuous batching (generation/batching.py). Up to `queue` more wait their turn, and any more
-are refused at once with 429 (server/queue.py). A client that goes away (a closed stream, or a
-dropped connection while it waits) cancels its own generation only.
+continuous batching (generation/engines/batching.py). Up to `queue` more wait their turn, and
+any more are refused at once with 429 (server/queue.py). A client that goes away (a closed
+stream, or a dropped connection while it waits) cancels its own generation only.
 """
 
 from __future__ import annotations

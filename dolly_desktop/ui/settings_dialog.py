@@ -240,7 +240,7 @@ class SettingsDialog(QDialog):
         self.remote_url.setFocus()
 
     def test_remote(self) -> None:
-        from dolly_desktop.generation.remote import RemoteEngine
+        from dolly_desktop.generation.engines.remote import RemoteEngine
 
         url, key = self.remote_url.text().strip(), self.remote_key.text().strip()
         self.remote_status.setText(f"Asking {url}…")

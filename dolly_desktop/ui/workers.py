@@ -12,7 +12,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.engine import REMOTE, EngineBase
-from dolly_desktop.generation.local import Engine
+from dolly_desktop.generation.engines.local import Engine
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.history.runs import run_and_record
 from dolly_desktop.history.store import History
@@ -97,7 +97,7 @@ class EngineWorker(QObject):
         try:
             engine: EngineBase
             if req.remote:
-                from dolly_desktop.generation.remote import RemoteEngine
+                from dolly_desktop.generation.engines.remote import RemoteEngine
 
                 engine = RemoteEngine(req.folder, req.api_key or None, notify=self.notice.emit)
             else:

@@ -11,7 +11,7 @@ passes each request's new token ids to the thread that asked, which turns them i
 (each its own sampling parameters and seed). `cancel()` stops every running request; a
 `session()` is an engine of its own for one request at a time whose `cancel()` drops only its
 request. Dolly's stop at `### End`, the token accounting and the sampling settings are the
-one-stream engine's own (generation/local.py), so both engines answer alike: greedy answers
+one-stream engine's own (generation/engines/local.py), so both engines answer alike: greedy answers
 are the same token for token (on exact f32 precision, tests/test_serve_batching.py).
 """
 
@@ -41,11 +41,11 @@ from dolly_desktop.generation.engine import (
     ModelRef,
     TextCallback,
 )
-from dolly_desktop.generation.local import cpu_defaults
+from dolly_desktop.generation.engines.local import cpu_defaults
+from dolly_desktop.generation.engines.streaming import TokenStreamer, first_line, generation_config
 from dolly_desktop.generation.memory import bound_onednn_cache
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import find_end_token_id, room_after
-from dolly_desktop.generation.streaming import TokenStreamer, first_line, generation_config
 from dolly_desktop.models.capacity import available_memory_bytes, format_bytes
 from dolly_desktop.models.convert.tokenizer import convert_tokenizer_files
 from dolly_desktop.models.folder import ModelDir, inspect_model_dir, read_config

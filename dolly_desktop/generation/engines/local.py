@@ -29,6 +29,12 @@ from dolly_desktop.generation.engine import (
     ModelRef,
     TextCallback,
 )
+from dolly_desktop.generation.engines.streaming import (
+    CancelAtOnce,
+    TokenStreamer,
+    first_line,
+    generation_config,
+)
 from dolly_desktop.generation.lookup import (
     MISSES,
     LookupMode,
@@ -45,12 +51,6 @@ from dolly_desktop.generation.prompt import (
     PROMPT_FORMAT,
     find_end_token_id,
     room_after,
-)
-from dolly_desktop.generation.streaming import (
-    CancelAtOnce,
-    TokenStreamer,
-    first_line,
-    generation_config,
 )
 from dolly_desktop.models.capacity import available_memory_bytes
 from dolly_desktop.models.convert.tokenizer import convert_tokenizer_files
