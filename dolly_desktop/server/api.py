@@ -30,6 +30,8 @@ from dolly_desktop.server.errors import ApiError
 
 MAX_STOPS = 4
 MAX_STOP_CHARS = 200  # each stop string; they are searched for as every piece arrives
+MAX_COLLECTIONS = 8  # document collections one request may search
+MAX_COLLECTION_CHARS = 64  # a collection name's limit (documents/index.py, NAME_RE)
 
 # API field -> GenerationParams field. Chat's max_completion_tokens comes after max_tokens, so
 # that it wins when a request has both, as in OpenAI's API.
@@ -57,6 +59,10 @@ MESSAGES = {
     "top_logprobs": "Log probabilities are not supported.",
     "response_format": 'response_format must be {"type": "text"}, {"type": "json_object"} or '
     '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}.',
+    "documents": "documents must be a collection name or a list of at most "
+    f"{MAX_COLLECTIONS} names, each 1 to {MAX_COLLECTION_CHARS} characters "
+    "(dolly-desktop docs list).",
+    "documents_fallback": "documents_fallback must be true or false.",
     "messages": "messages must be a non-empty list of messages, each an object with a role "
     "and text content.",
 }
@@ -90,6 +96,7 @@ def _false_only(value: bool) -> bool:
 
 
 Whole = Annotated[int, Field(strict=True)]
+CollectionName = Annotated[str, Field(min_length=1, max_length=MAX_COLLECTION_CHARS)]
 Number = Annotated[float, Field(strict=True)]  # an integer is a number too; true is not
 
 
@@ -142,6 +149,14 @@ class GenerationRequest(BaseModel):
 
     # Extension: a passage for Dolly to work from, given in its Input: format.
     context: str | None = None
+    # Extension: collections to find the passage in (server/sources.py), and whether to
+    # answer without one when nothing in them matches.
+    documents: (
+        CollectionName
+        | Annotated[list[CollectionName], Field(min_length=1, max_length=MAX_COLLECTIONS)]
+        | None
+    ) = None
+    documents_fallback: bool | None = None
 
     def instruction(self) -> str:
         raise NotImplementedError
@@ -177,6 +192,11 @@ class GenerationRequest(BaseModel):
             return json_grammar(schema, budget_tokens)
         except SchemaError as e:
             raise ApiError(400, f"response_format: {e}", "response_format") from e
+
+    def collections(self) -> list[str]:
+        """The document collections named, each once, in order; [] for none."""
+        names = [self.documents] if isinstance(self.documents, str) else self.documents or []
+        return list(dict.fromkeys(n.strip() for n in names))
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -321,12 +341,15 @@ class Body(BaseModel):
     model: str
     choices: list[Any]  # TextChoice, ChatChoice or ChatChunkChoice
     usage: Usage | None = None
+    # Extension: the document chunks the passage was made of (server/sources.py).
+    sources: list[dict[str, Any]] | None = None
 
     @model_serializer(mode="wrap")
-    def _usage_only_when_set(self, handler: Any) -> dict[str, Any]:
+    def _extras_only_when_set(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        if data.get("usage") is None:
-            data.pop("usage", None)
+        for key in ("usage", "sources"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 
@@ -339,7 +362,13 @@ class Reply:
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
-    def _body(self, suffix: str, choices: list[Any], usage: Usage | None = None) -> Body:
+    def _body(
+        self,
+        suffix: str,
+        choices: list[Any],
+        usage: Usage | None = None,
+        sources: list[dict[str, Any]] | None = None,
+    ) -> Body:
         kind = "chat.completion" if self.chat else "text_completion"
         return Body(
             id=self.id,
@@ -348,25 +377,40 @@ class Reply:
             model=self.model_id,
             choices=choices,
             usage=usage,
+            sources=sources,
         )
 
-    def whole(self, text: str, finish: str, usage: Usage) -> dict[str, Any]:
+    def whole(
+        self,
+        text: str,
+        finish: str,
+        usage: Usage,
+        sources: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         choice: Any = (
             ChatChoice(message=AssistantMessage(content=text), finish_reason=finish)
             if self.chat
             else TextChoice(text=text, finish_reason=finish)
         )
-        return self._body("", [choice], usage).model_dump()
+        return self._body("", [choice], usage, sources).model_dump()
 
-    def chunk(self, text: str | None, finish: str | None = None, first: bool = False) -> str:
-        """One SSE event: a piece of text, the chat's opening role, or the finish reason."""
+    def chunk(
+        self,
+        text: str | None,
+        finish: str | None = None,
+        first: bool = False,
+        sources: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """One SSE event: a piece of text, the chat's opening role, or the finish reason (with
+        the document sources, if the request asked for documents)."""
         choice: Any
         if self.chat:
             delta = Delta(role="assistant", content="") if first else Delta(content=text)
             choice = ChatChunkChoice(delta=delta, finish_reason=finish)
         else:
             choice = TextChoice(text=text or "", finish_reason=finish)
-        return sse(self._body(".chunk" if self.chat else "", [choice]).model_dump_json())
+        body = self._body(".chunk" if self.chat else "", [choice], sources=sources)
+        return sse(body.model_dump_json())
 
     def usage_chunk(self, usage: Usage) -> str:
         return sse(self._body(".chunk" if self.chat else "", [], usage).model_dump_json())

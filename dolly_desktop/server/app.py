@@ -46,6 +46,7 @@ from starlette.routing import Route
 
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.engine import EngineBase, GenerationResult
+from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import (
     INTRO_BLURB,
     MAX_CONTEXT_CHARS,
@@ -56,7 +57,7 @@ from dolly_desktop.generation.prompt import (
     room_after,
 )
 from dolly_desktop.generation.structured import MAX_BUILD_S
-from dolly_desktop.server import api
+from dolly_desktop.server import api, sources
 from dolly_desktop.server.errors import ApiError, internal_error
 from dolly_desktop.server.guard import Guard, protocol_with_header_deadline
 from dolly_desktop.server.queue import Gate, Job
@@ -170,14 +171,12 @@ class OpenAIServer:
     async def completions(self, request: Request) -> Response:
         self._authorize(request)
         req = api.parse(api.CompletionRequest, await self._read_json(request))
-        prompt = _as_prompt(req.instruction(), req.passage(), "prompt")
-        return await self._answer(request, req, prompt, "prompt", chat=False)
+        return await self._answer(request, req, "prompt", chat=False)
 
     async def chat_completions(self, request: Request) -> Response:
         self._authorize(request)
         req = api.parse(api.ChatRequest, await self._read_json(request))
-        prompt = _as_prompt(req.instruction(), req.passage(), "messages")
-        return await self._answer(request, req, prompt, "messages", chat=True)
+        return await self._answer(request, req, "messages", chat=True)
 
     # --- request handling
 
@@ -233,10 +232,37 @@ class OpenAIServer:
         except DollyError as e:
             raise ApiError(400, str(e), field, code="context_length_exceeded") from e
 
+    async def _prompt(
+        self, req: api.GenerationRequest, params: GenerationParams, field: str
+    ) -> tuple[str, list[dict[str, Any]] | None]:
+        """The model's prompt, and the document chunks in it when the request named
+        collections (None when it did not)."""
+        names = req.collections()
+        if not names:
+            return _as_prompt(req.instruction(), req.passage(), field), None
+        instruction = req.instruction()
+        if req.passage():
+            raise ApiError(
+                400,
+                "Give documents or a passage (context, or two user messages in a row), not both.",
+                "documents",
+            )
+        if _whole_prompt(instruction):
+            raise ApiError(
+                400, "With documents, send the instruction alone, not a whole Dolly prompt.", field
+            )
+        _as_prompt(instruction, "", field)  # a bad instruction is refused before any search
+        found = await sources.find_passage(
+            names, instruction, self.engine.count_tokens, self.engine.context_length,
+            params.max_new_tokens, req.documents_fallback is True,
+        )  # fmt: skip
+        return _as_prompt(instruction, found.passage, field), found.sources
+
     async def _answer(
-        self, request: Request, req: api.GenerationRequest, prompt: str, field: str, chat: bool
+        self, request: Request, req: api.GenerationRequest, field: str, chat: bool
     ) -> Response:
         params = req.params()
+        prompt, used = await self._prompt(req, params, field)
         room = await self._room(prompt, field)
         grammar = await _grammar(req, min(params.max_new_tokens, room))
         reply = api.Reply(self.model_id, chat)
@@ -244,7 +270,7 @@ class OpenAIServer:
         job = self._gate.admit(reply.id, prompt, params, req.stops(), grammar)
         if req.stream:
             return StreamingResponse(
-                self._stream(job, reply, req.include_usage),
+                self._stream(job, reply, req.include_usage, used),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -258,9 +284,16 @@ class OpenAIServer:
             return Response(status_code=499)  # nobody is listening
         result: GenerationResult = value
         text = job.text.text
-        return JSONResponse(reply.whole(text, job.finish_reason(result), api.Usage.of(result)))
+        usage = api.Usage.of(result)
+        return JSONResponse(reply.whole(text, job.finish_reason(result), usage, used))
 
-    async def _stream(self, job: Job, reply: api.Reply, include_usage: bool) -> AsyncIterator[str]:
+    async def _stream(
+        self,
+        job: Job,
+        reply: api.Reply,
+        include_usage: bool,
+        used: list[dict[str, Any]] | None = None,
+    ) -> AsyncIterator[str]:
         # Starlette cancels this generator when the client disconnects; `finally` then
         # cancels the generation (or takes the request out of the queue).
         try:
@@ -289,7 +322,7 @@ class OpenAIServer:
                     tail = job.text.finish()
                     if tail:
                         yield reply.chunk(tail)
-                    yield reply.chunk(None, job.finish_reason(value))
+                    yield reply.chunk(None, job.finish_reason(value), sources=used)
                     if include_usage:
                         yield reply.usage_chunk(api.Usage.of(value))
                 break
@@ -319,9 +352,13 @@ MAX_PROMPT_CHARS = (
 )
 
 
+def _whole_prompt(text: str) -> bool:
+    return text.startswith(INTRO_BLURB) and text.endswith(f"{RESPONSE_KEY}\n")
+
+
 def _as_prompt(text: str, passage: str, field: str) -> str:
     """The model's prompt for an instruction (and a passage), or a whole Dolly prompt as is."""
-    if text.startswith(INTRO_BLURB) and text.endswith(f"{RESPONSE_KEY}\n") and not passage:
+    if _whole_prompt(text) and not passage:
         if len(text) > MAX_PROMPT_CHARS:  # before it is tokenized
             raise ApiError(
                 400,
