@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_generate(a: argparse.Namespace) -> int:
     from dolly_desktop.generation.engine import EngineBase
     from dolly_desktop.generation.prompt import build_prompt, read_text_file
-    from dolly_desktop.history.runs import run_and_record
+    from dolly_desktop.history.runs import run_and_record, source_records
     from dolly_desktop.history.store import History
     from dolly_desktop.models.choice import resolve_model
 
@@ -100,7 +100,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         if docs is not None:
             count, n = engine.count_tokens, engine.context_length
             context = docs.passage(count, n, params.max_new_tokens)
-        sources = docs.source_records() if docs is not None else []
+        sources = source_records(docs.sources) if docs is not None else []
         result = run_and_record(
             engine, history, instruction, params, out, warn, context, sources=sources
         )

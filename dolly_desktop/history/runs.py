@@ -12,11 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dolly_desktop.documents.index import Hit
 from dolly_desktop.generation.engine import EngineBase, GenerationResult, TextCallback
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.history.store import History
 
 Notify = Callable[[str], None]
+
+
+def source_records(hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    """The chunks a passage was made of, as the history keeps them: where each came from and
+    its exact text, so an answer stays explainable after its files change."""
+    return [
+        {"collection": h.collection, "file": h.path, "rel": h.rel, "page": h.page,
+         "heading": h.heading, "text": h.text, "score": h.score}
+        for h in hits
+    ]  # fmt: skip
 
 
 def run_and_record(

@@ -104,6 +104,7 @@ class ContextPane(QWidget):
         lay.addLayout(top)
         lay.addWidget(self.body, 1)
         self.fits = True
+        self.documents = False  # collections are picked: the meter says what room they have
         self._count_job: Job | None = None
         self._timer = QTimer(self, singleShot=True, interval=METER_DELAY_MS)
         self._timer.timeout.connect(self.changed.emit)
@@ -175,6 +176,8 @@ class ContextPane(QWidget):
     def _show_count(self, n: int, max_new: int, context_length: int) -> None:
         total = n + max_new
         text = f"prompt {n} + up to {max_new} new = {total} of {context_length}"
+        if self.documents and not self.text().strip() and total < context_length:
+            text += f"; passages from your documents: up to {context_length - total}"
         if n >= context_length:
             self._show(f"{text}: the prompt does not fit; shorten the context", fits=False)
         elif total > context_length:
@@ -182,6 +185,21 @@ class ContextPane(QWidget):
             self._show(f"{text}: at most {room} new tokens fit", fits=True, warn=True)
         else:
             self._show(text, fits=True)
+
+    def show_passage(
+        self, prompt: int, passage: int, chunks: int, max_new: int, context_length: int
+    ) -> None:
+        """The prompt as sent: with the passage found in the documents (`passage` of its
+        `prompt` tokens, from `chunks` chunks), counted whole by the model's tokenizer."""
+        self._timer.stop()  # a count of the prompt without it, pending or running, is stale
+        self._count_job = None
+        of = f"{chunks} chunk" + ("s" if chunks != 1 else "")
+        total = prompt + max_new
+        self._show(
+            f"prompt {prompt} (passage {passage}, {of}) + up to {max_new} new = {total} of "
+            f"{context_length}",
+            fits=True,
+        )
 
     def _show(self, text: str, fits: bool, warn: bool = False) -> None:
         self.meter.setText(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -44,7 +45,11 @@ from dolly_desktop.history.store import Entry, History
 from dolly_desktop.logs import log_file
 from dolly_desktop.models.choice import best_installed, resolve_model
 from dolly_desktop.models.store import Store
+from dolly_desktop.ui.background import Job
 from dolly_desktop.ui.context_pane import ContextPane
+from dolly_desktop.ui.documents.ask import Found, find_passage
+from dolly_desktop.ui.documents.picker import DocumentsPane
+from dolly_desktop.ui.documents.sources import SourcesView
 from dolly_desktop.ui.first_run import FirstRunPanel
 from dolly_desktop.ui.history_panel import HistoryPanel
 from dolly_desktop.ui.look import ZOOM_RANGE, ZOOM_STEP, name_controls, style_message
@@ -56,6 +61,8 @@ log = logging.getLogger(__name__)
 
 
 WITH_PASSAGE = "  (with a passage)"
+PICKED_KEY = "documents/picked"  # the collections ticked, kept between runs
+FALLBACK_KEY = "documents/fallback"
 FRAME_MS = 16  # the response is painted at most once per frame while it streams
 
 
@@ -98,6 +105,7 @@ class MainWindow(QMainWindow):
         self.last_result: GenerationResult | None = None
         self.settings_dialog: SettingsDialog | None = None
         self._response_text = ""
+        self._search_job: Job | None = None  # finding a passage in the documents
         self._build()
         self._base_point_size = QApplication.font(self).pointSizeF()
         self._name_controls()
@@ -158,17 +166,34 @@ class MainWindow(QMainWindow):
         ev.addWidget(QLabel("Instruction"))
         ev.addWidget(self.instruction, 2)
         self.context_pane = ContextPane()
-        ev.addWidget(self.context_pane, 0)
-        # Room for the passage only while the pane is open; collapsed, it is one line.
-        self.context_pane.toggle.toggled.connect(
-            lambda open_: ev.setStretchFactor(self.context_pane, 3 if open_ else 0)
-        )
+        self.documents_pane = DocumentsPane()
+        passages = QWidget()
+        ph = QHBoxLayout(passages)
+        ph.setContentsMargins(0, 0, 0, 0)
+        ph.addWidget(self.context_pane, 3)
+        ph.addWidget(self.documents_pane, 0)
+        ev.addWidget(passages, 0)
+
+        def fit_panes(_open: bool) -> None:
+            # Room for a pane only while it is open; collapsed, each is one line.
+            ctx, docs = self.context_pane.toggle.isChecked(), self.documents_pane.toggle.isChecked()
+            ev.setStretchFactor(passages, 3 if ctx or docs else 0)
+            ph.setStretchFactor(self.documents_pane, 2 if docs else 0)
+
+        self.context_pane.toggle.toggled.connect(fit_panes)
+        self.documents_pane.toggle.toggled.connect(fit_panes)
         ev.addLayout(buttons)
         responder = QWidget()
         rv = QVBoxLayout(responder)
         rv.setContentsMargins(0, 0, 0, 0)
         rv.addWidget(QLabel("Response"))
-        rv.addWidget(self.response)
+        self.sources_view = SourcesView()  # under the answer, when documents were used
+        self.answer_split = QSplitter(Qt.Orientation.Vertical)
+        self.answer_split.addWidget(self.response)
+        self.answer_split.addWidget(self.sources_view)
+        self.answer_split.setStretchFactor(0, 3)
+        self.answer_split.setStretchFactor(1, 2)
+        rv.addWidget(self.answer_split)
         self.center = QSplitter(Qt.Orientation.Vertical)
         self.center.addWidget(editor)
         self.center.addWidget(responder)
@@ -309,6 +334,12 @@ class MainWindow(QMainWindow):
         self.spins["max_new_tokens"].valueChanged.connect(self.context_pane.schedule_count)
         self.context_pane.changed.connect(self._count_prompt)
         self.context_pane.fit_changed.connect(lambda _fits: self._update_buttons())
+        self.documents_pane.changed.connect(self._documents_changed)
+        self.documents_pane.fallback.toggled.connect(
+            lambda on: self.settings.qs.setValue(FALLBACK_KEY, on)
+        )
+        self.documents_pane.notice.connect(self._show_error)
+        self.sources_view.notice.connect(self._show_error)
         self.open_action.triggered.connect(self.choose_model_folder)
         self.open_button.clicked.connect(self.choose_model_folder)
         self.settings_button.clicked.connect(self.open_settings)
@@ -334,6 +365,9 @@ class MainWindow(QMainWindow):
         self.set_params(s.load_params())
         i = self.device.findData(s.device)
         self.device.setCurrentIndex(i if i >= 0 else 0)
+        self.documents_pane.set_picked(_as_list(s.qs.value(PICKED_KEY)))
+        self.documents_pane.fallback.setChecked(str(s.qs.value(FALLBACK_KEY)) == "true")
+        self.documents_pane.refresh()
         folder = model or s.model_folder
         if not model and s.remote_url:
             self.load_remote(s.remote_url, s.remote_key)
@@ -439,6 +473,7 @@ class MainWindow(QMainWindow):
         self.context_pane.schedule_count()  # the new model's tokenizer counts now
         self.model_dir = folder
         self.model_is_remote = device == REMOTE
+        self.documents_pane.model_folder = None if self.model_is_remote else folder
         self.first_run.hide()
         if self.settings_dialog is not None:
             self.settings_dialog.model_loaded(folder)
@@ -502,6 +537,11 @@ class MainWindow(QMainWindow):
         if not text.strip():
             self._show_error(EMPTY_INSTRUCTION)
             return
+        names = self.documents_pane.picked()
+        context = self.context_pane.text()
+        if names and context.strip():
+            self._show_error("Dolly takes one passage: clear the Context, or untick the documents.")
+            return
         self.settings.save_params(params)
         self._hide_banner()
         self.generating = True
@@ -509,13 +549,76 @@ class MainWindow(QMainWindow):
         self._response_text = ""
         self.worker.take_text()  # nothing from an earlier answer
         self.response.clear()
+        self.sources_view.set_sources([])
         self.stats_label.setText("Waiting for the first token…")
         self._update_buttons()
         self.live_timer.start()
-        context = self.context_pane.text()
+        if names:
+            self._ask_documents(names, text, params)
+            return
         self.request_generate.emit(GenerateRequest(text, params, self.history, context))
 
+    def _ask_documents(self, names: list[str], text: str, params: GenerationParams) -> None:
+        """Find the passage on a Job (the GUI thread never searches), then generate with it."""
+        engine = self.worker.engine
+        assert engine is not None  # submit checked that a model is loaded
+        count, n, max_new = engine.count_tokens, engine.context_length, params.max_new_tokens
+        fallback = self.documents_pane.fallback.isChecked()
+
+        def work(_progress: object, cancel: threading.Event) -> Found:
+            return find_passage(names, text, count, n, max_new, cancel)
+
+        job = self._search_job = Job("search documents", work, owner=self)
+        job.done.connect(lambda found: self._passage_found(found, text, params, fallback))
+        job.failed.connect(self._on_failed)
+        job.cancelled.connect(self._search_cancelled)
+        job.ended.connect(lambda: setattr(self, "_search_job", None))
+        self.stats_label.setText(f"Searching {', '.join(names)}…")
+        job.start()
+
+    def _passage_found(
+        self, found: Found, text: str, params: GenerationParams, fallback: bool
+    ) -> None:
+        request = GenerateRequest(text, params, self.history)
+        p = found.passage
+        if p.hits:
+            n = self.worker.engine.context_length if self.worker.engine else 0
+            self.context_pane.show_passage(
+                p.prompt_tokens, found.passage_tokens, len(p.hits), params.max_new_tokens, n
+            )
+            self.sources_view.set_sources(found.sources)
+            request = GenerateRequest(text, params, self.history, p.text, tuple(found.sources))
+        elif fallback:
+            self.sources_view.set_sources(
+                [], f"{found.nothing()}: Dolly answered without a passage."
+            )
+        else:
+            self._end_generation()
+            self.stats_label.setText("")
+            self._show_banner(
+                _escape(f"{found.nothing()}. Tick “If nothing matches, answer without a "
+                        "passage” in Documents to have Dolly answer anyway.")
+            )  # fmt: skip
+            self._update_buttons()
+            return
+        self.stats_label.setText("Waiting for the first token…")
+        self.request_generate.emit(request)
+
+    def _search_cancelled(self) -> None:
+        self._end_generation()
+        self.stats_label.setText("Stopped before the answer began.")
+        self._update_buttons()
+
+    def _documents_changed(self) -> None:
+        names = self.documents_pane.picked()
+        self.settings.qs.setValue(PICKED_KEY, names)
+        self.context_pane.documents = bool(names)
+        self.context_pane.schedule_count()
+
     def stop(self) -> None:
+        if self._search_job is not None:
+            self._search_job.cancel()  # no answer has begun: nothing to stop in the engine
+            return
         if self.generating:
             self.worker.cancel()  # thread-safe; the engine stops within one token
             self.stats_label.setText("Stopping…")
@@ -586,7 +689,12 @@ class MainWindow(QMainWindow):
         if self.generating:
             return
         self.instruction.setPlainText(entry.instruction)
-        self.context_pane.set_text(entry.context)
+        # A passage from documents is shown as its sources (as it was: the chunks' text as
+        # Dolly read it), and its collections are ticked, so a rerun asks them again.
+        self.context_pane.set_text("" if entry.sources else entry.context)
+        self.sources_view.set_sources(entry.sources)
+        if entry.sources:
+            self.documents_pane.set_picked({str(s.get("collection")) for s in entry.sources})
         self.set_params(entry.params)
         self._response_text = entry.response
         self.response.setMarkdown(entry.response)
@@ -662,6 +770,7 @@ class MainWindow(QMainWindow):
             return
         self.instruction.clear()
         self.response.clear()
+        self.sources_view.set_sources([])
         self._response_text = ""
         self.last_result = None
         self.stats_label.setText("")
@@ -716,6 +825,7 @@ class MainWindow(QMainWindow):
         if job is not None and job.running:  # a download or export must not outlive the app
             job.cancel()
             job.wait()
+        self.documents_pane.shut_down()  # indexing stops after its current file
         # Cancel stops generation within one token; a load in progress is waited for.
         if not self.engine_thread.stop():
             log.error("engine thread did not stop in time")
@@ -731,6 +841,13 @@ def _scratch_settings(owner: QWidget) -> AppSettings:
     for key in saved.allKeys():
         qs.setValue(key, saved.value(key))
     return AppSettings(qs)
+
+
+def _as_list(value: object) -> list[str]:
+    """A QSettings list as read back from an ini file: None, one string, or a list."""
+    if value is None or value == "":
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def _model_name(folder: str) -> str:

@@ -47,6 +47,7 @@ class GenerateRequest:
     params: GenerationParams
     history: History
     context: str = ""  # a passage to work from, in Dolly's Input: format
+    sources: tuple[dict[str, Any], ...] = ()  # the document chunks the passage is made of
 
 
 class EngineWorker(QObject):
@@ -122,7 +123,7 @@ class EngineWorker(QObject):
             # on_text may run on an openvino-genai thread: Qt queues the signal to the window.
             result = run_and_record(
                 self.engine, req.history, req.instruction, req.params,
-                self._on_text, self.notice.emit, req.context,
+                self._on_text, self.notice.emit, req.context, req.sources,
             )  # fmt: skip
         except Exception as e:  # every request ends in finished or failed, whatever happened
             self.failed.emit(describe(e))

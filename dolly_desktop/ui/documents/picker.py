@@ -1,0 +1,303 @@
+"""The Documents pane beside the Context pane: pick the collections Dolly answers from, make
+one from a folder (or add a folder to one), keep their indexes up to date, and choose what
+happens when nothing matches. Everything that reads or writes the index runs on a Job."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QHBoxLayout,
+    QInputDialog,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dolly_desktop.documents.index import CollectionInfo, DocIndex, IndexReport
+from dolly_desktop.models.capacity import format_bytes
+from dolly_desktop.ui.background import Job
+from dolly_desktop.ui.documents.indexing import IndexRow, index_collection, report_text
+
+LIST_ROWS = 4  # the collection list's height, in rows
+
+
+def name_for(folder: str) -> str:
+    """A collection name from a folder's name (documents.index.NAME_RE's characters)."""
+    name = re.sub(r"[^\w .-]+", " ", Path(folder).name).strip(" .-")[:64]
+    return name or "documents"
+
+
+class DocumentsPane(QWidget):
+    """Collapsed to one line ("Documents: manuals, notes") until opened."""
+
+    changed = Signal()  # the picked collections changed
+    notice = Signal(str)  # something went wrong: one sentence for the window
+    listed = Signal()  # the collection list was read again
+    index_over = Signal(str)  # a collection's indexing ended (done, cancelled or failed)
+
+    def __init__(self, index_path: str | None = None) -> None:
+        super().__init__()
+        self.index_path = index_path
+        self.model_folder: str | None = None  # whose tokenizer counts the chunks
+        self.infos: dict[str, CollectionInfo] = {}
+        self._wanted: set[str] = set()  # picks to keep across a new listing
+        self._list_job: Job | None = None
+        self.index_job: Job | None = None
+        self.indexing = ""  # the collection being indexed
+        self._pending: list[str] = []  # collections to index when this one ends
+
+        self.toggle = QToolButton(objectName="documents_toggle", checkable=True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.toggle.setAccessibleName("Show the documents pane")
+        self.toggle.setToolTip(
+            "Answer from your own files: the passages that best match the instruction go "
+            "into the prompt, and the answer lists them"
+        )
+        self.list = QListWidget(objectName="collections")
+        self.list.setAccessibleName("Collections to answer from")
+        self.add_button = QPushButton("Add folder…")
+        self.add_button.setToolTip("Make a collection from a folder, or add one to a collection")
+        self.update_button = QPushButton("Update index")
+        self.update_button.setToolTip("Read the selected collection's folders again")
+        self.remove_button = QPushButton("Remove…")
+        self.remove_button.setToolTip("Forget the selected collection (your files stay)")
+        self.fallback = QCheckBox(
+            "If nothing matches, answer without a passage", objectName="docs_fallback"
+        )
+        self.progress = IndexRow()
+        self.body = QWidget()
+        bv = QVBoxLayout(self.body)
+        bv.setContentsMargins(0, 0, 0, 0)
+        bv.addWidget(self.list)
+        row = QHBoxLayout()
+        for b in (self.add_button, self.update_button, self.remove_button):
+            row.addWidget(b)
+        row.addStretch(1)
+        bv.addLayout(row)
+        bv.addWidget(self.fallback)
+        bv.addWidget(self.progress)
+        bv.addStretch(1)
+        self.body.hide()
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.toggle, 0, Qt.AlignmentFlag.AlignLeft)
+        lay.addWidget(self.body, 1)
+
+        self.toggle.toggled.connect(self.set_open)
+        self.list.itemChanged.connect(self._on_item_changed)
+        self.list.currentItemChanged.connect(lambda *_: self._update_buttons())
+        self.add_button.clicked.connect(self.choose_folder)
+        self.update_button.clicked.connect(lambda: self.update_index(self.current()))
+        self.remove_button.clicked.connect(lambda: self.remove(self.current()))
+        self.progress.cancel_requested.connect(self.cancel_index)
+        self._show_picks()
+        self._update_buttons()
+
+    # ---- picks ------------------------------------------------------------------------
+    def picked(self) -> list[str]:
+        """The collections ticked, in the list's order."""
+        items = (self.list.item(i) for i in range(self.list.count()))
+        return [it.data(Qt.ItemDataRole.UserRole) for it in items
+                if it.checkState() == Qt.CheckState.Checked]  # fmt: skip
+
+    def set_picked(self, names: Iterable[str]) -> None:
+        self._wanted = set(names)
+        self.list.blockSignals(True)
+        for i in range(self.list.count()):
+            it = self.list.item(i)
+            on = it.data(Qt.ItemDataRole.UserRole) in self._wanted
+            it.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+        self.list.blockSignals(False)
+        self._show_picks()
+        self.changed.emit()
+
+    def current(self) -> str:
+        it = self.list.currentItem()
+        return it.data(Qt.ItemDataRole.UserRole) if it is not None else ""
+
+    def _on_item_changed(self, item: QListWidgetItem) -> None:
+        name = item.data(Qt.ItemDataRole.UserRole)
+        if item.checkState() == Qt.CheckState.Checked:
+            self._wanted.add(name)
+        else:
+            self._wanted.discard(name)
+        self._show_picks()
+        self.changed.emit()
+
+    def _show_picks(self) -> None:
+        names = self.picked()
+        text = "Documents: " + ", ".join(names) if names else "Documents (none picked)"
+        if self.indexing:
+            text += f" · indexing {self.indexing}…"
+        self.toggle.setText(text)
+
+    def set_open(self, open_: bool) -> None:
+        self.toggle.setChecked(open_)
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if open_ else Qt.ArrowType.RightArrow)
+        self.body.setVisible(open_)
+
+    # ---- the list ---------------------------------------------------------------------
+    def refresh(self) -> Job:
+        """Read the collections again (on a Job); `listed` says when they are shown."""
+        path = self.index_path
+
+        def work(_p: object, _c: threading.Event) -> dict[str, CollectionInfo]:
+            with DocIndex(path) as ix:
+                return {n: ix.info(n) for n in ix.names()}
+
+        job = self._list_job = Job("list collections", work, owner=self)
+        job.done.connect(lambda infos: job is self._list_job and self._show_list(infos))
+        job.failed.connect(self.notice.emit)
+        job.start()
+        return job
+
+    def _show_list(self, infos: dict[str, CollectionInfo]) -> None:
+        self.infos = infos
+        current = self.current()
+        self.list.blockSignals(True)
+        self.list.clear()
+        for name, i in infos.items():
+            size = f"{i.files} files · {format_bytes(i.bytes)}" if i.files else "not indexed yet"
+            item = QListWidgetItem(f"{name}  —  {size}")
+            item.setData(Qt.ItemDataRole.UserRole, name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            on = name in self._wanted
+            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+            tip = "\n".join(i.roots) + f"\n{i.chunks} chunks, {i.skipped} files skipped"
+            item.setToolTip(tip)
+            self.list.addItem(item)
+            if name == current:
+                self.list.setCurrentItem(item)
+        if self.list.currentItem() is None and self.list.count():
+            self.list.setCurrentRow(0)
+        rows = min(LIST_ROWS, max(2, self.list.count()))
+        self.list.setFixedHeight(self.list.sizeHintForRow(0) * rows + 6)
+        self.list.blockSignals(False)
+        self._show_picks()
+        self._update_buttons()
+        self.changed.emit()
+        self.listed.emit()
+
+    def _update_buttons(self) -> None:
+        has = bool(self.current())
+        self.update_button.setEnabled(has and not self.indexing)
+        self.remove_button.setEnabled(has and self.current() != self.indexing)
+
+    # ---- making and indexing ----------------------------------------------------------
+    def choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "A folder of documents", str(Path.home()))
+        if not folder:
+            return
+        names = [name_for(folder)] + [n for n in self.infos if n != name_for(folder)]
+        name, ok = QInputDialog.getItem(
+            self, "Collection", f"Add {folder} to the collection:", names, 0, True
+        )
+        if ok and name.strip():
+            self.add_folder(name.strip(), [folder])
+
+    def add_folder(self, name: str, roots: list[str]) -> None:
+        """Make collection `name` from these folders and files (or add them to it), tick it,
+        and index it."""
+        self._wanted.add(name)
+        self._start_index(name, roots)
+
+    def update_index(self, name: str) -> None:
+        if name:
+            self._start_index(name, [])
+
+    def _start_index(self, name: str, roots: list[str]) -> None:
+        if self.index_job is not None:
+            if not roots and name not in self._pending and name != self.indexing:
+                self._pending.append(name)  # after the one that runs
+            elif roots:
+                self.notice.emit(f"Wait for {self.indexing} to be indexed, or cancel it.")
+            return
+        folder, path = self.model_folder, self.index_path
+
+        def work(progress, cancel: threading.Event) -> IndexReport:
+            return index_collection(name, roots, folder, progress, cancel, path)
+
+        job = self.index_job = Job(f"index {name}", work, owner=self)
+        self.indexing = name
+        job.progress.connect(self.progress.step)
+        job.done.connect(lambda r: self._index_done(name, r))
+        job.cancelled.connect(lambda: self._index_cancelled(name))
+        job.failed.connect(lambda message: self._index_failed(name, message))
+        job.ended.connect(lambda: self._index_ended(name))
+        self.progress.start(f"Indexing {name}…")
+        self.set_open(True)
+        self._show_picks()
+        self._update_buttons()
+        job.start()
+
+    def cancel_index(self) -> None:
+        if self.index_job is not None:
+            self._pending.clear()
+            self.index_job.cancel()
+            self.progress.cancelling()
+
+    def _index_done(self, name: str, report: IndexReport) -> None:
+        self.progress.finish(report_text(name, report), report.skipped)
+
+    def _index_cancelled(self, name: str) -> None:
+        self.progress.finish(
+            f"{name}: indexing cancelled. The files indexed so far are kept and can be "
+            "searched; Update index carries on.",
+            [],
+        )
+
+    def _index_failed(self, name: str, message: str) -> None:
+        self.progress.finish(f"{name} could not be indexed: {message}", [])
+        self.notice.emit(message)
+
+    def _index_ended(self, name: str) -> None:
+        self.index_job = None
+        self.indexing = ""
+        self.refresh()
+        self._show_picks()
+        self._update_buttons()
+        self.index_over.emit(name)
+        if self._pending:
+            self.update_index(self._pending.pop(0))
+
+    def remove(self, name: str, confirm: bool = True) -> None:
+        if not name or name == self.indexing:
+            return
+        if confirm:
+            answer = QMessageBox.question(
+                self, "Remove a collection",
+                f"Forget the collection {name} and its index? Your files are not touched.",
+            )  # fmt: skip
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        path = self.index_path
+
+        def work(_p: object, _c: threading.Event) -> None:
+            with DocIndex(path) as ix:
+                ix.remove(name)
+
+        job = Job(f"remove {name}", work, owner=self)
+        job.failed.connect(self.notice.emit)
+        job.ended.connect(self.refresh)
+        self._wanted.discard(name)
+        job.start()
+
+    def shut_down(self) -> None:
+        """The window closes: stop indexing at the next file and wait for it."""
+        self._pending.clear()
+        job = self.index_job
+        if job is not None:
+            job.cancel()
+            job.wait()
