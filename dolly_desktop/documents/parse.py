@@ -79,29 +79,46 @@ _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 
 
+# A line that may be a heading, an underline or a fence: the only lines _markdown looks at.
+_CANDIDATE = re.compile(r"^ {0,3}[#=`~-]", re.MULTILINE)
+
+
 def _markdown(text: str) -> list[Block]:
-    """One block per section: a heading starts a new one (not inside a fenced code block)."""
+    """One block per section: a heading starts a new one (not inside a fenced code block).
+
+    Only the lines _CANDIDATE finds are looked at in Python; the runs between them are sliced
+    whole (a loop over every line was a sixth of indexing Markdown)."""
+    lines = text.splitlines()
+    joined = "\n".join(lines)  # lines as splitlines sees them, for the regex
     blocks: list[Block] = []
-    heading, lines = "", []
+    heading = ""
+    head: list[str] = []  # the section's title line, if it has one
+    first = 0  # ... then lines[first:] up to the line being looked at
     fenced = False
-
-    def close() -> None:
-        if lines:
-            blocks.append(Block("\n".join(lines), heading=heading))
-
-    for line in text.splitlines():
+    i = pos = 0
+    for found in _CANDIDATE.finditer(joined):
+        i += joined.count("\n", pos, found.start())
+        pos = found.start()
+        line = lines[i]
         if _FENCE.match(line):
             fenced = not fenced
-        elif not fenced:
-            m = _ATX.match(line)
-            underline = _SETEXT.match(line) and lines and lines[-1].strip()
-            if m or underline:
-                title = m.group(2).strip() if m else lines.pop().strip()
-                close()
-                heading, lines = title, [title]
-                continue
-        lines.append(line)
-    close()
+            continue
+        if fenced:
+            continue
+        m = _ATX.match(line)
+        previous = lines[i - 1] if i > first else (head[-1] if head else "")
+        if not (m or (_SETEXT.match(line) and previous.strip())):
+            continue
+        body = head + lines[first:i]
+        if not m:
+            body.pop()  # the underlined line is the title
+        if body:
+            blocks.append(Block("\n".join(body), heading=heading))
+        heading = m.group(2).strip() if m else previous.strip()
+        head, first = [heading], i + 1
+    body = head + lines[first:]
+    if body:
+        blocks.append(Block("\n".join(body), heading=heading))
     return blocks
 
 
