@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from dolly_desktop.generation import cpu_tuning
-from dolly_desktop.generation.cpu_tuning import (
+from dolly_desktop.generation.tuning import rule as cpu_tuning
+from dolly_desktop.generation.tuning.rule import (
     AMX,
     KERNEL_CACHE,
     WeightFormat,

@@ -1,5 +1,6 @@
 """The one entry point: the window by default, headless subcommands (one module each:
-generate, devices, history, models, serve, docs, compare) over the same rooms the window uses.
+generate, devices, history, models, serve, docs, compare, tune) over the same rooms the window
+uses.
 
 May import everything below it: ui and server (it starts them), history, generation, models,
 the basics. Heavy packages (openvino, PySide6, starlette) only inside the command that needs
@@ -14,9 +15,11 @@ import sys
 from collections.abc import Sequence
 
 from dolly_desktop import __version__
-from dolly_desktop.cli import compare, devices, docs, generate, history, models, serve
+from dolly_desktop.cli import compare, devices, docs, generate, history, models, serve, tune
 from dolly_desktop.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, Parser
 from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.tuning.calibration import calibrating
+from dolly_desktop.generation.tuning.child import CALIBRATION_FLAG
 from dolly_desktop.logs import setup_logging
 from dolly_desktop.models.convert.jobs import CHILD_FLAG
 
@@ -36,9 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="load MODEL_DIR, generate a few "
         "tokens, print the metrics; exit non-zero on any failure",
     )
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="keep the built-in CPU settings: neither use what `tune` measured nor measure "
+        "while idle (the window and serve do, once per model on a machine)",
+    )
     sub = p.add_subparsers(dest="command", parser_class=Parser)
 
-    for family in (generate, devices, history, models, serve, docs, compare):
+    for family in (generate, devices, history, models, serve, docs, compare, tune):
         family.register(sub)
     return p
 
@@ -49,7 +58,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dolly_desktop.models.child import child_main
 
         return child_main(argv[1:])
+    if argv[:1] == [CALIBRATION_FLAG]:  # ... or as a calibration child (generation/tuning)
+        from dolly_desktop.generation.tuning.child import child_main as calibration_main
+
+        return calibration_main(argv[1:])
     args = build_parser().parse_args(argv)
+    # Engines that stay loaded (the window's, the server's) calibrate while idle; a one-shot
+    # generate has no idle time to give.
+    idle = args.command in (None, "serve") and not args.self_test
+    with calibrating("off" if args.no_calibration else "idle" if idle else "use"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     setup_logging(console=args.command is not None or args.self_test is not None)
     if args.self_test:
         args.func = generate.self_test

@@ -33,7 +33,6 @@ import openvino_genai as ov_genai
 
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
-from dolly_desktop.generation.cpu_tuning import KERNEL_CACHE, runtime_option
 from dolly_desktop.generation.devices import check_device
 from dolly_desktop.generation.engine import (
     EngineBase,
@@ -46,6 +45,7 @@ from dolly_desktop.generation.engines.streaming import TokenStreamer, first_line
 from dolly_desktop.generation.memory import bound_onednn_cache
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import find_end_token_id, room_after
+from dolly_desktop.generation.tuning.rule import KERNEL_CACHE, runtime_option
 from dolly_desktop.models.capacity import available_memory_bytes, format_bytes
 from dolly_desktop.models.convert.tokenizer import convert_tokenizer_files
 from dolly_desktop.models.folder import ModelDir, inspect_model_dir, read_config

@@ -16,12 +16,6 @@ import openvino_genai as ov_genai
 
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
-from dolly_desktop.generation.cpu_tuning import (
-    KERNEL_CACHE,
-    cpu_capabilities,
-    cpu_properties,
-    weight_format,
-)
 from dolly_desktop.generation.devices import check_device
 from dolly_desktop.generation.engine import (
     EngineBase,
@@ -52,6 +46,15 @@ from dolly_desktop.generation.prompt import (
     find_end_token_id,
     room_after,
 )
+from dolly_desktop.generation.tuning import calibration as tuning
+from dolly_desktop.generation.tuning.calibration import DEFAULT_MIX, TUNED, Calibration, Mix
+from dolly_desktop.generation.tuning.child import IdleCalibration
+from dolly_desktop.generation.tuning.rule import (
+    KERNEL_CACHE,
+    cpu_capabilities,
+    cpu_properties,
+    weight_format,
+)
 from dolly_desktop.models.capacity import available_memory_bytes
 from dolly_desktop.models.convert.tokenizer import convert_tokenizer_files
 from dolly_desktop.models.folder import MODEL_BIN, ModelDir, inspect_model_dir
@@ -63,10 +66,15 @@ bound_onednn_cache(KERNEL_CACHE)
 
 
 def cpu_defaults(model_dir: Path) -> dict[str, Any]:
-    """The CPU properties for this model on this CPU (generation/cpu_tuning.py: chosen from
-    what the CPU offers, dynamic quantization following how the weights are compressed).
-    Applied on CPU only; other devices keep their own defaults."""
+    """The CPU properties for this model on this CPU by the family rule (generation/tuning/
+    rule.py: chosen from what the CPU offers, dynamic quantization following how the weights
+    are compressed). Applied on CPU only; other devices keep their own defaults."""
     return cpu_properties(cpu_capabilities(), weight_format(model_dir))
+
+
+def calibrated(rule: dict[str, Any], cal: Calibration, mix: Mix) -> dict[str, Any]:
+    """The rule's properties with the tuned ones replaced by the calibration's choice."""
+    return {**{k: v for k, v in rule.items() if k not in TUNED}, **cal.properties(mix)}
 
 
 # With reuse_template, prompts longer than this past the template head are prefilled whole.
@@ -104,7 +112,15 @@ class Engine(EngineBase):
         warm_up: bool = True,
         reuse_template: bool = False,
         prompt_lookup: LookupMode | str = LookupMode.OFF,
+        calibrate: bool | None = None,
+        mix: Mix | None = None,
     ) -> None:
+        """`calibrate`, on CPU (generation/tuning/): True loads with the settings this
+        machine's calibration chose for `mix` (the person's prompt and answer lengths, from
+        history; None: a short question and a 256-token answer) and, if there is none yet,
+        measures while idle; False keeps the built-in rule; None does as the process says
+        (tuning.calibrating: use a stored calibration, measure only where the CLI asks).
+        Properties the caller passes that calibration tunes turn it off."""
         super().__init__()
         self.device = check_device(device)
         # genai's NPU pipeline has no paged attention, so no prompt lookup: auto is off there.
@@ -121,9 +137,22 @@ class Engine(EngineBase):
         cache = Path(cache_dir) if cache_dir else paths.compiled_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         props: dict[str, Any] = cpu_defaults(self.model_dir) if self.device == "CPU" else {}
-        props.update(properties or {})
+        self._rule = dict(props)
+        self._user = dict(properties or {})
+        self.mix = mix or DEFAULT_MIX
+        how = tuning.mode() if calibrate is None else "idle" if calibrate else "off"
+        tunable = how != "off" and self.device == "CPU" and not set(self._user) & set(TUNED)
+        # The stored calibration: what the rule said unless a calibration ran on this machine.
+        self.calibration: Calibration | None = tuning.stored(self.model_dir) if tunable else None
+        if self.calibration is not None:
+            props = calibrated(props, self.calibration, self.mix)
+        props.update(self._user)
         props["CACHE_DIR"] = str(cache)
         self._props = props
+        self._cache = cache
+        self._calibrator: IdleCalibration | None = None
+        # Loaded with the calibrated settings while idle; the engine switches at a request.
+        self._next: tuple[ov_genai.LLMPipeline, dict[str, Any], Calibration] | None = None
         # With warm_up, the mapped weight files are handed back as the runtime copies them
         # (core/memory.py): without it, RSS is about twice the weights.
         # Not a closure over self: that cycle kept a dropped engine (and its mapping of the
@@ -171,9 +200,63 @@ class Engine(EngineBase):
                     ) from e
                 self.warmup_s = time.perf_counter() - t1
         log.info(
-            "loaded %s on %s in %.2f s, warmed up in %.2f s; prompt lookup %s",
+            "loaded %s on %s in %.2f s, warmed up in %.2f s; prompt lookup %s; CPU settings %s",
             self.model_dir, self.device, self.load_s, self.warmup_s, self.prompt_lookup.value,
+            self.tuning,
         )  # fmt: skip
+        if tunable and how == "idle" and self.calibration is None:
+            self._calibrator = IdleCalibration(self.model_dir, self.mix, self._calibrated)
+            self._calibrator.idle()
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """The properties the pipeline was loaded with (CACHE_DIR included)."""
+        return dict(self._props)
+
+    @property
+    def tuning(self) -> str:
+        """Where the CPU settings come from, for the log and the person."""
+        if self.device != "CPU":
+            return "the device's own"
+        if self.calibration is None:
+            return "by the built-in rule"
+        return f"calibrated: {self.calibration.choice(self.mix)}"
+
+    def _calibrated(self, cal: Calibration) -> None:
+        """A calibration finished (on its thread, while idle): load the chosen settings now
+        if a second copy of the weights fits beside the pipeline, to switch at the next
+        request; else they apply from the next load."""
+        props = {**calibrated(self._rule, cal, self.mix), **self._user}
+        props["CACHE_DIR"] = str(self._cache)
+        if props == self._props:
+            self.calibration = cal  # the rule's choice won: nothing to switch
+            return
+        weights = (self.model_dir / MODEL_BIN).stat().st_size
+        if not second_pipeline_fits(weights, available_memory_bytes()):
+            log.info("calibration chose %s: it applies from the next load", cal.choice(self.mix))
+            return
+        try:
+            with releasing_mapped_files(self._weight_files):
+                pipe = ov_genai.LLMPipeline(str(self.model_dir), self.device, **props)
+                cfg = pipe.get_generation_config()
+                cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = 1, False, True
+                pipe.generate(ov.Tensor(np.array([self._template_head], dtype=np.int64)), cfg)
+        except RuntimeError as e:  # the engine keeps its settings
+            log.warning("the calibrated settings did not load: %s", first_line(e))
+            return
+        self._next = (pipe, props, cal)
+
+    def _switch(self) -> None:
+        """At a request, before it runs: the pipeline with the calibrated settings, if one
+        is ready."""
+        ready, self._next = self._next, None
+        if ready is None:
+            return
+        if self._primer is not None:
+            self._primer.join()
+        self.pipe, self._props, self.calibration = ready
+        self._primed = False  # the template head was cached in the old pipeline
+        log.info("switched to the calibrated CPU settings: %s", self.tuning)
 
     def _load_pipeline(self, lookup: bool) -> ov_genai.LLMPipeline:
         """The plain pipeline (SDPA on CPU) or the prompt-lookup one (genai's paged one)."""
@@ -239,6 +322,9 @@ class Engine(EngineBase):
         return len(self.encode(text))
 
     def close(self) -> None:
+        if self._calibrator is not None:
+            self._calibrator.close()
+        self._next = None
         if self._primer is not None:
             self._primer.join()  # an inference must not outlive its pipeline
         self._lookup_pipe = None
@@ -261,6 +347,23 @@ class Engine(EngineBase):
         extra_stops: set[int] | None,
         grammar: str | None,
     ) -> GenerationResult:
+        if self._calibrator is not None:
+            self._calibrator.busy()  # killed at once: the answer has the cores to itself
+        try:
+            return self._answer(prompt, params, on_text, extra_stops, grammar)
+        finally:
+            if self._calibrator is not None:
+                self._calibrator.idle()
+
+    def _answer(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        on_text: TextCallback | None,
+        extra_stops: set[int] | None,
+        grammar: str | None,
+    ) -> GenerationResult:
+        self._switch()
         t0 = time.perf_counter()
         inputs = self.tokenizer.encode(prompt)
         n_in = int(inputs.input_ids.shape[1])

@@ -1,5 +1,7 @@
-"""The CPU plugin's properties for the app's engines, chosen at load from what the CPU offers
-and, for dynamic quantization, from how the model's weights are compressed.
+"""The family rule: the CPU plugin's properties for the app's engines, chosen at load from what
+the CPU offers and, for dynamic quantization, from how the model's weights are compressed. It
+holds until this machine's calibration (calibration.py) has measured better, and is what a
+calibration that is off, stopped or failed leaves in place.
 
 `cpu_properties(capabilities, weights)` is a pure function of OpenVINO's
 OPTIMIZATION_CAPABILITIES for the CPU (plus "AMX", which OpenVINO does not list:

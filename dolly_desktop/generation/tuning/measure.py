@@ -1,0 +1,290 @@
+"""Measuring the candidates: short decode runs and a ~500-token prefill per candidate, in turns
+in one process, wall and CPU time.
+
+The loop (`calibrate`) is pure: it asks a Runner to load candidates and run them, and reads
+a clock around each run, so tests drive it with a fake clock (tests/test_calibration.py).
+`GenaiRunner` is the real one, on openvino-genai.
+
+Candidates loaded together are measured in turns (reversed every other round): on a shared
+machine, runs next to each other in time see the same load (issue 27: +-15 % between
+processes, a few % in turns). When copies of the weights do not fit in free memory side by
+side, candidates are loaded one at a time (`at_once`). Stage 1 measures the dynamic
+quantization groups; stage 2 the winner with a u8 KV cache, beside the winner again, and puts
+it on stage 1's scale by their per-field ratio.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from dolly_desktop.generation.tuning.calibration import (
+    Candidate,
+    Figures,
+    Mix,
+    choose,
+)
+
+log = logging.getLogger(__name__)
+
+Mark = tuple[float, float]  # (wall, CPU) seconds
+Clock = Callable[[], Mark]
+Progress = Callable[[str], None]
+
+
+def process_clock() -> Mark:
+    """Wall time, and the CPU time of every thread of this process."""
+    return time.perf_counter(), time.process_time()
+
+
+class Cancelled(Exception):
+    """The calibration was asked to stop."""
+
+
+class Runner(Protocol):
+    short_tokens: int
+    long_tokens: int
+
+    def load(self, candidate: Candidate) -> Any:
+        """Compile the candidate and run one inference (the CPU plugin repacks the weights
+        in the first): what `decode`, `prefill` and `free` take."""
+
+    def decode(self, handle: Any, tokens: int, mark: Callable[[], None]) -> None:
+        """Generate `tokens` tokens after the short prompt, calling `mark` at each."""
+
+    def prefill(self, handle: Any, mark: Callable[[], None]) -> None:
+        """Prefill the long prompt, calling `mark` at its first token."""
+
+    def free(self, handle: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    decode_tokens: int = 16
+    rounds: int = 1  # turns every candidate gets
+    max_rounds: int = 3  # more while the budget allows
+    budget_s: float = 20.0
+    at_once: int = 8  # candidates loaded side by side (memory)
+
+
+@dataclass
+class _Turns:
+    decode: list[tuple[float, float, float, float]]  # decode s, decode CPU s, short s, CPU s
+    prefill: list[tuple[float, float]]  # long s, CPU s
+
+    def figures(self, short_tokens: int, long_tokens: int) -> Figures:
+        med = lambda xs: float(statistics.median(xs))  # noqa: E731
+        d, p = self.decode, self.prefill
+        return Figures(
+            decode_s=med(x[0] for x in d),
+            decode_cpu_s=med(x[1] for x in d),
+            short_tokens=short_tokens,
+            short_s=med(x[2] for x in d),
+            short_cpu_s=med(x[3] for x in d),
+            long_tokens=long_tokens,
+            long_s=med(x[0] for x in p),
+            long_cpu_s=med(x[1] for x in p),
+            turns=min(len(d), len(p)),
+        )
+
+
+class _Loop:
+    def __init__(
+        self,
+        runner: Runner,
+        plan: Plan,
+        clock: Clock,
+        cancelled: Callable[[], bool],
+        progress: Progress | None,
+    ) -> None:
+        self.runner, self.plan, self.clock = runner, plan, clock
+        self.cancelled, self.say = cancelled, progress or (lambda text: None)
+        self.start = clock()[0]
+
+    def check(self) -> None:
+        if self.cancelled():
+            raise Cancelled()
+
+    def elapsed(self) -> float:
+        return self.clock()[0] - self.start
+
+    def decode_turn(self, handle: Any) -> tuple[float, float, float, float]:
+        marks: list[Mark] = []
+        t0 = self.clock()
+        self.runner.decode(handle, self.plan.decode_tokens, lambda: marks.append(self.clock()))
+        self.check()
+        if len(marks) < 2:
+            raise RuntimeError(f"decode gave {len(marks)} tokens, not {self.plan.decode_tokens}")
+        (w0, c0), (w1, c1) = marks[0], marks[-1]
+        steps = len(marks) - 1
+        return (w1 - w0) / steps, (c1 - c0) / steps, w0 - t0[0], c0 - t0[1]
+
+    def prefill_turn(self, handle: Any) -> tuple[float, float]:
+        marks: list[Mark] = []
+        t0 = self.clock()
+        self.runner.prefill(handle, lambda: marks.append(self.clock()))
+        self.check()
+        if not marks:
+            raise RuntimeError("the long prompt gave no token")
+        return marks[0][0] - t0[0], marks[0][1] - t0[1]
+
+    def group(self, group: Sequence[Candidate]) -> dict[str, Figures]:
+        """Load the group, measure it in turns, free it."""
+        handles: dict[str, Any] = {}
+        turns = {c.name: _Turns([], []) for c in group}
+        try:
+            for c in group:
+                self.check()
+                self.say(f"loading {c.name}")
+                handles[c.name] = self.runner.load(c)
+            rounds = 0
+            while True:
+                t_round = self.elapsed()
+                for c in group if rounds % 2 == 0 else group[::-1]:
+                    self.check()
+                    self.say(f"measuring {c.name}, turn {rounds + 1}")
+                    turns[c.name].decode.append(self.decode_turn(handles[c.name]))
+                    self.check()
+                    turns[c.name].prefill.append(self.prefill_turn(handles[c.name]))
+                rounds += 1
+                took = self.elapsed() - t_round
+                if rounds >= self.plan.rounds and (
+                    rounds >= self.plan.max_rounds or self.elapsed() + took > self.plan.budget_s
+                ):
+                    break
+        finally:
+            for h in handles.values():
+                self.runner.free(h)
+            handles.clear()  # the next group loads after these are gone
+        r = self.runner
+        return {n: t.figures(r.short_tokens, r.long_tokens) for n, t in turns.items()}
+
+    def stage(
+        self,
+        cands: Sequence[Candidate],
+        on_figures: Callable[[str, Figures], None] | None = None,
+    ) -> dict[str, Figures]:
+        """Groups of `at_once`, each group's figures reported as soon as it is measured."""
+        out: dict[str, Figures] = {}
+        size = max(1, self.plan.at_once)
+        for i in range(0, len(cands), size):
+            group = self.group(cands[i : i + size])
+            out.update(group)
+            for name, f in group.items():
+                if on_figures is not None:
+                    on_figures(name, f)
+        return out
+
+
+def calibrate(
+    runner: Runner,
+    stage1: Sequence[Candidate],
+    kv: Callable[[Candidate], Candidate | None],
+    prior: str,
+    mix: Mix,
+    plan: Plan = Plan(),
+    clock: Clock = process_clock,
+    cancelled: Callable[[], bool] = lambda: False,
+    progress: Progress | None = None,
+    done: Mapping[str, Figures] | None = None,
+    on_figures: Callable[[str, Figures], None] | None = None,
+) -> dict[str, Figures]:
+    """Every candidate's figures: stage 1's, then the winner's with a u8 KV cache. `done`
+    holds figures an earlier, stopped attempt measured: those candidates are not measured
+    again. Raises Cancelled when `cancelled()` turns true (checked between runs, and by the
+    runner at each token); any other failure propagates. Nothing is stored here."""
+    loop = _Loop(runner, plan, clock, cancelled, progress)
+    figures: dict[str, Figures] = dict(done or {})
+    todo = [c for c in stage1 if c.name not in figures]
+    figures.update(loop.stage(todo, on_figures))
+    by_name = {c.name: c for c in stage1}
+    winner = by_name[choose({n: figures[n] for n in by_name}, mix, prior)]
+    second = kv(winner)
+    if second is not None and second.name not in figures:
+        pair = loop.stage([winner, second])  # beside the winner again: same load, in turns
+        f = figures[winner.name].scaled(pair[second.name], pair[winner.name])
+        figures[second.name] = f
+        if on_figures is not None:
+            on_figures(second.name, f)
+    return figures
+
+
+# -- the real runner ------------------------------------------------------------------------
+
+SHORT = "Who is Dolly?"
+SENTENCE = "The quick brown fox jumps over the lazy dog. "  # 10 tokens
+HEAD = "Summarise this text. "
+LONG_TOKENS = 500
+
+
+class GenaiRunner:
+    """Candidates as openvino-genai pipelines (the engine's stateful SDPA one), fed token ids,
+    so that tokenizing is not timed. No compiled-model cache: candidates leave no blobs."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        base: Mapping[str, Any],
+        long_tokens: int = LONG_TOKENS,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        import numpy as np
+        import openvino as ov
+        import openvino_genai as ov_genai
+
+        from dolly_desktop.generation.prompt import build_prompt
+
+        self._ov, self._genai, self._np = ov, ov_genai, np
+        self.model_dir = Path(model_dir)
+        self.base = dict(base)
+        self.cancelled = cancelled
+        tok = ov_genai.Tokenizer(str(self.model_dir))
+        ids = lambda text: [int(i) for i in tok.encode(build_prompt(text)).input_ids.data[0]]  # noqa: E731
+        self._short = ids(SHORT)
+        per = (len(ids(HEAD + SENTENCE * 10)) - len(ids(HEAD))) / 10
+        n = max(1, round((long_tokens - len(ids(HEAD))) / per))
+        self._long = ids(HEAD + SENTENCE * n)
+        self.short_tokens, self.long_tokens = len(self._short), len(self._long)
+
+    def _tensor(self, ids: list[int]) -> Any:
+        return self._ov.Tensor(self._np.array([ids], dtype=self._np.int64))
+
+    def _config(self, pipe: Any, tokens: int) -> Any:
+        cfg = pipe.get_generation_config()
+        cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = tokens, False, True
+        return cfg
+
+    def load(self, candidate: Candidate) -> Any:
+        pipe = self._genai.LLMPipeline(
+            str(self.model_dir), "CPU", **{**self.base, **candidate.props}
+        )
+        pipe.generate(self._tensor(self._short), self._config(pipe, 1))  # the repack
+        return pipe
+
+    def _run(self, pipe: Any, ids: list[int], tokens: int, mark: Callable[[], None]) -> None:
+        genai, cancelled = self._genai, self.cancelled
+
+        class Marks(genai.StreamerBase):
+            def write(self, token: Any) -> Any:
+                mark()
+                status = genai.StreamingStatus
+                return status.CANCEL if cancelled() else status.RUNNING
+
+            def end(self) -> None:
+                pass
+
+        pipe.generate(self._tensor(ids), self._config(pipe, tokens), Marks())
+
+    def decode(self, handle: Any, tokens: int, mark: Callable[[], None]) -> None:
+        self._run(handle, self._short, tokens, mark)
+
+    def prefill(self, handle: Any, mark: Callable[[], None]) -> None:
+        self._run(handle, self._long, 1, mark)
+
+    def free(self, handle: Any) -> None:
+        del handle  # the caller drops its reference too: the pipeline goes with the last
