@@ -5,7 +5,8 @@ Memory first: every model's run memory (weights plus the runtime, catalog.RUN_OV
 against what the system has available. All load at once when they fit together, one at a time
 (each freed before the next loads) when they do not, and nothing loads when even the largest
 alone does not fit. The reference is the highest precision among those compared (the first
-given, on a tie); agreement is measured after the timed runs, teacher-forced over the
+given, on a tie), or, given the store (the window), the model's FP16 when it is installed, as
+`models check` chooses; agreement is measured after the timed runs, teacher-forced over the
 reference's greedy answer (compare/agreement.py).
 """
 
@@ -20,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from dolly_desktop.compare.agreement import Prompt, Summary, Tokens, measure
+from dolly_desktop.compare.check import choose_reference
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.engine import ModelRef
 from dolly_desktop.generation.params import GenerationParams
 from dolly_desktop.generation.prompt import build_prompt
 from dolly_desktop.models.capacity import available_memory_bytes, check_memory, format_bytes
 from dolly_desktop.models.catalog import RUN_OVERHEAD
-from dolly_desktop.models.choice import PRECISION_RANK, resolve_model
+from dolly_desktop.models.choice import PRECISION_RANK, resolve_model, run_ram_bytes
 from dolly_desktop.models.folder import inspect_model_dir
 from dolly_desktop.models.store import Store
 
@@ -121,6 +123,31 @@ def reference_of(models: Sequence[Contender]) -> Contender:
     return max(models, key=lambda c: PRECISION_RANK.get(c.precision, -1))
 
 
+def reference_for(
+    models: Sequence[Contender], store: Store, available: int | None = None
+) -> Contender:
+    """The reference a person expects: when all are variants of one installed model, the one
+    `models check` would take for the highest of them (its FP16 if installed, compared or
+    not, else the highest precision there); otherwise, or when that one would not fit in
+    `available` bytes alone, the highest precision among them (reference_of)."""
+    top = reference_of(models)
+    installed = {m.path.resolve(): m for m in store.list() if m.runnable}
+    mine = [installed.get(c.path.resolve()) for c in models]
+    if any(m is None for m in mine) or len({m.name for m in mine if m}) != 1:
+        return top
+    try:
+        ref = choose_reference(store, installed[top.path.resolve()], None)
+    except DollyError:  # nothing above the highest compared: it is the reference
+        return top
+    for c in models:
+        if c.path.resolve() == ref.path.resolve():
+            return c
+    outside = Contender(ref.label, ref.path.resolve(), ref.variant, run_ram_bytes(ref))
+    if available is not None and outside.run_ram > available:
+        return top
+    return outside
+
+
 # -- running them -----------------------------------------------------------------------------
 
 
@@ -187,13 +214,20 @@ def run_comparison(
     measure_agreement: bool = True,
     make_engine: EngineFactory = _engine,
     cancel: threading.Event | None = None,
+    reference: Contender | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> Comparison:
     """Each model answers in turn; then agreement with the reference. `on_stage(label,
-    stage)` hears "loading", "generating", "agreement"; `on_text(label, piece)` the text."""
+    stage)` hears "loading", "generating", "agreement"; `on_text(label, piece)` the text;
+    `on_outcome` each model's outcome as soon as it has answered. `reference` (default:
+    reference_of) may be one of `models` or another model, measured only for agreement.
+    `cancel` stops the answer being generated at its next piece and loads nothing more; the
+    outcomes so far are returned, without agreement."""
     build_prompt(instruction, context)  # refuse bad input before anything loads
     available = available_memory_bytes() if available is None else available
     how = plan_loading(models, available)
-    ref = reference_of(models)
+    ref = reference or reference_of(models)
+    stopped = cancel.is_set if cancel is not None else lambda: False
     result = Comparison(how, available, ref.label)
     stage = on_stage or (lambda label, what: None)
     engines: dict[Path, Any] = {}
@@ -212,21 +246,36 @@ def run_comparison(
         return engine, None if peak is None or before is None else peak - before
 
     load_peaks: dict[Path, int | None] = {}
+
+    def piece_for(label: str, engine: Any) -> Callable[[str], None]:
+        def piece(text: str) -> None:
+            # The engine clears its own flag when an answer starts: a cancel that came just
+            # before would be lost. Checked at every piece, it stops the answer there.
+            if stopped():
+                engine.cancel()
+            if on_text is not None:
+                on_text(label, text)
+
+        return piece
+
     try:
         if how == TOGETHER:
             for c in models:
+                if stopped():
+                    break
                 _, load_peaks[c.path] = load(c)
         for c in models:
-            if cancel is not None and cancel.is_set():
+            if stopped():
                 break
             if c.path not in engines:
                 _, load_peaks[c.path] = load(c)
+                if stopped():
+                    break
             engine = engines[c.path]
             stage(c.label, "generating")
             before_run = rss_bytes()
             reset_peak_rss()
-            piece = (lambda t, label=c.label: on_text(label, t)) if on_text else None
-            r = engine.generate(instruction, params, piece, context=context)
+            r = engine.generate(instruction, params, piece_for(c.label, engine), context=context)
             run_peak = peak_rss_bytes()
             extra = loaded_extra[c.path]
             during = None if run_peak is None or before_run is None else run_peak - before_run
@@ -239,6 +288,8 @@ def run_comparison(
                 stop=r.stop_reason.value, peak_rss=max(peaks) if peaks else None,
                 reference=c.path == ref.path,
             ))  # fmt: skip
+            if on_outcome is not None:
+                on_outcome(result.outcomes[-1])
             if how == ONE_AT_A_TIME:
                 engines.pop(c.path).close()
                 gc.collect()
@@ -247,7 +298,7 @@ def run_comparison(
             engine.close()
         engines.clear()
         gc.collect()
-    if measure_agreement and len(result.outcomes) == len(models):
+    if measure_agreement and len(result.outcomes) == len(models) and not stopped():
         _agreement(result, models, ref, instruction, context, params, stage, cancel)
     return result
 
@@ -270,7 +321,9 @@ def _agreement(
         if Tokens(c.path).same_as(ref_tokens):
             others.append((c, out))
         else:
-            out.agreement_note = "another tokenizer than the reference's: compared on text only"
+            out.agreement_note = (
+                f"another tokenizer than {ref.label}'s: compared on text, speed and memory only"
+            )
     if not others:
         return
     ids = ref_tokens.encode(build_prompt(instruction, context))
