@@ -103,6 +103,7 @@ class ContextPane(QWidget):
         top.addWidget(self.meter, 1)
         lay.addLayout(top)
         lay.addWidget(self.body, 1)
+        lay.addStretch(0)  # collapsed beside the open Documents pane: stays at the top
         self.fits = True
         self.documents = False  # collections are picked: the meter says what room they have
         self._count_job: Job | None = None

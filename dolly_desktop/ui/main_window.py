@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 
 WITH_PASSAGE = "  (with a passage)"
+OPEN_PANE_LINES = 22  # the height, in lines of text, the editor takes when a pane opens
 PICKED_KEY = "documents/picked"  # the collections ticked, kept between runs
 FALLBACK_KEY = "documents/fallback"
 FRAME_MS = 16  # the response is painted at most once per frame while it streams
@@ -179,6 +180,11 @@ class MainWindow(QMainWindow):
             ctx, docs = self.context_pane.toggle.isChecked(), self.documents_pane.toggle.isChecked()
             ev.setStretchFactor(passages, 3 if ctx or docs else 0)
             ph.setStretchFactor(self.documents_pane, 2 if docs else 0)
+            if _open:  # an open pane needs room under the instruction: take it from below
+                top, below = self.center.sizes()
+                need = self.fontMetrics().height() * OPEN_PANE_LINES
+                if top < need < top + below:
+                    self.center.setSizes([need, top + below - need])
 
         self.context_pane.toggle.toggled.connect(fit_panes)
         self.documents_pane.toggle.toggled.connect(fit_panes)

@@ -87,14 +87,12 @@ def index_collection(
 
 def report_text(name: str, r: IndexReport) -> str:
     """One line for a finished run: what changed, how much was read, how fast."""
-    changed = r.added + r.changed
     rate = r.bytes_read / r.seconds if r.seconds > 0 else 0.0
-    text = (
-        f"{name}: {r.files} files, {changed} indexed ({r.chunks_added} chunks), "
-        f"{r.unchanged} unchanged, {r.removed} removed; {format_bytes(r.bytes_read)} in "
-        f"{r.seconds:.1f} s ({format_bytes(rate)}/s)"
-    )
-    return text + (f"; {len(r.skipped)} skipped" if r.skipped else "")
+    parts = [f"{name}: {r.added + r.changed} files indexed ({r.chunks_added} chunks)"]
+    others = ((r.unchanged, "unchanged"), (r.renamed, "moved"), (r.removed, "removed"))
+    parts += [f"{n} {what}" for n, what in others if n]
+    text = ", ".join(parts)
+    return text + f"; {format_bytes(r.bytes_read)} in {r.seconds:.1f} s, {format_bytes(rate)}/s"
 
 
 class IndexRow(QWidget):
@@ -120,11 +118,14 @@ class IndexRow(QWidget):
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.bar, 1)
         top.addWidget(self.cancel_button)
-        top.addWidget(self.skipped_button)
+        below = QHBoxLayout()
+        below.setContentsMargins(0, 0, 0, 0)
+        below.addWidget(self.label, 1)
+        below.addWidget(self.skipped_button, 0, Qt.AlignmentFlag.AlignTop)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addLayout(top)
-        lay.addWidget(self.label)
+        lay.addLayout(below)
         lay.addWidget(self.skipped_list)
         self.cancel_button.clicked.connect(self.cancel_requested.emit)
         self.skipped_button.toggled.connect(self.skipped_list.setVisible)
@@ -161,7 +162,9 @@ class IndexRow(QWidget):
             item.setToolTip(path)
             self.skipped_list.addItem(item)
         rows = min(SKIPPED_ROWS, max(1, len(skipped)))
-        self.skipped_list.setFixedHeight(self.skipped_list.sizeHintForRow(0) * rows + 6)
+        lst = self.skipped_list
+        row_h = max(lst.sizeHintForRow(0), lst.fontMetrics().height() + 4)
+        lst.setFixedHeight(row_h * rows + 6)
         self.skipped_button.setText(f"{len(skipped)} skipped…")
         self.skipped_button.setChecked(False)
         self.skipped_button.setVisible(bool(skipped))

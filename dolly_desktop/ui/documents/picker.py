@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QInputDialog,
+    QLabel,
     QListWidget,
     QListWidgetItem,
     QMessageBox,
@@ -30,6 +31,7 @@ from dolly_desktop.ui.background import Job
 from dolly_desktop.ui.documents.indexing import IndexRow, index_collection, report_text
 
 LIST_ROWS = 4  # the collection list's height, in rows
+EMPTY = "No collections yet: Add folder… makes one from your .txt, .md, .html and .pdf files."
 
 
 def name_for(folder: str) -> str:
@@ -67,6 +69,8 @@ class DocumentsPane(QWidget):
         )
         self.list = QListWidget(objectName="collections")
         self.list.setAccessibleName("Collections to answer from")
+        self.list.hide()
+        self.empty = QLabel(EMPTY, wordWrap=True, objectName="no_collections")
         self.add_button = QPushButton("Add folder…")
         self.add_button.setToolTip("Make a collection from a folder, or add one to a collection")
         self.update_button = QPushButton("Update index")
@@ -81,6 +85,7 @@ class DocumentsPane(QWidget):
         bv = QVBoxLayout(self.body)
         bv.setContentsMargins(0, 0, 0, 0)
         bv.addWidget(self.list)
+        bv.addWidget(self.empty)
         row = QHBoxLayout()
         for b in (self.add_button, self.update_button, self.remove_button):
             row.addWidget(b)
@@ -94,6 +99,7 @@ class DocumentsPane(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.toggle, 0, Qt.AlignmentFlag.AlignLeft)
         lay.addWidget(self.body, 1)
+        lay.addStretch(0)  # collapsed beside an open Context pane: stays at the top
 
         self.toggle.toggled.connect(self.set_open)
         self.list.itemChanged.connect(self._on_item_changed)
@@ -183,7 +189,10 @@ class DocumentsPane(QWidget):
         if self.list.currentItem() is None and self.list.count():
             self.list.setCurrentRow(0)
         rows = min(LIST_ROWS, max(2, self.list.count()))
-        self.list.setFixedHeight(self.list.sizeHintForRow(0) * rows + 6)
+        row_h = max(self.list.sizeHintForRow(0), self.list.fontMetrics().height() + 4)
+        self.list.setFixedHeight(row_h * rows + 6)
+        self.list.setVisible(bool(infos))
+        self.empty.setVisible(not infos)
         self.list.blockSignals(False)
         self._show_picks()
         self._update_buttons()

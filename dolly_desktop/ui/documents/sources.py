@@ -47,13 +47,21 @@ class SourcesView(QTextBrowser):
         self._note = note
         self._render()
         self.setVisible(bool(self.records or note))
+        self.verticalScrollBar().setValue(0)  # the first source first, however it was sized
+
+    def showEvent(self, e) -> None:  # shown by the splitter after set_sources: from the top
+        super().showEvent(e)
+        self.verticalScrollBar().setValue(0)
 
     def _render(self) -> None:
         parts = []
         if self._note:
             parts.append(f"<p><i>{html.escape(self._note)}</i></p>")
         if self.records:
-            parts.append("<p><b>Sources</b> — the passages Dolly was given, in this order</p>")
+            parts.append(
+                "<p><b>Sources</b> — the passages Dolly was given, in this order (a name "
+                "opens its file)</p>"
+            )
         for i, s in enumerate(self.records):
             text = str(s.get("text", ""))
             shown = i in self.expanded
