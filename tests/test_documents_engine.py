@@ -5,10 +5,21 @@ in its passage's own words."""
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TOKENIZER_DIR
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from dolly_desktop.documents.chunk import TokenCounter
+from dolly_desktop.documents.index import DocIndex, IndexReport
 from dolly_desktop.documents.parse import _ATX, _FENCE, _SETEXT, Block, _markdown
+from dolly_desktop.documents.watch import Watcher
 
 
 def markdown_line_by_line(text: str) -> list[Block]:
@@ -48,3 +59,96 @@ MD_PARTS = ["# Title", "## Sub #", "   ### three", "    # code", "Text line", ""
 def test_markdown_sections_as_line_by_line(parts, newline):
     text = newline.join(parts)
     assert _markdown(text) == markdown_line_by_line(text)
+
+
+# -- watching ---------------------------------------------------------------------------------
+
+WAIT_S = 60  # for a poll to come round on a loaded machine (a bound on hanging, not a timing)
+
+
+@pytest.fixture(scope="module")
+def counter() -> TokenCounter:
+    return TokenCounter(TOKENIZER_DIR / "tokenizer.json")
+
+
+def put(path: Path, data: str | bytes) -> None:
+    """Write a file whole at once (through a hidden name): a poll never sees half of it."""
+    tmp = path.with_name("." + path.name)
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def watched(tmp_path: Path, counter: TokenCounter, interval: float):
+    root = tmp_path / "notes"
+    root.mkdir()
+    put(root / "pump.txt", "The pump primes itself every morning.")
+    db = tmp_path / "docs.sqlite3"
+    with DocIndex(db) as ix:
+        ix.add("c", [root])
+    events: queue.Queue[tuple[str, IndexReport, str]] = queue.Queue()
+    w = Watcher(counter, db, interval=interval)
+    w.start(["c"], lambda name, r: events.put((name, r, threading.current_thread().name)))
+    return root, db, w, events
+
+
+def test_watching_reindexes_added_changed_and_deleted_files(tmp_path, counter):
+    root, db, w, events = watched(tmp_path, counter, interval=0.05)
+    try:
+        name, r, thread = events.get(timeout=WAIT_S)  # the first poll catches up
+        assert (name, r.added, thread) == ("c", 1, "documents-watcher")
+        put(root / "valve.md", "# Valves\n\nThe zeppelin valve opens at dawn.")
+        r = events.get(timeout=WAIT_S)[1]
+        assert (r.added, r.changed, r.removed) == (1, 0, 0)
+        put(root / "pump.txt", "The pump now needs a new impeller each spring.")
+        r = events.get(timeout=WAIT_S)[1]
+        assert (r.added, r.changed, r.removed) == (0, 1, 0)
+        with DocIndex(db) as ix:  # another connection sees each change
+            assert ix.search(["c"], "zeppelin")[0].rel == "valve.md"
+            assert ix.search(["c"], "impeller")[0].rel == "pump.txt"
+        (root / "valve.md").unlink()
+        r = events.get(timeout=WAIT_S)[1]
+        assert (r.added, r.changed, r.removed) == (0, 0, 1)
+        put(root / "photo.jpg", b"\xff\xd8")  # a skipped file is a change to show
+        r = events.get(timeout=WAIT_S)[1]
+        assert [p for p, _ in r.skipped] == [str(root / "photo.jpg")]
+        assert events.empty()
+    finally:
+        w.stop(timeout=WAIT_S)
+    with DocIndex(db) as ix:
+        assert ix.search(["c"], "zeppelin") == [] and [f[0] for f in ix.files("c")] == ["pump.txt"]
+        ix.check()
+
+
+def test_an_unchanged_tree_is_not_reindexed(tmp_path, counter, monkeypatch):
+    calls: list[str] = []
+    real = DocIndex.index
+
+    def counted(self, name, *a, **k):
+        calls.append(name)
+        return real(self, name, *a, **k)
+
+    monkeypatch.setattr(DocIndex, "index", counted)
+    root, _, w, events = watched(tmp_path, counter, interval=0.02)
+    try:
+        events.get(timeout=WAIT_S)
+        indexed = len(calls)
+        rounds = w.rounds
+        deadline = time.monotonic() + WAIT_S
+        while w.rounds < rounds + 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.rounds >= rounds + 3 and len(calls) == indexed  # polled, nothing indexed
+        put(root / "b.txt", "A second note about the boiler.")
+        assert events.get(timeout=WAIT_S)[1].added == 1
+        assert len(calls) == indexed + 1
+    finally:
+        w.stop(timeout=WAIT_S)
+
+
+def test_stop_ends_the_watcher_within_an_interval(tmp_path, counter):
+    _, _, w, events = watched(tmp_path, counter, interval=3600)
+    events.get(timeout=WAIT_S)  # the first poll is done; the next one is an hour away
+    w.stop(timeout=WAIT_S)
+    assert not w.running
+    w.start(["c", "no such collection"], lambda *a: None)  # a missing one is dropped, quietly
+    w.stop(timeout=WAIT_S)
+    assert not w.running
