@@ -208,3 +208,76 @@ def test_opening_model_settings_offline_prints_nothing_on_the_terminal(
     qtbot.wait(100)
     err = capfd.readouterr().err
     assert "etry" not in err and "WARNING" not in err, err
+
+
+# -- the agreement check (issue 25) -----------------------------------------------------------
+
+
+def test_the_table_shows_a_variants_stored_check_beside_its_size(qtbot, window, tiny_models):
+    from conftest import copy_model
+
+    from dolly_desktop.models.checks import CheckRecord, cpu_name, write_check
+    from dolly_desktop.ui.settings_dialog import AGREEMENT_COLUMN, COLUMNS
+
+    store = Store()
+    for p in ("FP16", "INT4"):
+        copy_model(tiny_models[p], store.path_for("tiny", p))
+    record = CheckRecord(
+        model="tiny", variant="INT4", reference="tiny/FP16", top1=0.93, mean_kl=0.0123,
+        median_first_divergence=7.0, prompts=50, tokens=2400, max_new_tokens=48,
+        prompt_set="built-in", date="2026-12-02T10:00:00+0000", cpu=cpu_name(),
+    )  # fmt: skip
+    write_check(store.path_for("tiny", "INT4"), record)
+    dialog = window.open_settings()
+    assert COLUMNS[AGREEMENT_COLUMN - 1] == "Size"  # next to size and compression rate
+    int4, fp16 = _row_of(dialog, "tiny", "INT4"), _row_of(dialog, "tiny", "FP16")
+    cell = dialog.table.item(int4, AGREEMENT_COLUMN)
+    says = "INT4: 93% of tokens as FP16, measured on this computer, 50 prompts, 2026-12-02"
+    assert cell.text() == says
+    assert "mean KL 0.0123" in cell.toolTip() and "part at token 7" in cell.toolTip()
+    assert dialog.table.item(fp16, AGREEMENT_COLUMN).text() == ""
+    dialog.table.selectRow(int4)
+    detail = dialog.detail.text()
+    assert "Compression rate" in detail and says in detail, detail
+    assert dialog.check_button.isEnabled()
+    dialog.table.selectRow(fp16)  # nothing above FP16 to check it against
+    assert not dialog.check_button.isEnabled() and "93%" not in dialog.detail.text()
+
+
+def test_after_a_compress_the_dialog_offers_the_check_with_progress_and_cancel(
+    qtbot, window, tiny_models
+):
+    from dolly_desktop.models.checks import CHECK_FILE, read_check
+    from dolly_desktop.ui.settings_dialog import AGREEMENT_COLUMN
+
+    Store().import_folder(tiny_models["FP16"], name="tiny")
+    dialog = window.open_settings()
+    dialog.table.selectRow(_row_of(dialog, "tiny", "FP16"))
+    dialog.precision.setCurrentIndex(dialog.precision.findText("INT8"))
+    dialog.compress_selected()
+    with qtbot.waitSignal(dialog.job.ended, timeout=JOB_MS):
+        pass
+    qtbot.waitUntil(dialog.offer_button.isVisible, timeout=5_000)
+    assert "How close is INT8 to FP16?" in dialog.message.text(), dialog.message.text()
+    assert dialog.offer_button.text() == "Check INT8 against FP16"
+    int8 = Store().get("tiny", "INT8").path
+    # Offered, taken, cancelled once it is under way: nothing is stored.
+    dialog.offer_button.click()
+    job = dialog.job
+    assert job.title == "Checking tiny/INT8 against FP16" and dialog.cancel_button.isVisible()
+    qtbot.waitUntil(lambda: "prompt" in dialog.progress_label.text(), timeout=JOB_MS)
+    with qtbot.waitSignal(job.ended, timeout=JOB_MS):
+        dialog.cancel_button.click()
+    assert "cancelled; nothing was stored" in dialog.message.text(), dialog.message.text()
+    assert not (int8 / CHECK_FILE).exists() and not dialog.offer_button.isVisible()
+    # Again from the button, to the end: stored, and shown in the table.
+    dialog.check_tokens = 4
+    dialog.table.selectRow(_row_of(dialog, "tiny", "INT8"))
+    dialog.check_button.click()
+    with qtbot.waitSignal(dialog.job.ended, timeout=JOB_MS):
+        pass
+    record = read_check(int8)
+    assert record is not None and record.reference == "tiny/FP16" and record.prompts == 50
+    assert record.summary() in dialog.message.text(), dialog.message.text()
+    cell = dialog.table.item(_row_of(dialog, "tiny", "INT8"), AGREEMENT_COLUMN)
+    assert cell.text() == record.summary()

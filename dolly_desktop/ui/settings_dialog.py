@@ -1,5 +1,6 @@
-"""Model settings: get a model onto the machine (download, export, compress, import, remove)
-and choose the variant and the device it runs on."""
+"""Model settings: get a model onto the machine (download, export, compress, import, remove),
+see how far each variant strays from its reference (the stored `models check`, run from here
+after an export or compress), and choose the variant and the device it runs on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -32,18 +33,27 @@ from PySide6.QtWidgets import (
 )
 
 from dolly_desktop import paths
+from dolly_desktop.compare.check import (
+    DEFAULT_MAX_NEW_TOKENS,
+    CheckResult,
+    choose_reference,
+    find_installed,
+    run_check,
+)
+from dolly_desktop.compare.prompts import BUILT_IN
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.devices import list_devices
 from dolly_desktop.generation.lookup import LABELS as LOOKUP_LABELS
 from dolly_desktop.models import hub_catalog
 from dolly_desktop.models.capacity import format_bytes
+from dolly_desktop.models.checks import CheckRecord, read_check
 from dolly_desktop.models.child import compress_job, export_job
 from dolly_desktop.models.convert import export_support
 from dolly_desktop.models.convert.jobs import ChildJob
 from dolly_desktop.models.download import TransferProgress
 from dolly_desktop.models.folder import Precision
 from dolly_desktop.models.listing import Listed, list_models
-from dolly_desktop.models.store import Store
+from dolly_desktop.models.store import InstalledModel, Store
 from dolly_desktop.ui.background import Job, ProgressFn
 from dolly_desktop.ui.look import style_message
 from dolly_desktop.ui.settings import AppSettings
@@ -51,6 +61,22 @@ from dolly_desktop.ui.settings import AppSettings
 log = logging.getLogger(__name__)
 
 HINTS = {"": "Default", "LATENCY": "Latency (one person chatting)", "THROUGHPUT": "Throughput"}
+COLUMNS = ["Model", "Variant", "State", "Size", "Agreement (measured)", "RAM needed"]
+AGREEMENT_COLUMN = COLUMNS.index("Agreement (measured)")
+
+
+def check_details(r: CheckRecord) -> str:
+    """What the one-line summary leaves out, for a tooltip."""
+    parts = (
+        "the same greedy answers"
+        if r.median_first_divergence is None
+        else f"greedy answers part at token {r.median_first_divergence:g} (median)"
+    )
+    return (
+        f"Against {r.reference}, teacher-forced over its greedy answers: top-1 {r.top1:.1%}, "
+        f"mean KL {r.mean_kl:.4f} per token, {parts}. {r.prompts} prompts ({r.prompt_set}), "
+        f"up to {r.max_new_tokens} tokens each, on {r.cpu}, {r.date[:16].replace('T', ' ')}."
+    )
 
 
 def download_progress(emit: ProgressFn) -> Callable[[TransferProgress], None]:
@@ -79,6 +105,8 @@ class SettingsDialog(QDialog):
         self.store = store or Store()
         self.store.cleanup()  # staging left by a job that was killed
         self.job: Job | None = None
+        self.check_tokens = DEFAULT_MAX_NEW_TOKENS  # of the reference's answer, per prompt
+        self.offered: tuple[InstalledModel, InstalledModel] | None = None  # check: target, ref
         self.rows: list[Listed] = []
         self.current_folder: str | None = None  # the window says what it has loaded
         self._loading = ""  # the model "Use this model" asked for, until the window answers
@@ -99,24 +127,33 @@ class SettingsDialog(QDialog):
     # ---- pages ------------------------------------------------------------------------
     def _models_page(self) -> QWidget:
         page = QWidget()
-        self.table = QTableWidget(0, 5, objectName="models_table")
-        self.table.setHorizontalHeaderLabels(["Model", "Variant", "State", "Size", "RAM needed"])
+        self.table = QTableWidget(0, len(COLUMNS), objectName="models_table")
+        self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(AGREEMENT_COLUMN, QHeaderView.ResizeMode.Stretch)
+        self.detail = QLabel(wordWrap=True, objectName="variant_detail")
+        self.detail.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.use_button = QPushButton("Use this model")
         self.download_button = QPushButton("Download")
         self.export_button = QPushButton("Export…")
         self.compress_button = QPushButton("Compress…")
         self.import_button = QPushButton("Import folder…")
         self.remove_button = QPushButton("Remove")
+        self.check_button = QPushButton("Check agreement", objectName="check_button")
+        self.check_button.setToolTip(
+            f"How far this variant strays from its reference (FP16 if installed): "
+            f"{len(BUILT_IN)} instructions, one model in memory at a time; the result is kept."
+        )
         self.precision = QComboBox(objectName="target_precision")
         for p in (Precision.INT4, Precision.INT8, Precision.FP16):
             self.precision.addItem(p.value)
         row = QHBoxLayout()
-        for b in (self.use_button, self.download_button, self.remove_button):
+        for b in (self.use_button, self.download_button, self.remove_button, self.check_button):
             row.addWidget(b)
         row.addStretch(1)
         row.addWidget(QLabel("Target precision"))
@@ -131,11 +168,17 @@ class SettingsDialog(QDialog):
         job_row.addWidget(self.progress, 2)
         job_row.addWidget(self.cancel_button)
         self.message = QLabel(wordWrap=True, objectName="models_message")
+        self.offer_button = QPushButton("Check it now", objectName="offer_check")
+        message_row = QHBoxLayout()
+        message_row.addWidget(self.message, 1)
+        message_row.addWidget(self.offer_button)
+        self.offer_button.hide()
         lay = QVBoxLayout(page)
         lay.addWidget(self.table, 1)
+        lay.addWidget(self.detail)
         lay.addLayout(row)
         lay.addLayout(job_row)
-        lay.addWidget(self.message)
+        lay.addLayout(message_row)
         self._show_job(None)
         self.table.itemSelectionChanged.connect(self._sync_buttons)
         self.table.doubleClicked.connect(lambda _i: self.use_selected())
@@ -145,6 +188,8 @@ class SettingsDialog(QDialog):
         self.compress_button.clicked.connect(self.compress_selected)
         self.import_button.clicked.connect(lambda: self.import_folder())
         self.remove_button.clicked.connect(lambda: self.remove_selected())
+        self.check_button.clicked.connect(self.check_selected)
+        self.offer_button.clicked.connect(self._take_offer)
         self.cancel_button.clicked.connect(self.cancel_job)
         return page
 
@@ -278,15 +323,19 @@ class SettingsDialog(QDialog):
         self.rows = list_models(self.store)
         self.table.setRowCount(len(self.rows))
         for r, row in enumerate(self.rows):
+            check = read_check(row.installed.path) if row.installed else None
             cells = [
                 row.name,
                 row.variant,
                 row.state(in_use=self.current_folder),
                 row.size_text(),
+                check.summary() if check else "",
                 row.ram_text(),
             ]
             for c, text in enumerate(cells):
                 self.table.setItem(r, c, QTableWidgetItem(text))
+            if check:
+                self.table.item(r, AGREEMENT_COLUMN).setToolTip(check_details(check))
         self._sync_buttons()
 
     def selected_row(self) -> Listed | None:
@@ -310,6 +359,29 @@ class SettingsDialog(QDialog):
         self.compress_button.setEnabled(fp16 and not busy)
         self.export_button.setEnabled(not busy)
         self.import_button.setEnabled(not busy)
+        self.check_button.setEnabled(bool(m and m.runnable and self._reference(m)) and not busy)
+        self.offer_button.setEnabled(not busy)
+        self.detail.setText(self._detail(row))
+
+    def _reference(self, m: InstalledModel) -> InstalledModel | None:
+        """What `models check` measures `m` against; None when nothing is above it."""
+        try:
+            return choose_reference(self.store, m, None)
+        except DollyError:
+            return None
+
+    def _detail(self, row: Listed | None) -> str:
+        """The selected variant: its size and compression rate, and its stored check."""
+        if row is None or row.installed is None:
+            return ""
+        head = f"{row.label}: {row.size_text()}."
+        check = read_check(row.installed.path)
+        if check is not None:
+            return f"{head} {check.summary()}."
+        ref = self._reference(row.installed) if row.installed.runnable else None
+        if ref is None:
+            return head
+        return f"{head} Not checked yet against {ref.variant}: Check agreement measures it."
 
     # ---- actions ----------------------------------------------------------------------
     def use_selected(self) -> None:
@@ -430,8 +502,16 @@ class SettingsDialog(QDialog):
         self.refresh()
 
     # ---- jobs -------------------------------------------------------------------------
-    def _run(self, title: str, fn, on_cancel=None, then: Callable[[], None] | None = None) -> None:
+    def _run(
+        self,
+        title: str,
+        fn,
+        on_cancel=None,
+        then: Callable[[], None] | None = None,
+        cancelled: str = "cancelled; nothing was installed.",
+    ) -> None:
         """Run `fn` as the dialog's job; `then` follows a success, once the job has ended."""
+        self._withdraw_offer()
         job = Job(title, fn, on_cancel, owner=self)
         self.job = job
         succeeded: list[bool] = []
@@ -439,7 +519,7 @@ class SettingsDialog(QDialog):
         job.done.connect(lambda _r: succeeded.append(True))
         job.done.connect(lambda _r: self._say(f"{title}: done."))
         job.failed.connect(lambda msg: self._say(f"{title} failed: {msg}", error=True))
-        job.cancelled.connect(lambda: self._say(f"{title}: cancelled; nothing was installed."))
+        job.cancelled.connect(lambda: self._say(f"{title}: {cancelled}"))
         job.ended.connect(self._job_ended)
         if then is not None:
             job.ended.connect(lambda: succeeded and then())
@@ -456,7 +536,65 @@ class SettingsDialog(QDialog):
             child.progress = emit
             return child.run()
 
-        self._run(title, work, on_cancel=child.cancel)
+        made: list[Path] = []
+        self._run(title, work, on_cancel=child.cancel, then=lambda: self._offer_check(made[0]))
+        self.job.done.connect(lambda path: made.append(Path(path)))
+
+    # ---- the agreement check ------------------------------------------------------------
+    def _offer_check(self, folder: Path) -> None:
+        """After an export or compress: offer to measure the new variant against its
+        reference, when it has one (an FP16 export has none above it)."""
+        try:
+            target = find_installed(self.store, f"{folder.parent.name}/{folder.name}")
+        except DollyError:
+            return
+        ref = self._reference(target)
+        if ref is None:
+            return
+        self.select(target.name, target.variant)
+        self.offered = (target, ref)
+        self._say(
+            f"{self.message.text()} How close is {target.variant} to {ref.variant}? The check "
+            f"answers {len(BUILT_IN)} instructions with both, one model in memory at a time."
+        )
+        self.offer_button.setText(f"Check {target.variant} against {ref.variant}")
+        self.offer_button.show()
+
+    def _withdraw_offer(self) -> None:
+        self.offered = None
+        self.offer_button.hide()
+
+    def _take_offer(self) -> None:
+        if self.offered is not None:
+            self.check(*self.offered)
+
+    def check_selected(self) -> None:
+        row = self.selected_row()
+        m = row.installed if row else None
+        ref = self._reference(m) if m and m.runnable else None
+        if m is not None and ref is not None:
+            self.check(m, ref)
+
+    def check(self, target: InstalledModel, reference: InstalledModel) -> None:
+        """Run `models check` on `target` against `reference` as the dialog's job (progress,
+        Cancel); the result is stored beside the variant and shown in the table."""
+        store, prompts, tokens = self.store, list(BUILT_IN), self.check_tokens
+
+        def work(emit: ProgressFn, cancel: threading.Event) -> CheckResult:
+            def progress(phase: str, done: int, total: int) -> None:
+                second = phase != "reference"
+                who = target.variant if second else f"{reference.variant} (the reference)"
+                shown = min(done + 1, total)
+                emit(f"{who}, prompt {shown} of {total}", (done + total * second) / (2 * total))
+
+            return run_check(store, target, reference, prompts, "built-in", tokens,
+                             progress, cancel)  # fmt: skip
+
+        title = f"Checking {target.label} against {reference.variant}"
+        self._run(title, work, cancelled="cancelled; nothing was stored.")
+        self.job.done.connect(
+            lambda r: self._say(f"{r.record.summary()} (in {r.record.seconds:.0f} s).")
+        )
 
     def _job_ended(self) -> None:
         self._show_job(None)
