@@ -127,7 +127,9 @@ def test_the_expected_time_of_a_whole_answer_chooses_for_the_persons_mix():
 def test_the_kv_cache_candidate_is_measured_beside_the_winner_and_put_on_its_scale():
     figures, runner = run_fake({"dq 128": G128, "dq 32": G32})
     assert set(figures) == {"dq 128", "dq 32", "dq 32, KV u8"}
-    assert runner.loads[-2:] == ["dq 32", "dq 32, KV u8"]  # in turns with the winner again
+    # Measured in turns beside the winner, which stayed loaded from stage 1.
+    assert runner.loads == ["dq 128", "dq 32", "dq 32, KV u8"] and runner.most_at_once == 2
+    assert runner.turns["dq 32"] == 6  # 3 turns in each stage
     assert figures["dq 32, KV u8"].decode_s == pytest.approx(0.95 / 8.94)
     assert choose(figures, DEFAULT_MIX, "dq 128") == "dq 32, KV u8"
 
@@ -421,3 +423,26 @@ def test_cli_tune_measures_shows_and_forgets(tiny_models, home):
     assert "Not calibrated" in run("tune", model, "--show").stdout
     r = run("tune", str(home / "nowhere"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "mode"),
+    [
+        ([], None, "idle"),  # the window measures while idle
+        (["--no-calibration"], None, "off"),
+        (["--screenshot", "x.png"], None, "use"),  # a scripted run has no idle time
+        (["serve", "--model", "m"], None, "use"),  # settings do not change under clients
+        (["generate", "--model", "m", "hi"], None, "use"),
+        ([], "use", "use"),  # a test session or CI
+        (["--no-calibration"], "idle", "off"),
+    ],
+)
+def test_the_window_measures_while_idle_and_every_command_uses_what_was_measured(
+    monkeypatch, argv, env, mode
+):
+    from dolly_desktop.cli import CALIBRATION_ENV, build_parser, calibration_mode
+
+    monkeypatch.delenv(CALIBRATION_ENV, raising=False)
+    if env:
+        monkeypatch.setenv(CALIBRATION_ENV, env)
+    assert calibration_mode(build_parser().parse_args(argv)) == mode

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,10 +19,12 @@ from dolly_desktop import __version__
 from dolly_desktop.cli import compare, devices, docs, generate, history, models, serve, tune
 from dolly_desktop.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, Parser
 from dolly_desktop.errors import DollyError
-from dolly_desktop.generation.tuning.calibration import calibrating
+from dolly_desktop.generation.tuning.calibration import MODES, calibrating
 from dolly_desktop.generation.tuning.child import CALIBRATION_FLAG
 from dolly_desktop.logs import setup_logging
 from dolly_desktop.models.convert.jobs import CHILD_FLAG
+
+CALIBRATION_ENV = "DOLLY_DESKTOP_CALIBRATION"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-calibration",
         action="store_true",
-        help="keep the built-in CPU settings: neither use what `tune` measured nor measure "
-        "while idle (the window and serve do, once per model on a machine)",
+        help="keep the built-in CPU settings: neither use what was measured (see tune) nor "
+        "measure while idle (the window does, once per model on a machine)",
     )
     sub = p.add_subparsers(dest="command", parser_class=Parser)
 
@@ -63,11 +66,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return calibration_main(argv[1:])
     args = build_parser().parse_args(argv)
-    # Engines that stay loaded (the window's, the server's) calibrate while idle; a one-shot
-    # generate has no idle time to give.
-    idle = args.command in (None, "serve") and not args.self_test
-    with calibrating("off" if args.no_calibration else "idle" if idle else "use"):
+    with calibrating(calibration_mode(args)):
         return _run(args)
+
+
+def calibration_mode(args: argparse.Namespace) -> str:
+    """What engines do about calibration (generation/tuning/calibration.py, MODES). The
+    window's engine measures while idle, once per model on a machine; every other command uses
+    what was measured: a one-shot generate has no idle time to give, and a server's answers
+    should not change settings under its clients. DOLLY_DESKTOP_CALIBRATION (off, use, idle)
+    overrides, for test sessions and CI."""
+    if args.no_calibration:
+        return "off"
+    env = os.environ.get(CALIBRATION_ENV, "").strip().lower()
+    if env in MODES:
+        return env
+    window = args.command is None and not args.self_test and not args.screenshot
+    return "idle" if window else "use"
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure which CPU settings answer fastest for a model on this machine",
         description="Measure a few CPU settings for MODEL in turns (about 20 s for 3b INT4 "
         "on 2 cores), keep the figures for this CPU, OpenVINO version and weight format, and "
-        "show the choice for your usual prompt and answer lengths. The window and the server "
-        "do this by themselves while idle, unless started with --no-calibration.",
+        "show the choice for your usual prompt and answer lengths. The window "
+        "does this by itself while idle, unless started with --no-calibration.",
     )
     t.set_defaults(func=cmd_tune)
     t.add_argument("model", help="a model folder, or an installed model (dolly-v2-3b/INT4)")

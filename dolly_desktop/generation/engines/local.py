@@ -205,7 +205,9 @@ class Engine(EngineBase):
             self.tuning,
         )  # fmt: skip
         if tunable and how == "idle" and self.calibration is None:
-            self._calibrator = IdleCalibration(self.model_dir, self.mix, self._calibrated)
+            self._calibrator = IdleCalibration(
+                self.model_dir, self.mix, self._calibrated, cache_dir=self._cache
+            )
             self._calibrator.idle()
 
     @property

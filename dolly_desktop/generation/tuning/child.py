@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.tuning.calibration import (
     DEFAULT_MIX,
@@ -69,6 +70,7 @@ class Request:
     budget_s: float = 20.0
     long_tokens: int = 500
     max_rounds: int = 3  # turns per candidate while the budget allows
+    cache_dir: str | None = None  # the engine's compiled-model cache: candidates import its blob
 
 
 # -- the child's end ---------------------------------------------------------------------------
@@ -109,7 +111,8 @@ def calibrate_here(
         at_once=at_once(model, available_memory_bytes()),
     )
     t0 = time.perf_counter()
-    runner = GenaiRunner(model, base, req.long_tokens, cancelled)
+    cache = Path(req.cache_dir) if req.cache_dir else None
+    runner = GenaiRunner(model, base, req.long_tokens, cancelled, cache)
     done = {n: Figures(**f) for n, f in req.done.items()}
     mix = Mix(*req.mix)
     figures = calibrate(
@@ -287,12 +290,14 @@ def run_calibration(
     budget_s: float = 20.0,
     long_tokens: int = 500,
     max_rounds: int = 3,
+    cache_dir: Path | None = None,
 ) -> Calibration:
     """Calibrate now, in a child, and wait (the CLI, the bench). Ctrl+C stops it, storing
-    nothing."""
+    nothing. `cache_dir`: the compiled-model cache (default: the app's)."""
     req = Request(
         str(Path(model_dir)), (mix.prompt_tokens, mix.answer_tokens),
         budget_s=budget_s, long_tokens=long_tokens, max_rounds=max_rounds,
+        cache_dir=str(cache_dir or paths.compiled_cache_dir()),
     )  # fmt: skip
     job = CalibrationJob(req, progress)
     job.start()
@@ -315,8 +320,10 @@ class IdleCalibration:
         mix: Mix,
         on_done: Callable[[Calibration], None],
         delay_s: float | None = None,  # None: IDLE_DELAY_S
+        cache_dir: Path | None = None,
     ) -> None:
         self.model_dir, self.mix, self.delay_s = Path(model_dir), mix, delay_s
+        self.cache_dir = cache_dir
         self.on_done = on_done
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
@@ -374,6 +381,7 @@ class IdleCalibration:
                 str(self.model_dir), (self.mix.prompt_tokens, self.mix.answer_tokens),
                 done={n: asdict(f) for n, f in self._figures.items()}, spent_s=self._spent,
                 max_rounds=IDLE_MAX_ROUNDS,
+                cache_dir=str(self.cache_dir) if self.cache_dir else None,
             )  # fmt: skip
             job = self._job = CalibrationJob(req)
             try:

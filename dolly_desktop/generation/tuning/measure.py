@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,6 +105,7 @@ class _Loop:
         self.runner, self.plan, self.clock = runner, plan, clock
         self.cancelled, self.say = cancelled, progress or (lambda text: None)
         self.start = clock()[0]
+        self.live: dict[str, Any] = {}  # loaded candidates, by name
 
     def check(self) -> None:
         if self.cancelled():
@@ -133,34 +134,38 @@ class _Loop:
             raise RuntimeError("the long prompt gave no token")
         return marks[0][0] - t0[0], marks[0][1] - t0[1]
 
+    def load(self, c: Candidate) -> Any:
+        if c.name not in self.live:
+            self.check()
+            self.say(f"loading {c.name}")
+            self.live[c.name] = self.runner.load(c)
+        return self.live[c.name]
+
+    def free(self, keep: Collection[str] = ()) -> None:
+        for name in [n for n in self.live if n not in keep]:
+            self.runner.free(self.live.pop(name))
+
     def group(self, group: Sequence[Candidate]) -> dict[str, Figures]:
-        """Load the group, measure it in turns, free it."""
-        handles: dict[str, Any] = {}
+        """Load the group (what is not loaded yet), measure it in turns. It stays loaded: the
+        next group frees it, so that stage 2 finds the winner still loaded."""
+        self.free(keep={c.name for c in group})  # the next group loads after these are gone
+        handles = {c.name: self.load(c) for c in group}
         turns = {c.name: _Turns([], []) for c in group}
-        try:
-            for c in group:
+        rounds = 0
+        while True:
+            t_round = self.elapsed()
+            for c in group if rounds % 2 == 0 else group[::-1]:
                 self.check()
-                self.say(f"loading {c.name}")
-                handles[c.name] = self.runner.load(c)
-            rounds = 0
-            while True:
-                t_round = self.elapsed()
-                for c in group if rounds % 2 == 0 else group[::-1]:
-                    self.check()
-                    self.say(f"measuring {c.name}, turn {rounds + 1}")
-                    turns[c.name].decode.append(self.decode_turn(handles[c.name]))
-                    self.check()
-                    turns[c.name].prefill.append(self.prefill_turn(handles[c.name]))
-                rounds += 1
-                took = self.elapsed() - t_round
-                if rounds >= self.plan.rounds and (
-                    rounds >= self.plan.max_rounds or self.elapsed() + took > self.plan.budget_s
-                ):
-                    break
-        finally:
-            for h in handles.values():
-                self.runner.free(h)
-            handles.clear()  # the next group loads after these are gone
+                self.say(f"measuring {c.name}, turn {rounds + 1}")
+                turns[c.name].decode.append(self.decode_turn(handles[c.name]))
+                self.check()
+                turns[c.name].prefill.append(self.prefill_turn(handles[c.name]))
+            rounds += 1
+            took = self.elapsed() - t_round
+            if rounds >= self.plan.rounds and (
+                rounds >= self.plan.max_rounds or self.elapsed() + took > self.plan.budget_s
+            ):
+                break
         r = self.runner
         return {n: t.figures(r.short_tokens, r.long_tokens) for n, t in turns.items()}
 
@@ -200,17 +205,21 @@ def calibrate(
     runner at each token); any other failure propagates. Nothing is stored here."""
     loop = _Loop(runner, plan, clock, cancelled, progress)
     figures: dict[str, Figures] = dict(done or {})
-    todo = [c for c in stage1 if c.name not in figures]
-    figures.update(loop.stage(todo, on_figures))
-    by_name = {c.name: c for c in stage1}
-    winner = by_name[choose({n: figures[n] for n in by_name}, mix, prior)]
-    second = kv(winner)
-    if second is not None and second.name not in figures:
-        pair = loop.stage([winner, second])  # beside the winner again: same load, in turns
-        f = figures[winner.name].scaled(pair[second.name], pair[winner.name])
-        figures[second.name] = f
-        if on_figures is not None:
-            on_figures(second.name, f)
+    try:
+        todo = [c for c in stage1 if c.name not in figures]
+        figures.update(loop.stage(todo, on_figures))
+        by_name = {c.name: c for c in stage1}
+        winner = by_name[choose({n: figures[n] for n in by_name}, mix, prior)]
+        second = kv(winner)
+        if second is not None and second.name not in figures:
+            loop.free(keep={winner.name})  # loaded still, if it was in the last group
+            pair = loop.stage([winner, second])  # beside the winner again: in turns
+            f = figures[winner.name].scaled(pair[second.name], pair[winner.name])
+            figures[second.name] = f
+            if on_figures is not None:
+                on_figures(second.name, f)
+    finally:
+        loop.free()
     return figures
 
 
@@ -224,7 +233,13 @@ LONG_TOKENS = 500
 
 class GenaiRunner:
     """Candidates as openvino-genai pipelines (the engine's stateful SDPA one), fed token ids,
-    so that tokenizing is not timed. No compiled-model cache: candidates leave no blobs."""
+    so that tokenizing is not timed.
+
+    With `cache_dir` (the engine's compiled-model cache), every candidate imports the blob
+    the engine's load left there instead of compiling the IR: OpenVINO's cache key leaves out
+    DYNAMIC_QUANTIZATION_GROUP_SIZE and KV_CACHE_PRECISION, and the CPU plugin applies them
+    when it imports (greedy tokens of a blob compiled with group 32 and an f16 cache, imported
+    with group 0 and u8, equal a fresh compile's with group 0 and u8)."""
 
     def __init__(
         self,
@@ -232,6 +247,7 @@ class GenaiRunner:
         base: Mapping[str, Any],
         long_tokens: int = LONG_TOKENS,
         cancelled: Callable[[], bool] = lambda: False,
+        cache_dir: Path | None = None,
     ) -> None:
         import numpy as np
         import openvino as ov
@@ -242,6 +258,8 @@ class GenaiRunner:
         self._ov, self._genai, self._np = ov, ov_genai, np
         self.model_dir = Path(model_dir)
         self.base = dict(base)
+        if cache_dir is not None:
+            self.base["CACHE_DIR"] = str(cache_dir)
         self.cancelled = cancelled
         tok = ov_genai.Tokenizer(str(self.model_dir))
         ids = lambda text: [int(i) for i in tok.encode(build_prompt(text)).input_ids.data[0]]  # noqa: E731
