@@ -463,7 +463,7 @@ def test_words_in_most_chunks_are_left_out_of_big_indexes(tmp_path, counter, mon
     ix.index("c", counter)
     words = ["pump", "runs", "daily", "zeppelin", "hangar"]
     assert ix._prune(words) == words  # a small index: every word counts
-    monkeypatch.setattr(index_module, "PRUNE_MIN_CHUNKS", 10)
+    monkeypatch.setattr(index_module, "ROW_BUDGET", 5)
     assert ix._prune(words) == ["zeppelin", "hangar"]
     assert len(ix._prune(["pump", "runs"])) == 1  # the rarest is kept, however common
     assert top(ix, "Where does the pump that runs daily sit, by the zeppelin?").rel == "n17.txt"

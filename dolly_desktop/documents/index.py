@@ -38,17 +38,16 @@ NAME_RE = re.compile(r"^[\w][\w .-]{0,63}$")
 MAX_QUERY_TERMS = 32
 MAX_TERM_CHARS = 64
 BM25_WEIGHTS = (1.0, 0.5, 0.5)  # body, heading, file name
-# A word in more than this share of the chunks adds little to bm25 and costs the most time
-# (its whole list is scored): left out of the query, unless it is the rarest word of the
-# question. Only for indexes of at least PRUNE_MIN_CHUNKS (sampled) chunks. (Ranking the
+# bm25 scores every chunk holding any word of the query (some microseconds each: its length
+# is looked up per chunk), so a search takes the question's words rarest first while the
+# chunks holding them add up to at most ROW_BUDGET, and always the rarest one. The words left
+# out are the commonest, which add least to bm25. (A fixed share, 5% of the chunks, let a
+# question of 3-4 middling words score 20,000 chunks at 200k: p95 4x over budget. Ranking the
 # candidates again by all the words through FTS5, one rowid at a time, cost ~5 ms a chunk:
-# tried, gone.) The words are counted in one chunk of each file in DF_SAMPLE (seq 0, 8, 16, ...):
-# a share of 5% is as well estimated from 1 in 8 of 2000 chunks, and counting every chunk's
-# words was a fifth of the indexing time.
-PRUNE_FRACTION = 0.05
-KEEP_RAREST = 1
+# tried, gone.) How many chunks hold a word is estimated from one chunk in DF_SAMPLE of each
+# file (seq 0, 8, 16, ...): counting every chunk's words was a fifth of the indexing time.
+ROW_BUDGET = 2000
 DF_SAMPLE = 8
-PRUNE_MIN_CHUNKS = 250  # sampled: an index of about 2000 chunks
 
 # Append-only: each entry moves the database one version on (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -88,6 +87,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE files ADD COLUMN sampled INTEGER NOT NULL DEFAULT 0;
     DELETE FROM terms;
     INSERT INTO terms VALUES ('', 0);
+    """,
+    # '*' counts all chunks ('' the sampled ones): the shares of the sample scale to rows.
+    """
+    INSERT INTO terms SELECT '*', count(*) FROM chunks;
     """,
 ]
 
@@ -351,6 +354,9 @@ class DocIndex:
         ).fetchone()[0]
         if counted is None or counted[0] != sampled:
             raise DollyError(f"The document index counts {counted} chunks of {sampled}.")
+        every = self._db.execute("SELECT df FROM terms WHERE term = '*'").fetchone()
+        if every is None or every[0] != n_chunks:
+            raise DollyError(f"The document index counts {every} chunks of {n_chunks}.")
 
     def _id(self, name: str) -> int:
         row = self._db.execute("SELECT id FROM collections WHERE name = ?", (name,)).fetchone()
@@ -530,7 +536,9 @@ class DocIndex:
                 [(first + i, c.text, c.heading, name) for i, c in enumerate(chunks)],
             )
             db.execute("DELETE FROM skipped WHERE collection_id = ? AND path = ?", (cid, path))
-            self._count_terms(_chunk_words([c.text for c in chunks[::DF_SAMPLE]]), +1)
+            counts = _chunk_words([c.text for c in chunks[::DF_SAMPLE]])
+            counts["*"] = len(chunks)
+            self._count_terms(counts, +1)
 
         self._transaction(write)
         report.chunks_added += len(chunks)
@@ -564,8 +572,9 @@ class DocIndex:
             (file_id,),
         )
         counts = _chunk_words([b for (b,) in bodies])
-        if counts[""]:
-            self._count_terms(counts, -1)
+        q = "SELECT chunks FROM files WHERE id = ?"
+        counts["*"] = self._db.execute(q, (file_id,)).fetchone()[0]
+        self._count_terms(+counts, -1)
         self._db.execute(
             "DELETE FROM chunk_text WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)",
             (file_id,),
@@ -614,18 +623,28 @@ class DocIndex:
         return [Hit(*r) for r in rows]
 
     def _prune(self, words: list[str]) -> list[str]:
-        """Leave out words in more than PRUNE_FRACTION of the chunks (see there)."""
-        if len(words) <= KEEP_RAREST:
+        """The question's words, rarest first, while the chunks holding them stay within
+        ROW_BUDGET (see there); the rarest always; in the question's order."""
+        if len(words) <= 1:
             return words
-        marks = ",".join("?" * (len(words) + 1))
-        df = dict(
-            self._db.execute(f"SELECT term, df FROM terms WHERE term IN ({marks})", ["", *words])
-        )
-        total = df.get("", 0)
-        if total < PRUNE_MIN_CHUNKS:
+        marks = ",".join("?" * (len(words) + 2))
+        q = f"SELECT term, df FROM terms WHERE term IN ({marks})"
+        df = dict(self._db.execute(q, ["", "*", *words]))
+        sampled, chunks = df.get("", 0), df.get("*", 0)
+        if sampled <= 0 or chunks <= ROW_BUDGET:
             return words
-        rarest = set(sorted(words, key=lambda w: df.get(w, 0))[:KEEP_RAREST])
-        return [w for w in words if w in rarest or df.get(w, 0) <= PRUNE_FRACTION * total]
+
+        def rows(w: str) -> float:
+            return df.get(w, 0) * chunks / sampled
+
+        keep: set[str] = set()
+        spent = 0.0
+        for w in sorted(words, key=rows):
+            if keep and spent + rows(w) > ROW_BUDGET:
+                break
+            keep.add(w)
+            spent += rows(w)
+        return [w for w in words if w in keep]
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
