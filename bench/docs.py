@@ -243,33 +243,43 @@ QUESTIONS = [
 ]
 
 
-def bench_recall(tmp: Path, counter: TokenCounter, db: Path | None = None) -> dict[str, str]:
-    """Each passage sits in its own section among filler sections of generated text, so each
-    file has several chunks and the answer is in exactly one of them."""
-    words = Words(4)
-    root = tmp / ("corpus2" if db else "corpus")
-    root.mkdir()
+def write_recall_corpus(root: Path, seed: int = 4) -> None:
+    """CORPUS as Markdown files: each passage in its own section among filler sections of
+    generated text, so each file has several chunks and the answer is in exactly one."""
+    words = Words(seed)
+    root.mkdir(parents=True)
     by_file: dict[str, list[str]] = {}
     for name, title, passage in CORPUS:
         filler = "\n\n".join(words.sentence(18) for _ in range(25))
         by_file.setdefault(name, []).append(f"## {title}\n\n{passage}\n\n{filler}")
     for name, sections in by_file.items():
         (root / name).write_text("\n\n".join(sections))
+
+
+def recall_ranks(ix: DocIndex, collection: str, depth: int = 5) -> dict[str, list[int | None]]:
+    """For each kind of question ("own", "para"), the rank of the chunk holding its passage
+    among the first `depth` hits (None: not among them)."""
+    ranks: dict[str, list[int | None]] = {"own": [], "para": []}
+    for k, kind, q in QUESTIONS:
+        hits = ix.search([collection], q, depth)
+        ranks[kind].append(next((i for i, h in enumerate(hits) if CORPUS[k][2] in h.text), None))
+    return ranks
+
+
+def bench_recall(tmp: Path, counter: TokenCounter, db: Path | None = None) -> dict[str, str]:
+    root = tmp / ("corpus2" if db else "corpus")
+    write_recall_corpus(root)
     ix = DocIndex(db or tmp / "recall.sqlite3")
     ix.add("c", [root])
     ix.index("c", counter)
-    result: dict[str, list[int]] = {"own": [], "para": []}
-    for k, kind, q in QUESTIONS:
-        hits = ix.search(["c"], q, 5)
-        rank = next((i for i, h in enumerate(hits) if CORPUS[k][2] in h.text), None)
-        result[kind].append(99 if rank is None else rank)
+    result = recall_ranks(ix, "c")
     n_chunks = ix.info("c").chunks
     ix.close()
     out = {}
     for kind, label in (("own", "the passage's own words"), ("para", "paraphrased")):
         ranks = result[kind]
         r1 = sum(r == 0 for r in ranks) / len(ranks)
-        r5 = sum(r < 5 for r in ranks) / len(ranks)
+        r5 = sum(r is not None for r in ranks) / len(ranks)
         out[f"recall@1 / @5, {len(ranks)} questions in {label} ({n_chunks} chunks)"] = (
             f"**{r1:.2f} / {r5:.2f}**"
         )

@@ -152,3 +152,23 @@ def test_stop_ends_the_watcher_within_an_interval(tmp_path, counter):
     w.start(["c", "no such collection"], lambda *a: None)  # a missing one is dropped, quietly
     w.stop(timeout=WAIT_S)
     assert not w.running
+
+
+# -- retrieval quality --------------------------------------------------------------------------
+
+
+def test_the_right_chunk_ranks_first_for_a_question_in_its_own_words(tmp_path, counter):
+    """bench/docs.py's corpus (written for it: lighthouses, bakeries, bikes...): every question
+    that uses its passage's own words finds that passage's chunk first, among filler chunks of
+    the same files; paraphrased ones are measured in the bench, not held here."""
+    from bench.docs import QUESTIONS, recall_ranks, write_recall_corpus
+
+    write_recall_corpus(tmp_path / "corpus")
+    with DocIndex(tmp_path / "docs.sqlite3") as ix:
+        ix.add("c", [tmp_path / "corpus"])
+        ix.index("c", counter)
+        assert ix.info("c").chunks >= 3 * len({q[0] for q in QUESTIONS}) // 2
+        ranks = recall_ranks(ix, "c")
+    own = [q for q in QUESTIONS if q[1] == "own"]
+    assert len(own) == 12
+    assert ranks["own"] == [0] * len(own), list(zip(own, ranks["own"], strict=True))
