@@ -58,6 +58,8 @@ class AnswerColumn(QFrame):
         self.agreement = QLabel(objectName="column_agreement", wordWrap=True)
         for w in (self.metrics, self.agreement):
             w.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # Two lines kept for the agreement, so the answers' boxes line up across columns.
+        self.agreement.setMinimumHeight(2 * self.agreement.fontMetrics().lineSpacing())
         lay = QVBoxLayout(self)
         lay.addWidget(self.title)
         lay.addWidget(self.state)

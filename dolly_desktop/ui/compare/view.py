@@ -22,12 +22,12 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QSplitter,
     QVBoxLayout,
@@ -104,21 +104,30 @@ class CompareWindow(QWidget):
 
     # ---- building -----------------------------------------------------------------------
     def _build(self) -> None:
-        self.models = QListWidget(objectName="compare_models")
+        # Check boxes on the window's background, not an item view's: the dark palette draws
+        # an unticked item-view box in the colour of the view behind it (screenshots, Xvfb).
+        self.models = QWidget(objectName="compare_models")
         self.models.setAccessibleName("Models to compare")
-        self.models.itemChanged.connect(lambda _i: self._selection_changed())
+        self.model_boxes: list[tuple[QCheckBox, InstalledModel]] = []
+        self.models_layout = QVBoxLayout(self.models)
+        self.models_layout.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
+        scroll.setWidget(self.models)
+        scroll.setMaximumHeight(200)
         self.pick_hint = QLabel("Tick 2 or 3 variants of one model, or two models.", wordWrap=True)
         left = QVBoxLayout()
         left.addWidget(QLabel("<b>Models</b>"))
-        left.addWidget(self.models, 1)
+        left.addWidget(scroll, 1)
         left.addWidget(self.pick_hint)
 
         self.instruction = QPlainTextEdit(objectName="compare_instruction")
         self.instruction.setPlaceholderText("The instruction every model answers…")
         self.instruction.setAccessibleName("Instruction")
+        self.instruction.setMaximumHeight(110)
         self.context = QPlainTextEdit(objectName="compare_context")
         self.context.setPlaceholderText("A passage to work from (optional), the same for all")
         self.context.setAccessibleName("Passage")
+        self.context.setMaximumHeight(80)
         self.greedy = QCheckBox("Greedy", objectName="compare_greedy", checked=True)
         self.greedy.setToolTip(
             "The most likely token every time: differences come from the weights, not from "
@@ -149,8 +158,9 @@ class CompareWindow(QWidget):
         options.addWidget(self.cancel_button)
         right = QVBoxLayout()
         right.addWidget(QLabel("<b>Instruction</b>"))
-        right.addWidget(self.instruction, 2)
-        right.addWidget(self.context, 1)
+        right.addWidget(self.instruction)
+        right.addWidget(QLabel("Passage to work from (optional)"))
+        right.addWidget(self.context)
         right.addLayout(options)
 
         top = QHBoxLayout()
@@ -212,16 +222,17 @@ class CompareWindow(QWidget):
             name = name or (installed[0].name if installed else None)
             same = [m for m in installed if m.name == name]
             ticked = {m.path for m in sorted(same, key=_rank, reverse=True)[:3]}
-        self.models.blockSignals(True)
-        self.models.clear()
-        for m in installed:
-            item = QListWidgetItem(_item_text(m))
-            item.setData(Qt.ItemDataRole.UserRole, m)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            on = m.path in ticked
-            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
-            self.models.addItem(item)
-        self.models.blockSignals(False)
+        while self.models_layout.count():
+            gone = self.models_layout.takeAt(0).widget()
+            if gone is not None:
+                gone.deleteLater()
+        self.model_boxes = []
+        for m in sorted(installed, key=lambda m: (m.name, _rank(m))):
+            box = QCheckBox(_item_text(m), checked=m.path in ticked)
+            box.toggled.connect(lambda _on: self._selection_changed())
+            self.models_layout.addWidget(box)
+            self.model_boxes.append((box, m))
+        self.models_layout.addStretch(1)
         if not installed:
             self.pick_hint.setText(
                 "No model is installed yet: get one in File → Model settings, then come back."
@@ -229,19 +240,15 @@ class CompareWindow(QWidget):
         self._selection_changed()
 
     def _picked(self) -> list[InstalledModel]:
-        items = (self.models.item(i) for i in range(self.models.count()))
-        return [
-            it.data(Qt.ItemDataRole.UserRole)
-            for it in items
-            if it.checkState() == Qt.CheckState.Checked
-        ]
+        return [m for box, m in self.model_boxes if box.isChecked()]
 
     def pick(self, labels: Sequence[str]) -> None:
         """Tick exactly these (NAME/VARIANT), for tests and for whoever opens the window."""
-        for i in range(self.models.count()):
-            it = self.models.item(i)
-            on = it.data(Qt.ItemDataRole.UserRole).label in labels
-            it.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+        for box, m in self.model_boxes:
+            box.blockSignals(True)
+            box.setChecked(m.label in labels)
+            box.blockSignals(False)
+        self._selection_changed()
 
     def plan_now(self) -> tuple[list[Contender], int | None, str]:
         """The picked models, the memory available now and how they will load; one sentence
@@ -368,7 +375,10 @@ class CompareWindow(QWidget):
             self.vote_row.show()
         else:
             self._reveal()
-            self.status.setText(f"Done; loaded {result.loading}.")
+            how = "loaded at once" if result.loading != ONE_AT_A_TIME else "loaded one at a time"
+            self.status.setText(
+                f"Done: {len(self.order)} models {how}, answered one after another."
+            )
 
     def _failed(self, message: str) -> None:
         self._drain()
