@@ -56,6 +56,7 @@ class FakeRunner:
 
     short_tokens = 40
     long_tokens = 510
+    threads = 2
 
     def __init__(self, clock: FakeClock, times: dict[str, dict], crash_at: str | None = None):
         self.clock, self.times, self.crash_at = clock, times, crash_at
@@ -140,6 +141,18 @@ def test_a_tie_keeps_the_rules_choice():
     del figures["dq 128, KV u8"]
     assert choose(figures, DEFAULT_MIX, "dq 32") == "dq 32"
     assert choose(figures, DEFAULT_MIX, "dq 128") == "dq 128"
+
+
+def test_on_a_busy_machine_the_cpu_time_decides():
+    # B's wall times look better only because other work slowed A's turns; CPU time says A.
+    a = Figures(0.12, 0.20, 40, 0.5, 1.0, 510, 5.0, 10.0, threads=2)
+    b = Figures(0.11, 0.22, 40, 0.5, 1.0, 510, 5.0, 11.0, threads=2)
+    assert not cal.busy({"a": a, "b": b})  # all cores busy in the prefills
+    assert choose({"a": a, "b": b}, DEFAULT_MIX) == "b"
+    slowed = {n: Figures(f.decode_s * 4, f.decode_cpu_s, 40, 2.0, 1.0, 510, f.long_s * 4,
+                         f.long_cpu_s, threads=2) for n, f in (("a", a), ("b", b))}  # fmt: skip
+    assert cal.busy(slowed)  # the process had a quarter of its cores
+    assert choose(slowed, DEFAULT_MIX) == "a"
 
 
 def test_candidates_load_one_at_a_time_when_copies_do_not_fit():

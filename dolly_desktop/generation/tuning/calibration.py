@@ -44,6 +44,9 @@ DQ_OPENVINO = 32  # the CPU plugin's own group, where the rule sets none
 # machine is larger (issue 27: +-15 % between processes, a few % in turns). A tie keeps the
 # rule's choice, else the one with less CPU time.
 TIE = 0.02
+# Measured with under this share of its cores (other work on the machine: issue 27's VMs are
+# shared), the CPU time decides: it moves far less with other work than wall time does.
+BUSY = 0.6
 CACHE_VERSION = 1
 LAST_RUNS = 50  # how many of the person's last runs make the mix
 # What engines do unless told (Engine's `calibrate`): "use" a stored calibration (a bare
@@ -147,6 +150,14 @@ class Figures:
     long_s: float
     long_cpu_s: float
     turns: int = 1
+    threads: int = 0  # the cores the process could use (0: not known)
+
+    def utilization(self) -> float | None:
+        """The share of its cores the process had during the long prefill (a prefill keeps
+        them all busy on a quiet machine)."""
+        if not self.threads or self.long_s <= 0:
+            return None
+        return self.long_cpu_s / (self.long_s * self.threads)
 
     def expected_s(self, mix: Mix, cpu: bool = False) -> float:
         """Expected seconds of a whole answer for `mix` (CPU seconds with `cpu`)."""
@@ -174,17 +185,26 @@ class Figures:
         return Figures(**out)
 
 
+def busy(figures: Mapping[str, Figures]) -> bool:
+    """Whether other work held the cores while these were measured: the prefills' median
+    utilization under BUSY. Then wall times say more about that work than the candidates."""
+    shares = [u for f in figures.values() if (u := f.utilization()) is not None]
+    return bool(shares) and statistics.median(shares) < BUSY
+
+
 def choose(figures: Mapping[str, Figures], mix: Mix, prior: str | None = None) -> str:
-    """The candidate with the least expected time of a whole answer for `mix`. Within TIE of
-    the best, the prior choice stays; else the least CPU time wins."""
+    """The candidate with the least expected time of a whole answer for `mix`: in wall time,
+    or in CPU time if the machine was busy while measuring. Within TIE of the best, the prior
+    choice stays; else the other measure decides."""
     if not figures:
         raise ValueError("no figures to choose from")
-    wall = {n: f.expected_s(mix) for n, f in figures.items()}
-    best = min(wall.values())
-    close = [n for n, w in wall.items() if w <= best * (1 + TIE)]
+    by_cpu = busy(figures)
+    first = {n: f.expected_s(mix, cpu=by_cpu) for n, f in figures.items()}
+    best = min(first.values())
+    close = [n for n, t in first.items() if t <= best * (1 + TIE)]
     if prior in close:
         return prior  # type: ignore[return-value]
-    return min(close, key=lambda n: figures[n].expected_s(mix, cpu=True))
+    return min(close, key=lambda n: figures[n].expected_s(mix, cpu=not by_cpu))
 
 
 # -- the key and the cache --------------------------------------------------------------------
@@ -349,6 +369,7 @@ def table(cal: Calibration, mix: Mix) -> list[list[str]]:
     """Rows (with a header row) of the candidates' figures and expected times for `mix`."""
     chosen = cal.choice(mix)
     some = next(iter(cal.figures.values()))
+    by_cpu = busy(cal.figures)
     rows = [
         [
             "candidate",
@@ -356,7 +377,8 @@ def table(cal: Calibration, mix: Mix) -> list[list[str]]:
             "decode CPU ms/token",
             f"TTFT {some.long_tokens} tokens (s)",
             f"TTFT {some.long_tokens} CPU (s)",
-            f"expected answer (s), {mix.prompt_tokens} + {mix.answer_tokens} tokens",
+            f"expected answer, {'CPU ' if by_cpu else ''}s ({mix.prompt_tokens} + "
+            f"{mix.answer_tokens} tokens)",
             "",
         ]
     ]
@@ -371,7 +393,7 @@ def table(cal: Calibration, mix: Mix) -> list[list[str]]:
                 f"{f.decode_cpu_s * 1000:.0f}",
                 f"{f.long_s:.2f}",
                 f"{f.long_cpu_s:.2f}",
-                f"{f.expected_s(mix):.2f}",
+                f"{f.expected_s(mix, cpu=by_cpu):.2f}",
                 mark,
             ]
         )
@@ -381,18 +403,21 @@ def table(cal: Calibration, mix: Mix) -> list[list[str]]:
 def sentence(cal: Calibration, mix: Mix) -> str:
     """One sentence: what was chosen, for which mix, and what it gains over the rule."""
     chosen = cal.choice(mix)
-    t = cal.figures[chosen].expected_s(mix)
+    by_cpu = busy(cal.figures)
+    unit = " of CPU time" if by_cpu else ""
+    t = cal.figures[chosen].expected_s(mix, cpu=by_cpu)
     what = (
         f"Calibrated on {cal.key.cpu} (OpenVINO {cal.key.openvino}, {cal.key.weights} "
         f"weights) on {cal.measured[:10]} in {cal.seconds:.0f} s: {chosen}"
     )
     for_mix = f"for {mix.prompt_tokens}-token prompts and {mix.answer_tokens}-token answers"
+    note = " Other work kept the cores busy while measuring, so CPU time decided." * by_cpu
     if chosen == cal.prior or cal.prior not in cal.figures:
-        return f"{what}, the built-in rule's choice, {for_mix} ({t:.1f} s expected)."
-    r = cal.figures[cal.prior].expected_s(mix)
+        return f"{what}, the built-in rule's choice, {for_mix} ({t:.1f} s{unit} expected).{note}"
+    r = cal.figures[cal.prior].expected_s(mix, cpu=by_cpu)
     return (
-        f"{what} {for_mix}: {t:.1f} s expected against {r:.1f} s with the built-in rule's "
-        f"{cal.prior}."
+        f"{what} {for_mix}: {t:.1f} s{unit} expected against {r:.1f} s with the built-in "
+        f"rule's {cal.prior}.{note}"
     )
 
 

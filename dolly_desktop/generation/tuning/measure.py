@@ -16,6 +16,7 @@ it on stage 1's scale by their per-field ratio.
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -49,6 +50,7 @@ class Cancelled(Exception):
 class Runner(Protocol):
     short_tokens: int
     long_tokens: int
+    threads: int  # the cores inference may use
 
     def load(self, candidate: Candidate) -> Any:
         """Compile the candidate and run one inference (the CPU plugin repacks the weights
@@ -77,7 +79,7 @@ class _Turns:
     decode: list[tuple[float, float, float, float]]  # decode s, decode CPU s, short s, CPU s
     prefill: list[tuple[float, float]]  # long s, CPU s
 
-    def figures(self, short_tokens: int, long_tokens: int) -> Figures:
+    def figures(self, short_tokens: int, long_tokens: int, threads: int) -> Figures:
         med = lambda xs: float(statistics.median(xs))  # noqa: E731
         d, p = self.decode, self.prefill
         return Figures(
@@ -90,6 +92,7 @@ class _Turns:
             long_s=med(x[0] for x in p),
             long_cpu_s=med(x[1] for x in p),
             turns=min(len(d), len(p)),
+            threads=threads,
         )
 
 
@@ -103,9 +106,15 @@ class _Loop:
         progress: Progress | None,
     ) -> None:
         self.runner, self.plan, self.clock = runner, plan, clock
-        self.cancelled, self.say = cancelled, progress or (lambda text: None)
-        self.start = clock()[0]
+        self.cancelled, self._say = cancelled, progress or (lambda text: None)
+        self.start, self.start_cpu = clock()
         self.live: dict[str, Any] = {}  # loaded candidates, by name
+
+    def say(self, text: str) -> None:
+        """Progress, with the wall and CPU seconds so far: on a busy machine the CPU time
+        tells what the calibration itself costs."""
+        wall, cpu = self.clock()
+        self._say(f"{text} (after {wall - self.start:.1f} s, CPU {cpu - self.start_cpu:.1f} s)")
 
     def check(self) -> None:
         if self.cancelled():
@@ -167,7 +176,8 @@ class _Loop:
             ):
                 break
         r = self.runner
-        return {n: t.figures(r.short_tokens, r.long_tokens) for n, t in turns.items()}
+        threads = getattr(r, "threads", 0)
+        return {n: t.figures(r.short_tokens, r.long_tokens, threads) for n, t in turns.items()}
 
     def stage(
         self,
@@ -220,6 +230,7 @@ def calibrate(
                 on_figures(second.name, f)
     finally:
         loop.free()
+    loop.say("measured")
     return figures
 
 
@@ -268,6 +279,9 @@ class GenaiRunner:
         n = max(1, round((long_tokens - len(ids(HEAD))) / per))
         self._long = ids(HEAD + SENTENCE * n)
         self.short_tokens, self.long_tokens = len(self._short), len(self._long)
+        # The CPU plugin's latency default: one thread per core this process may run on.
+        affinity = getattr(os, "sched_getaffinity", None)
+        self.threads = len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
     def _tensor(self, ids: list[int]) -> Any:
         return self._ov.Tensor(self._np.array([ids], dtype=self._np.int64))
