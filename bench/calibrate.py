@@ -42,7 +42,7 @@ def main() -> None:
 
     from bench.models import cache_dir, ir, machine
     from dolly_desktop.generation.engines.local import Engine
-    from dolly_desktop.generation.tuning.calibration import DEFAULT_MIX, Mix, describe
+    from dolly_desktop.generation.tuning.calibration import DEFAULT_MIX, Mix, busy, describe
     from dolly_desktop.generation.tuning.child import run_calibration
     from dolly_desktop.generation.tuning.rule import cpu_capabilities
 
@@ -68,13 +68,16 @@ def main() -> None:
     print(f"calibration: {took:.1f} s from start to stored (measuring {cal.seconds:.1f} s)\n")
     print(describe(cal, DEFAULT_MIX))
     rule = cal.figures.get(cal.prior)
-    print(f"\n| mix | choice | expected s | with the rule's {cal.prior} |")
+    cpu = busy(cal.figures)  # then CPU time decides, and is shown
+    print(f"\n| mix | choice | expected {'CPU ' if cpu else ''}s | with the rule's {cal.prior} |")
     print("|---|---|---|---|")
     for label, (p, n) in MIXES.items():
         mix = Mix(p, n)
         c = cal.choice(mix)
-        theirs = f"{rule.expected_s(mix):.2f}" if rule else "-"
-        print(f"| {label} | {c} | {cal.figures[c].expected_s(mix):.2f} | {theirs} |")
+        theirs = f"{rule.expected_s(mix, cpu):.2f}" if rule else "-"
+        print(f"| {label} | {c} | {cal.figures[c].expected_s(mix, cpu):.2f} | {theirs} |")
+    shares = " ".join(f"{f.utilization() or 0:.2f}" for f in cal.figures.values())
+    print(f"\nshare of its cores the calibration had in each candidate's prefill: {shares}")
     if rule is not None:
         print(f"\nratios to the rule's {cal.prior} (turns: {rule.turns}):")
         print("| candidate | decode time | decode CPU | TTFT short | TTFT long | TTFT long CPU |")
