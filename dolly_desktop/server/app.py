@@ -19,6 +19,9 @@ Choices a client should know (also in docs/remote.md):
   (`json_object` needs 3: `{}` and the end of text) is refused with 400, param
   `response_format`. The grammar is built on a worker thread, never the event loop.
 
+`documents` (an extension): collections to find the passage in, with the chunks used returned
+in `sources` (server/sources.py; the search runs on a worker thread).
+
 `slots` requests are answered at once: 1 with the one-stream engine, the batch size with
 continuous batching (generation/engines/batching.py). Up to `queue` more wait their turn, and
 any more are refused at once with 429 (server/queue.py). A client that goes away (a closed
