@@ -199,3 +199,17 @@ def test_a_cancelled_index_is_kept_and_can_be_carried_on(qtbot, window, tmp_path
     with qtbot.waitSignal(pane.index_over, timeout=120_000):
         pane.update_index("many")
     qtbot.waitUntil(lambda: pane.infos["many"].files == total, timeout=10_000)
+
+
+def test_a_file_added_while_the_app_runs_is_found(qtbot, window, manuals):
+    """The collections are watched (documents.watch) while the window is open."""
+    pane = window.documents_pane
+    qtbot.waitUntil(lambda: pane._watching == ["manuals"], timeout=30_000)
+    sails = "# Sails\n\nThe mainsail is rinsed in fresh water after each regatta.\n"
+    (manuals / "sails.md").write_text(sails, encoding="utf-8")
+    with qtbot.waitSignal(pane.updated, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: pane.infos["manuals"].files == 6, timeout=10_000)
+    assert "Updated from its folders: manuals: 1 file indexed" in pane.progress.label.text()
+    ask_and_wait(qtbot, window, "When is the mainsail rinsed?")
+    assert window.sources_view.records[0]["rel"] == "sails.md"

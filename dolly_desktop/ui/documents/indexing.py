@@ -88,7 +88,8 @@ def index_collection(
 def report_text(name: str, r: IndexReport) -> str:
     """One line for a finished run: what changed, how much was read, how fast."""
     rate = r.bytes_read / r.seconds if r.seconds > 0 else 0.0
-    parts = [f"{name}: {r.added + r.changed} files indexed ({r.chunks_added} chunks)"]
+    n = r.added + r.changed
+    parts = [f"{name}: {n} file{'s' if n != 1 else ''} indexed ({r.chunks_added} chunks)"]
     others = ((r.unchanged, "unchanged"), (r.renamed, "moved"), (r.removed, "removed"))
     parts += [f"{n} {what}" for n, what in others if n]
     text = ", ".join(parts)

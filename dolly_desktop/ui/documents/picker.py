@@ -4,6 +4,7 @@ happens when nothing matches. Everything that reads or writes the index runs on 
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterable
@@ -25,11 +26,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from dolly_desktop.documents.chunk import TokenCounter
 from dolly_desktop.documents.index import CollectionInfo, DocIndex, IndexReport
+from dolly_desktop.documents.watch import Watcher, changed
 from dolly_desktop.models.capacity import format_bytes
 from dolly_desktop.ui.background import Job
-from dolly_desktop.ui.documents.indexing import IndexRow, index_collection, report_text
+from dolly_desktop.ui.documents.indexing import (
+    IndexRow,
+    find_tokenizer,
+    index_collection,
+    report_text,
+)
 
+log = logging.getLogger(__name__)
 LIST_ROWS = 4  # the collection list's height, in rows
 EMPTY = "No collections yet: Add folder… makes one from your .txt, .md, .html and .pdf files."
 
@@ -47,11 +56,19 @@ class DocumentsPane(QWidget):
     notice = Signal(str)  # something went wrong: one sentence for the window
     listed = Signal()  # the collection list was read again
     index_over = Signal(str)  # a collection's indexing ended (done, cancelled or failed)
+    updated = Signal(str)  # the watcher re-indexed a collection whose files changed
+    _watched = Signal(str, object)  # from the watcher's thread: name, IndexReport
 
     def __init__(self, index_path: str | None = None) -> None:
         super().__init__()
         self.index_path = index_path
-        self.model_folder: str | None = None  # whose tokenizer counts the chunks
+        self._model_folder: str | None = None  # whose tokenizer counts the chunks
+        self._watcher: Watcher | None = None  # keeps the collections up to date while we run
+        self._watching: list[str] = []
+        self._counter: TokenCounter | None = None  # the watcher's own
+        self._counter_job: Job | None = None
+        self._held: set[str] = set()  # indexing cancelled: not watched until updated
+        self._closing = False
         self.infos: dict[str, CollectionInfo] = {}
         self._wanted: set[str] = set()  # picks to keep across a new listing
         self._list_job: Job | None = None
@@ -108,8 +125,18 @@ class DocumentsPane(QWidget):
         self.update_button.clicked.connect(lambda: self.update_index(self.current()))
         self.remove_button.clicked.connect(lambda: self.remove(self.current()))
         self.progress.cancel_requested.connect(self.cancel_index)
+        self._watched.connect(self._on_watched, Qt.ConnectionType.QueuedConnection)
         self._show_picks()
         self._update_buttons()
+
+    @property
+    def model_folder(self) -> str | None:
+        return self._model_folder
+
+    @model_folder.setter
+    def model_folder(self, folder: str | None) -> None:
+        self._model_folder = folder
+        self.watch()  # a tokenizer to count with, maybe for the first time
 
     # ---- picks ------------------------------------------------------------------------
     def picked(self) -> list[str]:
@@ -198,6 +225,7 @@ class DocumentsPane(QWidget):
         self._update_buttons()
         self.changed.emit()
         self.listed.emit()
+        self.watch()
 
     def _update_buttons(self) -> None:
         has = bool(self.current())
@@ -227,6 +255,7 @@ class DocumentsPane(QWidget):
             self._start_index(name, [])
 
     def _start_index(self, name: str, roots: list[str]) -> None:
+        self._held.discard(name)
         if self.index_job is not None:
             if not roots and name not in self._pending and name != self.indexing:
                 self._pending.append(name)  # after the one that runs
@@ -238,6 +267,7 @@ class DocumentsPane(QWidget):
         def work(progress, cancel: threading.Event) -> IndexReport:
             return index_collection(name, roots, folder, progress, cancel, path)
 
+        self._stop_watching()  # one writer per collection: the watcher waits for this run
         job = self.index_job = Job(f"index {name}", work, owner=self)
         self.indexing = name
         job.progress.connect(self.progress.step)
@@ -261,6 +291,7 @@ class DocumentsPane(QWidget):
         self.progress.finish(report_text(name, report), report.skipped)
 
     def _index_cancelled(self, name: str) -> None:
+        self._held.add(name)
         self.progress.finish(
             f"{name}: indexing cancelled. The files indexed so far are kept and can be "
             "searched; Update index carries on.",
@@ -303,8 +334,50 @@ class DocumentsPane(QWidget):
         self._wanted.discard(name)
         job.start()
 
+    # ---- watching ---------------------------------------------------------------------
+    def watch(self) -> None:
+        """Re-index every collection whose files change while the app runs (documents.watch:
+        polled on its own thread), except while this pane indexes one itself and one whose
+        indexing was cancelled (until it is updated again: Cancel means stop)."""
+        names = sorted(set(self.infos) - self._held)
+        if self._closing or self.index_job is not None:
+            return
+        if self._watcher is not None and self._watching == names:
+            return
+        if self._counter is None:  # the tokenizer loads once, off the GUI thread
+            if self._counter_job is None and names:
+                folder = self._model_folder
+
+                def work(_p: object, _c: threading.Event) -> TokenCounter:
+                    return TokenCounter(find_tokenizer(folder))
+
+                job = self._counter_job = Job("load the tokenizer", work, owner=self)
+                job.done.connect(lambda c: setattr(self, "_counter", c))
+                job.failed.connect(lambda m: log.info("collections not watched: %s", m))
+                job.ended.connect(lambda: setattr(self, "_counter_job", None))
+                job.ended.connect(lambda: self._counter is not None and self.watch())
+                job.start()
+            return
+        self._stop_watching()
+        if names:
+            self._watcher, self._watching = Watcher(self._counter, self.index_path), names
+            self._watcher.start(names, lambda name, report: self._watched.emit(name, report))
+
+    def _stop_watching(self) -> None:
+        watcher, self._watcher, self._watching = self._watcher, None, []
+        if watcher is not None:
+            watcher.stop(timeout=10)  # a re-index in progress stops after its current file
+
+    def _on_watched(self, name: str, report: IndexReport) -> None:
+        if changed(report):
+            self.progress.finish(f"Updated from its folders: {report_text(name, report)}", [])
+        self.refresh()
+        self.updated.emit(name)
+
     def shut_down(self) -> None:
         """The window closes: stop indexing at the next file and wait for it."""
+        self._closing = True
+        self._stop_watching()
         self._pending.clear()
         job = self.index_job
         if job is not None:
