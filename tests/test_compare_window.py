@@ -38,10 +38,12 @@ class Counted(Engine):
     """The app's engine, counted: which are in memory now."""
 
     alive: ClassVar[list[Path]] = []
+    most: ClassVar[list[int]] = []  # how many were in memory as each one loaded
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, "CPU")
         Counted.alive.append(self.model_dir)
+        Counted.most.append(len(Counted.alive))
 
     def close(self) -> None:
         Counted.alive.remove(self.model_dir)
@@ -172,3 +174,42 @@ def test_bad_input_is_one_sentence_and_nothing_loads(qtbot, view):
     view.run_button.click()
     assert view.job is None and "empty" in view.message.text().lower()
     assert view.message.property("error") is True
+
+
+def test_memory_decides_all_at_once_one_at_a_time_or_nothing(qtbot, view, monkeypatch):
+    """Free memory is read before anything loads (models/capacity.py): here the system is
+    made to report less than the three need together, then less than the largest alone."""
+    from dolly_desktop.ui.compare import view as view_module
+
+    view.pick([INT4, INT8, FP16])
+    fp16 = next(c for c in view.plan_now()[0] if c.label == FP16)
+    monkeypatch.setattr(view_module, "available_memory_bytes", lambda: fp16.run_ram + 1)
+    view.pick([INT4, INT8, FP16])
+    assert "Loading one at a time, each freed before the next" in view.plan.text()
+    Counted.most.clear()
+    view.max_new.setValue(8)
+    _run(qtbot, view)
+    assert max(Counted.most) == 1 and Counted.alive == []  # never two engines at once
+    assert "loaded one at a time" in view.status.text()
+    assert all(c.outcome and c.outcome.tokens > 0 for c in view.columns)
+    monkeypatch.setattr(view_module, "available_memory_bytes", lambda: fp16.run_ram - 1)
+    view.pick([INT4, FP16])
+    assert f"Comparing with {FP16} needs about" in view.plan.text()
+    view.job = None
+    view.run_button.click()
+    assert view.job is None and view.message.property("error") is True
+
+
+def test_open_compare_shows_one_window_per_parent(qtbot, store):
+    from PySide6.QtWidgets import QWidget
+
+    from dolly_desktop.ui.compare import open_compare
+
+    parent = QWidget()
+    qtbot.addWidget(parent)
+    first = open_compare(parent, "Who is Dolly?", store=store)
+    again = open_compare(parent, "Name 3 advantages to be a cat", "A passage.")
+    assert again is first and first.isVisible()
+    assert first.instruction.toPlainText() == "Name 3 advantages to be a cat"
+    assert first.context.toPlainText() == "A passage."
+    first.close()
