@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dolly_desktop.documents import index as index_module
+from dolly_desktop.documents import prepare as prepare_module
 from dolly_desktop.documents.chunk import TokenCounter, chunk_blocks
 from dolly_desktop.documents.index import DocIndex, match_expression
 from dolly_desktop.documents.parse import MAX_FILE_BYTES, Block, parse
@@ -183,7 +184,7 @@ def test_bad_files_are_skipped_with_reasons_and_never_stop_indexing(tmp_path, co
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *a, **k)
 
-        monkeypatch.setattr(index_module, "open", open_as_user, raising=False)
+        monkeypatch.setattr(prepare_module, "open", open_as_user, raising=False)
     ix = new_index(tmp_path, "c", root)
     r = ix.index("c", counter)
     reasons = {Path(p).name: why for p, why in r.skipped}
@@ -235,7 +236,7 @@ def test_changed_deleted_renamed_between_runs(tmp_path, counter, monkeypatch):
     reads = []
     real_open = open
     monkeypatch.setattr(
-        index_module,
+        prepare_module,
         "open",
         lambda p, *a, **k: reads.append(p) or real_open(p, *a, **k),
         raising=False,

@@ -172,3 +172,48 @@ def test_the_right_chunk_ranks_first_for_a_question_in_its_own_words(tmp_path, c
     own = [q for q in QUESTIONS if q[1] == "own"]
     assert len(own) == 12
     assert ranks["own"] == [0] * len(own), list(zip(own, ranks["own"], strict=True))
+
+
+# -- indexing in worker processes ---------------------------------------------------------------
+
+
+def index_rows(db: Path) -> list[tuple]:
+    with DocIndex(db) as ix:
+        ix.check()
+        q = (
+            "SELECT f.rel, c.seq, c.page, c.heading, c.tokens, t.body FROM chunks c "
+            "JOIN files f ON f.id = c.file_id JOIN chunk_text t ON t.rowid = c.id "
+            "ORDER BY f.rel, c.seq"
+        )
+        return [*ix._db.execute(q), *ix.skipped("c")]
+
+
+def test_a_pool_of_workers_indexes_what_one_process_does(tmp_path, counter, monkeypatch):
+    from dolly_desktop.documents import prepare as prepare_module
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(12):
+        body = "\n\n".join(f"Section {j} of note {i}: pump {i * j} valves." * 30 for j in range(6))
+        put(root / f"n{i:02}.md", f"# Note {i}\n\n{body}")
+    put(root / "bad.txt", b"\0binary")
+    put(root / "empty.md", "  ")
+
+    def index_into(db: Path, workers: bool) -> IndexReport:
+        monkeypatch.setattr(prepare_module, "POOL_MIN_BYTES", 0 if workers else 10**12)
+        monkeypatch.setattr(prepare_module, "POOL_MIN_FILES", 1)
+        with DocIndex(db) as ix:
+            ix.add("c", [root])
+            return ix.index("c", counter)
+
+    one, pool = tmp_path / "one.sqlite3", tmp_path / "pool.sqlite3"
+    assert index_into(one, False).added == index_into(pool, True).added == 12
+    assert index_rows(pool) == index_rows(one)
+    # Touched, moved, changed and unchanged files, through the pool.
+    os.utime(root / "n00.md", ns=(1, 1))
+    os.replace(root / "n01.md", root / "moved.md")
+    put(root / "n02.md", "# Note 2\n\nThe pump was replaced by a zeppelin valve.")
+    r = index_into(pool, True)
+    assert (r.unchanged, r.renamed, r.changed, r.added, r.removed) == (10, 1, 1, 0, 0)
+    assert index_into(one, False).renamed == 1
+    assert index_rows(pool) == index_rows(one)

@@ -59,6 +59,7 @@ class TokenCounter:
         from tokenizers import Tokenizer
 
         path = Path(tokenizer_json)
+        self.path = path  # for worker processes to load their own (documents.prepare)
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as e:  # a missing or foreign file: one sentence

@@ -12,7 +12,6 @@ each one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -22,12 +21,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dolly_desktop import paths
-from dolly_desktop.documents.chunk import TokenCounter, chunk_blocks
-from dolly_desktop.documents.parse import MAX_FILE_BYTES, Skipped, kind_of, parse
+from dolly_desktop.documents.chunk import TokenCounter
+from dolly_desktop.documents.parse import MAX_FILE_BYTES, kind_of
+from dolly_desktop.documents.prepare import MAX_KNOWN, Pool, Prepared, prepare, workers_for
 from dolly_desktop.errors import DollyError
 
 log = logging.getLogger(__name__)
@@ -410,25 +411,51 @@ class DocIndex:
         report.files = len(found)
         for path, reason in skips.items():  # before the files: a kill keeps these too
             self._skip(cid, path, reason)
-        for path, rel, st in found:
-            if cancel is not None and cancel.is_set():
-                report.cancelled = True
-                break
-            prog.current = rel
-            if progress is not None:
-                progress(prog)
+
+        def unchanged(path: str, st: os.stat_result) -> bool:
             row = known.get(path)
-            if row is not None and row[2] == st.st_size and row[3] == st.st_mtime_ns:
-                report.unchanged += 1
-            else:
-                reason = self._index_file(
-                    cid, path, rel, st, row, by_hash, missing, counter, report
-                )
-                if reason is not None:
-                    skips[path] = reason
-                    prog.skipped += 1
-            prog.files_done += 1
-            prog.bytes_done += st.st_size
+            return row is not None and row[2] == st.st_size and row[3] == st.st_mtime_ns
+
+        todo = [(path, st) for path, _, st in found if not unchanged(path, st)]
+        workers = workers_for([st.st_size for _, st in todo])
+        pool = Pool(counter, workers) if workers else None
+        # In a pool, files are read and chunked ahead, told which digests need no parsing
+        # (the file's own, or those of files that may have moved here).
+        ready = (
+            pool.results((p, _needless(known.get(p), by_hash)) for p, _ in todo)
+            if pool is not None
+            else None
+        )
+        try:
+            for path, rel, st in found:
+                if cancel is not None and cancel.is_set():
+                    report.cancelled = True
+                    break
+                prog.current = rel
+                if progress is not None:
+                    progress(prog)
+                if unchanged(path, st):
+                    report.unchanged += 1
+                else:
+                    prepared = None
+                    if ready is not None:
+                        try:
+                            prepared = next(ready)
+                        except BrokenProcessPool as e:  # a script without a __main__ guard
+                            log.warning("indexing in one process: workers failed (%s)", e)
+                            ready = None
+                    reason = self._index_file(
+                        cid, path, rel, st, known.get(path), by_hash, missing, counter, report,
+                        prepared,
+                    )  # fmt: skip
+                    if reason is not None:
+                        skips[path] = reason
+                        prog.skipped += 1
+                prog.files_done += 1
+                prog.bytes_done += st.st_size
+        finally:
+            if pool is not None:
+                pool.close()
         if not report.cancelled:
             for row in missing.values():
                 self._transaction(lambda r=row: self._delete_file(r[0]))
@@ -459,23 +486,19 @@ class DocIndex:
         missing: dict[str, tuple],
         counter: TokenCounter,
         report: IndexReport,
+        ready: Prepared | None = None,
     ) -> str | None:
-        """Index one new or changed file in its own transaction; the skip reason, if any."""
+        """Index one new or changed file in its own transaction; the skip reason, if any.
+        `ready`: the file already read and chunked (prepare), else it is done here."""
         db = self._db
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_FILE_BYTES + 1)
-        except OSError as e:
-            reason = f"cannot be read: {e.strerror or e}"
+        p = ready if ready is not None else prepare(path, counter, _needless(row, by_hash))
+        report.bytes_read += p.size
+        if p.digest is None:  # unreadable, or too large
+            reason = p.reason or "cannot be read"
             self._transaction(lambda: self._forget(cid, path, row, reason))
             return reason
-        report.bytes_read += len(data)
-        if len(data) > MAX_FILE_BYTES:
-            reason = f"larger than {MAX_FILE_BYTES // 2**20} MiB"
-            self._transaction(lambda: self._forget(cid, path, row, reason))
-            return reason
-        digest = hashlib.sha256(data).hexdigest()
-        stamp = (len(data), st.st_mtime_ns)
+        digest = p.digest
+        stamp = (p.size, st.st_mtime_ns)
         if row is not None and row[4] == digest:  # touched, not changed
             self._transaction(
                 lambda: db.execute(
@@ -503,14 +526,13 @@ class DocIndex:
             self._transaction(rename)
             report.renamed += 1
             return None
-        kind = kind_of(path)
-        assert kind is not None
-        try:
-            chunks = chunk_blocks(parse(data, kind), counter)
-        except Skipped as e:
-            reason = str(e)
+        if p.chunks is None and p.reason is None:  # not parsed: its bytes seemed indexed
+            p = prepare(path, counter)
+        if p.reason is not None or p.chunks is None:
+            reason = p.reason or "no text"
             self._transaction(lambda: self._forget(cid, path, row, reason))
             return reason
+        chunks = p.chunks
 
         def write() -> None:
             if row is not None:
@@ -645,6 +667,14 @@ class DocIndex:
             keep.add(w)
             spent += rows(w)
         return [w for w in words if w in keep]
+
+
+def _needless(row: tuple | None, by_hash: dict[str, tuple]) -> frozenset[str]:
+    """Digests whose bytes need no parsing for a file: its own as indexed (touched, not
+    changed), or, for a new file, those of files gone missing (it may be one of them, moved)."""
+    if row is not None:
+        return frozenset([row[4]])
+    return frozenset(by_hash) if len(by_hash) <= MAX_KNOWN else frozenset()
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
