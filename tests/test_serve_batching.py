@@ -3,8 +3,11 @@ answered exactly as alone; then the same through `dolly-desktop serve`."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import random
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -14,8 +17,9 @@ import httpx
 import openai
 import psutil
 import pytest
-from serving import Served, make_reference, serve_process, server_log
+from serving import Served, json_schema_format, make_reference, post_json, serve_process, server_log
 
+from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.engine import GenerationResult, StopReason
 from dolly_desktop.generation.params import GenerationParams
 from tests.conftest import EXACT
@@ -127,6 +131,25 @@ def test_cancel_drops_only_its_own_request(batch, engine):
         alone = engine.generate(INSTRUCTIONS[n], params)
         assert results[n].token_ids == alone.token_ids
         assert results[n].stop_reason is alone.stop_reason
+
+
+def test_a_crash_of_the_model_process_fails_its_requests_and_the_next_is_answered(batch):
+    """The pipeline runs in a child process (a native crash there, as xgrammar's SIGSEGV on a
+    deep grammar once killed serve, takes only the requests it held); the next request starts
+    a new child and gets the same answer as before."""
+    plain = GenerationParams(greedy=True, max_new_tokens=8)
+    before = batch.generate(INSTRUCTIONS[0], plain).text
+    long = GenerationParams(greedy=True, max_new_tokens=400)
+    first = batch.stepper
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(batch.generate, "Story 1", long)
+        while batch.progress()[0] == 0 and not running.done():
+            time.sleep(0.01)
+        os.kill(first._proc.pid, signal.SIGSEGV)
+        with pytest.raises(DollyError, match=r"model process stopped \(signal 11\)"):
+            running.result()
+    assert batch.generate(INSTRUCTIONS[0], plain).text == before
+    assert batch.stepper is not first and first._proc.returncode == -signal.SIGSEGV
 
 
 def test_the_kv_cache_default_is_what_the_batch_can_use_and_no_more(tiny_fp16, tmp_path):
@@ -288,6 +311,31 @@ MEMORY_WARMUP = 20
 MEMORY_SLACK = 60_000_000
 
 
+def test_models_answers_while_genai_compiles_a_grammar(batching_server):
+    """genai compiles a structured-output grammar inside step(), whose binding holds the GIL:
+    in-process, /v1/models waited 0.1-0.4 s for it (issue 23). The pipeline runs in a child
+    process, so the server's event loop answers meanwhile (the bound the issue set)."""
+    proc = psutil.Process(batching_server.proc.pid)
+    assert any("engines.batching" in " ".join(c.cmdline()) for c in proc.children())
+    props = {f"p{i}": {"type": "string", "maxLength": 30} for i in range(12)}
+    worst, polls = 0.0, 0
+    with httpx.Client(timeout=30) as c, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        c.get(f"{batching_server.url}/models")  # the connection is open before timing starts
+        for n in range(4):  # a new grammar each time (maxLength differs)
+            props["p0"]["maxLength"] = 20 + n
+            schema = {"type": "object", "properties": props, "required": list(props)}
+            body = {"prompt": "JSON", "max_tokens": 300, "temperature": 0,
+                    "response_format": json_schema_format(schema)}  # fmt: skip
+            answer = pool.submit(post_json, f"{batching_server.url}/completions", body)
+            while not answer.done():
+                t0 = time.perf_counter()
+                assert c.get(f"{batching_server.url}/models").status_code == 200
+                worst, polls = max(worst, time.perf_counter() - t0), polls + 1
+            assert answer.result().status_code == 200, answer.result().text
+    assert polls >= 8, polls
+    assert worst < 0.1, f"/v1/models took {worst * 1000:.0f} ms"
+
+
 def test_serve_memory_levels_off_across_new_prompt_lengths(tiny_models, report_figure):
     from dolly_desktop.generation.engines.batching import kv_bytes_per_token
     from dolly_desktop.models.folder import inspect_model_dir
@@ -311,7 +359,9 @@ def test_serve_memory_levels_off_across_new_prompt_lengths(tiny_models, report_f
             )
             assert r.status_code == 200, r.text
             if i in (MEMORY_WARMUP, MEMORY_LENGTHS // 2, MEMORY_LENGTHS):
-                rss.append(proc.memory_info().rss)
+                # serve and its model process (the pipeline runs in a child)
+                family = [proc, *proc.children(recursive=True)]
+                rss.append(sum(p.memory_info().rss for p in family))
     level, half, end = rss
     figures = f"{level / 1e6:.0f} MB after {MEMORY_WARMUP}, then {(half - level) / 1e6:+.0f} / "
     figures += f"{(end - level) / 1e6:+.0f} MB after {MEMORY_LENGTHS // 2} / {MEMORY_LENGTHS}"

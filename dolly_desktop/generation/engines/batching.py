@@ -3,9 +3,16 @@
 openvino-genai's ContinuousBatchingPipeline keeps the KV cache in blocks (paged attention) and
 decodes every running request in one step: each step reads the weights once for all of them,
 so on a CPU, where decoding is bound by memory bandwidth, four streams cost little more than
-one. One scheduler thread owns the pipeline: it adds new requests between steps, steps, and
+one. One scheduler thread drives the pipeline: it adds new requests between steps, steps, and
 passes each request's new token ids to the thread that asked, which turns them into text
 (detokenizing, the text callback) while the next step runs.
+
+The pipeline itself lives in a child process (`_Stepper`), because genai's Python binding of
+`step()` holds the GIL for the whole step, the grammar compile of a structured-output request
+included: in-process, a server's event loop stalled for as long (0.1-0.4 s on the tiny model,
+one step's time on every step of a large one). Here the scheduler thread waits on a pipe with
+the GIL free. A child that dies (a native crash) fails the requests it held, and the next
+request starts a new one.
 
 `BatchingEngine` follows the engine contract for one request per call, but calls may overlap
 (each its own sampling parameters and seed). `cancel()` stops every running request; a
@@ -17,13 +24,19 @@ are the same token for token (on exact f32 precision, tests/test_serve_batching.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import queue
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +159,13 @@ class _Request:
 
     rid: int
     ids: list[int]
-    config: ov_genai.GenerationConfig
+    params: GenerationParams
+    max_new: int
+    grammar: str | None
     streamer: TokenStreamer
     cancel: threading.Event
     submitted: float
-    handle: ov_genai.GenerationHandle | None = None
+    added: bool = False  # in the pipeline
     error: BaseException | None = None
     # Token ids from the scheduler thread, then None once the request has left the batch.
     inbox: queue.SimpleQueue[list[int] | None] = field(default_factory=queue.SimpleQueue)
@@ -188,24 +203,10 @@ class BatchingEngine(EngineBase):
         cache.mkdir(parents=True, exist_ok=True)
         props["CACHE_DIR"] = str(cache)
         self.kv = plan_kv_cache(self.info, max_batch, props, cache_gb, device=self.device)
-        scheduler = ov_genai.SchedulerConfig()
-        scheduler.max_num_seqs = max_batch
-        scheduler.max_num_batched_tokens = MAX_BATCHED_TOKENS
-        self.kv.apply(scheduler)
-        scheduler.dynamic_split_fuse = True
-        # Dolly's shared template head is 21 tokens, less than one KV block: nothing to share.
-        scheduler.enable_prefix_caching = False
         t0 = time.perf_counter()
-        try:
-            self.pipe = ov_genai.ContinuousBatchingPipeline(
-                str(self.model_dir), scheduler, self.device, props
-            )
-        except RuntimeError as e:
-            raise DollyError(
-                f"The model in {self.model_dir} could not be loaded on {self.device}: "
-                f"{first_line(e)}"
-            ) from e
-        self.tokenizer = self.pipe.get_tokenizer()
+        self._stepper_args = (str(self.model_dir), self.device, props, self.kv, max_batch)
+        self.stepper = _Stepper(*self._stepper_args)
+        self.tokenizer = ov_genai.Tokenizer(str(self.model_dir))
         self.eos_id = int(self.tokenizer.get_eos_token_id())
         self.end_id = find_end_token_id(self.encode, self.eos_id)
         self._ids = itertools.count()
@@ -273,7 +274,7 @@ class BatchingEngine(EngineBase):
             self._closing = True
             self._cond.notify_all()
         self._thread.join()
-        del self.pipe
+        self.stepper.close()
 
     # --- requests
 
@@ -293,10 +294,8 @@ class BatchingEngine(EngineBase):
         stops = {self.eos_id} | ({self.end_id} if self.end_id is not None else set())
         stops |= extra_stops or set()
         max_new = min(params.max_new_tokens, room)
-        # The one-stream engine's sampling settings, on this pipeline's base config.
-        config = generation_config(self.pipe.get_config(), params, max_new, grammar)
         streamer = TokenStreamer(self.tokenizer, on_text, cancel, stops, max_new)
-        req = _Request(next(self._ids), ids, config, streamer, cancel, t0)
+        req = _Request(next(self._ids), ids, params, max_new, grammar, streamer, cancel, t0)
         with self._cond:
             if self._closing:
                 raise DollyError("The engine is closed.")
@@ -344,7 +343,6 @@ class BatchingEngine(EngineBase):
                     for req in self._incoming:
                         self._fail(req, DollyError("The engine was closed."))
                     for req in list(self._running):
-                        req.handle.cancel()  # type: ignore[union-attr]
                         req.cancel.set()
                         self._finish(req)
                     return
@@ -355,7 +353,7 @@ class BatchingEngine(EngineBase):
             if not self._running:
                 continue
             try:
-                self.pipe.step()
+                news = self.stepper.step()
             except RuntimeError as e:
                 error = DollyError(f"Generation failed on {self.device}: {first_line(e)}")
                 error.__cause__ = e
@@ -365,7 +363,7 @@ class BatchingEngine(EngineBase):
                 self._clear()
                 continue
             for req in list(self._running):
-                self._collect(req)
+                self._collect(req, *news.get(req.rid, ([], "FINISHED")))
 
     def _clear(self) -> None:
         """After a failed step: the requests of that step are cancelled, and genai drops them
@@ -373,21 +371,36 @@ class BatchingEngine(EngineBase):
         genai retries the failed request's work first, fails again, and from then on every
         step fails: "already in scheduling phase"). So step until they are gone before any
         new request joins."""
+        if not self.stepper.alive():
+            self._restart()
+            return
         for _ in range(3):
-            if not self.pipe.has_non_finished_requests():
-                return
             try:
-                self.pipe.step()
+                if not self.stepper.has_non_finished_requests():
+                    return
+                self.stepper.step()
             except RuntimeError as e:
                 log.error("a batch step failed again while clearing the batch", exc_info=e)
+        if not self.stepper.alive():
+            self._restart()
+
+    def _restart(self) -> None:
+        """A new child for a dead one (its requests have failed already)."""
+        log.error("the model process stopped (%s): starting it again", self.stepper.exit_text())
+        try:
+            self.stepper = _Stepper(*self._stepper_args)
+        except DollyError as e:
+            log.error("the model process could not start again: %s", e)
 
     def _start(self, req: _Request) -> None:
         if req.cancel.is_set():  # cancelled before it was added
             self._finish(req)
             return
-        tensor = ov.Tensor(np.array([req.ids], dtype=np.int64))
+        if not self.stepper.alive():
+            self._restart()
         try:
-            req.handle = self.pipe.add_request(req.rid, tensor, req.config)
+            self.stepper.add(req.rid, req.ids, req.params, req.max_new, req.grammar)
+            req.added = True
         except RuntimeError as e:
             error = DollyError(f"Generation failed on {self.device}: {first_line(e)}")
             error.__cause__ = e
@@ -400,19 +413,22 @@ class BatchingEngine(EngineBase):
         of the batch, their KV blocks freed for the others."""
         for req in list(self._running):
             if req.ended.is_set() or req.cancel.is_set():
-                req.handle.cancel()  # type: ignore[union-attr]
+                self._withdraw(req)
                 self._finish(req)
 
-    def _collect(self, req: _Request) -> None:
+    def _withdraw(self, req: _Request) -> None:
+        if req.added:
+            req.added = False
+            try:
+                self.stepper.cancel(req.rid)
+            except RuntimeError as e:  # the child has gone: nothing left to cancel
+                log.warning("could not cancel request %d: %s", req.rid, first_line(e))
+
+    def _collect(self, req: _Request, ids: list[int], status: str) -> None:
         """Pass the request's new tokens to its caller; finish it when genai has."""
-        handle = req.handle
-        assert handle is not None
-        if handle.can_read():
-            ids = [t for output in handle.read().values() for t in output.generated_ids]
-            if ids:
-                req.inbox.put(ids)
-        status = handle.get_status()
-        if status == ov_genai.GenerationStatus.IGNORED:
+        if ids:
+            req.inbox.put(ids)
+        if status == "IGNORED":
             self._fail(
                 req,
                 DollyError(
@@ -420,7 +436,8 @@ class BatchingEngine(EngineBase):
                     "cache or a smaller batch."
                 ),
             )
-        elif status != ov_genai.GenerationStatus.RUNNING:
+        elif status != "RUNNING":
+            req.added = False  # genai is done with it
             self._finish(req)
 
     def _finish(self, req: _Request) -> None:
@@ -430,8 +447,7 @@ class BatchingEngine(EngineBase):
 
     def _fail(self, req: _Request, error: BaseException) -> None:
         req.error = error
-        if req.handle is not None and req.handle.get_status() == ov_genai.GenerationStatus.RUNNING:
-            req.handle.cancel()
+        self._withdraw(req)
         self._finish(req)
 
 
@@ -467,3 +483,156 @@ class _Session(EngineBase):
         return self.batch._submit(
             prompt, params, on_text, stop_token_ids, grammar, self._cancel, self
         )
+
+
+class StepperDied(RuntimeError):
+    """The child process that holds the pipeline has gone (a native crash, or killed)."""
+
+
+class _Stepper:
+    """The ContinuousBatchingPipeline in a child process, driven over a pipe by one thread at a
+    time (the scheduler thread). Each call waits for the child's answer with the GIL free; a
+    RuntimeError in the child is raised here as a RuntimeError with its message."""
+
+    def __init__(
+        self, model_dir: str, device: str, props: dict[str, Any], kv: KvPlan, max_batch: int
+    ) -> None:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            # Not multiprocessing: its spawn runs the parent's main script again in the child.
+            self._proc = subprocess.Popen(
+                child_command(theirs.fileno()), pass_fds=[theirs.fileno()]
+            )
+        self._conn = Connection(ours.detach())
+        try:
+            self._call("load", model_dir, device, props, kv, max_batch)
+        except RuntimeError as e:
+            self.close()
+            raise DollyError(str(e)) from None
+
+    def _call(self, *msg: Any) -> Any:
+        try:
+            self._conn.send(msg)
+            kind, value = self._conn.recv()
+        except (EOFError, OSError) as e:
+            raise StepperDied(f"the model process stopped ({self.exit_text()})") from e
+        if kind == "error":
+            raise RuntimeError(value)
+        return value
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def exit_text(self) -> str:
+        try:
+            code = self._proc.wait(1)
+        except subprocess.TimeoutExpired:
+            return "still running"
+        return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+    def add(
+        self, rid: int, ids: list[int], params: GenerationParams, max_new: int, grammar: str | None
+    ) -> None:
+        self._call("add", rid, ids, params, max_new, grammar)
+
+    def step(self) -> dict[int, tuple[list[int], str]]:
+        """One step; each request's new token ids and status (GenerationStatus's name)."""
+        return self._call("step")
+
+    def cancel(self, rid: int) -> None:
+        self._call("cancel", rid)
+
+    def has_non_finished_requests(self) -> bool:
+        return self._call("busy")
+
+    def close(self) -> None:
+        if self.alive():
+            with contextlib.suppress(RuntimeError):
+                self._call("close")
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._conn.close()
+
+
+CHILD_FLAG = "--batching-child"  # how a frozen bundle is told to be this child (cli.main)
+
+
+def child_command(fd: int) -> list[str]:
+    """The command that runs `child_main` on the socket `fd`."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, CHILD_FLAG, str(fd)]
+    return [sys.executable, "-m", __spec__.name if __spec__ else __name__, str(fd)]
+
+
+def child_main(fd: int) -> None:
+    """The child's entry point: the pipeline, driven over the socket `fd` until it closes."""
+    # Ctrl+C at a terminal reaches the whole process group: the parent decides when this ends
+    # (it closes the socket, or says close).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(fd)
+    try:
+        op, *args = conn.recv()
+        assert op == "load", op
+        _stepper_main(conn, *args)
+    except (EOFError, OSError):
+        return  # the parent has gone
+
+
+def _stepper_main(
+    conn: Connection, model_dir: str, device: str, props: dict[str, Any], kv: KvPlan,
+    max_batch: int,
+) -> None:  # fmt: skip
+    """The child: load the pipeline, then answer the parent's calls until it closes."""
+    scheduler = ov_genai.SchedulerConfig()
+    scheduler.max_num_seqs = max_batch
+    scheduler.max_num_batched_tokens = MAX_BATCHED_TOKENS
+    kv.apply(scheduler)
+    scheduler.dynamic_split_fuse = True
+    # Dolly's shared template head is 21 tokens, less than one KV block: nothing to share.
+    scheduler.enable_prefix_caching = False
+    try:
+        pipe = ov_genai.ContinuousBatchingPipeline(model_dir, scheduler, device, props)
+    except RuntimeError as e:
+        conn.send(("error", f"The model in {model_dir} could not be loaded on {device}: "
+                            f"{first_line(e)}"))  # fmt: skip
+        return
+    conn.send(("ok", None))  # loaded
+    handles: dict[int, ov_genai.GenerationHandle] = {}
+    while True:
+        op, *args = conn.recv()
+        try:
+            out: Any = None
+            if op == "add":
+                rid, ids, params, max_new, grammar = args
+                # The one-stream engine's sampling settings, on this pipeline's base config.
+                config = generation_config(pipe.get_config(), params, max_new, grammar)
+                tensor = ov.Tensor(np.array([ids], dtype=np.int64))
+                handles[rid] = pipe.add_request(rid, tensor, config)
+            elif op == "step":
+                pipe.step()
+                out = {}
+                for rid, h in list(handles.items()):
+                    got = h.read() if h.can_read() else {}
+                    status = h.get_status()
+                    out[rid] = ([t for o in got.values() for t in o.generated_ids], status.name)
+                    if status != ov_genai.GenerationStatus.RUNNING:
+                        del handles[rid]
+            elif op == "cancel":
+                h = handles.pop(args[0], None)
+                if h is not None and h.get_status() == ov_genai.GenerationStatus.RUNNING:
+                    h.cancel()
+            elif op == "busy":
+                out = pipe.has_non_finished_requests()
+            elif op == "close":
+                conn.send(("ok", None))
+                return
+            conn.send(("ok", out))
+        except RuntimeError as e:
+            conn.send(("error", str(e)))
+
+
+if __name__ == "__main__":
+    child_main(int(sys.argv[1]))
