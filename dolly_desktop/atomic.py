@@ -1,4 +1,4 @@
-"""Install a folder atomically: build it in a hidden sibling, check it, then rename."""
+"""Install a folder or write a file atomically: build it in a hidden sibling, then rename."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from dolly_desktop.errors import DollyError
 
@@ -38,3 +39,20 @@ def remove_stale_staging(parent: Path) -> None:
     if parent.is_dir():
         for p in parent.glob(".*.partial-*"):
             shutil.rmtree(p, ignore_errors=True)
+
+
+@contextmanager
+def written_file(dest: Path) -> Iterator[TextIO]:
+    """Yield a text file (UTF-8, "\n" line ends) that replaces `dest` when the block ends
+    without an exception; otherwise `dest` is left as it was and the temporary sibling removed.
+    Flushed to disk before the rename, so a crash leaves the old file or the new, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -6,11 +6,11 @@ import argparse
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from dolly_desktop.atomic import written_file
 from dolly_desktop.errors import DollyError
 from dolly_desktop.history.store import BUSY_TIMEOUT_S, IMPORT_MAX_CHARS, Entry, History
 
@@ -180,12 +180,5 @@ def _write_atomically(dest: Path, write: Callable[[TextIO], int]) -> int:
     dest = dest.expanduser()
     if not dest.parent.is_dir():
         raise DollyError(f"There is no folder {dest.parent} to write {dest.name} into.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            n = write(out)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+    with written_file(dest) as out:
+        return write(out)

@@ -13,13 +13,13 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from dolly_desktop import paths
+from dolly_desktop.atomic import written_file
 from dolly_desktop.errors import DollyError
 
 log = logging.getLogger(__name__)
@@ -132,15 +132,6 @@ def record_vote(
 
 
 def _write(dest: Path, data: dict) -> None:
-    """Atomically, as models/checks.write_check does (atomic.py has folders only)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with written_file(dest) as out:
+        json.dump(data, out, indent=1)

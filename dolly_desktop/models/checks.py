@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dolly_desktop.atomic import written_file
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,6 @@ def write_check(folder: Path, record: CheckRecord) -> Path:
     """Store `record` in `folder`, atomically."""
     folder = Path(folder)
     dest = folder / CHECK_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{CHECK_FILE}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(record.to_json())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with written_file(dest) as out:
+        out.write(record.to_json())
     return dest
