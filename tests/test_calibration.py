@@ -459,3 +459,20 @@ def test_the_window_measures_while_idle_and_every_command_uses_what_was_measured
     if env:
         monkeypatch.setenv(CALIBRATION_ENV, env)
     assert calibration_mode(build_parser().parse_args(argv)) == mode
+
+
+def test_as_many_candidates_load_side_by_side_as_copies_fit_in_free_memory(tmp_path):
+    (tmp_path / "openvino_model.bin").write_bytes(b"\0" * 1000)
+    assert child.at_once(tmp_path, 10_000) == 8  # 80 % of free memory
+    assert child.at_once(tmp_path, 1_900) == 1  # two copies do not fit: one at a time
+    assert child.at_once(tmp_path, None) == 1  # free memory not known
+    assert child.at_once(tmp_path / "missing", 10_000) == 1
+
+
+def test_fp16_weights_have_no_group_to_choose_only_the_kv_cache():
+    stage1, prior = cal.candidates(None, {"ATTENTION_BACKEND": "SDPA"})
+    assert [c.name for c in stage1] == [prior] == ["as exported"]
+    assert cal.kv_candidate(stage1[0], "f16").props == {KV: "u8"}
+    assert cal.kv_candidate(stage1[0], "u8") is None  # the export asks for u8 already
+    int8, prior = cal.candidates(cal.WeightFormat(8, None), {DQ: 512})
+    assert [c.name for c in int8] == ["dq off", "dq 32", "dq 512"] and prior == "dq 512"

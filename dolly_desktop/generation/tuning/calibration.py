@@ -224,7 +224,7 @@ class Key(NamedTuple):
 
 def weights_label(weights: WeightFormat | None) -> str:
     if weights is None:
-        return "not compressed"
+        return "uncompressed"
     return f"INT{weights.bits} " + (f"g{weights.group}" if weights.group else "per channel")
 
 
