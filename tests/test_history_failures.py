@@ -133,6 +133,12 @@ def exclusive(path: Path) -> Iterator[sqlite3.Connection]:
         locker.close()
 
 
+# A stall: a gap between pieces this long. A save or read that waited on the lock would wait
+# the retry time (BUSY_TIMEOUT_S, set well above this in each test), while a loaded 2-core
+# machine was seen to leave 1.3 s between two pieces of an unblocked run.
+STALL_S = 2.5
+
+
 def generate_locked_from_first_token(engine, h: History, locker: sqlite3.Connection):
     """A real generation recorded in `h`, the lock taken when the first piece is shown; the
     caller's thread reads the history meanwhile, as the History tab does. Returns the result,
@@ -144,7 +150,7 @@ def generate_locked_from_first_token(engine, h: History, locker: sqlite3.Connect
     def on_text(piece: str) -> None:
         if not arrivals:
             locker.execute("BEGIN EXCLUSIVE")
-        elif time.monotonic() - arrivals[-1] > 1.0:
+        elif time.monotonic() - arrivals[-1] > STALL_S:
             engine.cancel()  # stalled: no need to sit through every other stall to see it
         arrivals.append(time.monotonic())
 
@@ -165,17 +171,19 @@ def generate_locked_from_first_token(engine, h: History, locker: sqlite3.Connect
     return result, arrivals, reads, notices
 
 
-def test_a_locked_history_never_stalls_the_run_or_a_read_and_is_saved_later(engine, tmp_path):
-    assert history_mod.BUSY_TIMEOUT_S == 10  # how long a save is retried; the run is shorter
+def test_a_locked_history_never_stalls_the_run_or_a_read_and_is_saved_later(
+    engine, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(history_mod, "BUSY_TIMEOUT_S", 30.0)  # retried longer than the run
     path = tmp_path / "history.sqlite3"
     h = History(path)
     with exclusive(path) as locker:
         result, arrivals, reads, notices = generate_locked_from_first_token(engine, h, locker)
         assert locker.in_transaction, "the lock was never taken"
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-        assert len(arrivals) > 50 and max(gaps) < 1.0, f"a {max(gaps):.1f} s stall"
-        assert arrivals[-1] - arrivals[0] < 8, "too slow a machine to tell"
-        assert max(reads) < 0.5, f"a read waited {max(reads):.1f} s"
+        assert len(arrivals) > 50 and max(gaps) < STALL_S, f"a {max(gaps):.1f} s stall"
+        assert arrivals[-1] - arrivals[0] < 25, "too slow a machine to tell"
+        assert max(reads) < STALL_S, f"a read waited {max(reads):.1f} s"
         assert h.saving and notices == []  # queued, not given up yet
     # The lock is given back within the retry time: the whole run is saved after all.
     assert h.flush(10)
@@ -188,16 +196,16 @@ def test_a_locked_history_never_stalls_the_run_or_a_read_and_is_saved_later(engi
 def test_a_save_locked_for_longer_than_its_retries_is_given_up_with_one_notice(
     engine, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(history_mod, "BUSY_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(history_mod, "BUSY_TIMEOUT_S", 2 * STALL_S)
     path = tmp_path / "history.sqlite3"
     h = History(path)
     with exclusive(path) as locker:
         result, arrivals, reads, notices = generate_locked_from_first_token(engine, h, locker)
         ended = time.monotonic()
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-        assert max(gaps) < 1.0 and max(reads) < 0.5, (max(gaps), max(reads))
-        assert h.flush(10), "still retrying after the retry time"
-        assert time.monotonic() - ended < 2.0 + 1.0
+        assert max(gaps) < STALL_S and max(reads) < STALL_S, (max(gaps), max(reads))
+        assert h.flush(20), "still retrying after the retry time"
+        assert time.monotonic() - ended < 2 * STALL_S + STALL_S
         assert notices == ["History is not being saved: database is locked."]
     (entry,) = h.list()  # the row from before the lock, without the text
     assert entry.response == "" and entry.stop_reason == "interrupted"
@@ -225,7 +233,7 @@ def test_history_tab_refreshes_at_once_while_a_run_streams_into_a_locked_history
         def lock_at_first_piece(_piece: str) -> None:
             if not locker.in_transaction:
                 locker.execute("BEGIN EXCLUSIVE")
-            elif time.monotonic() - last[0] > 1.0:
+            elif time.monotonic() - last[0] > STALL_S:
                 window.worker.cancel()  # stalled: seen once is enough
             last[0] = time.monotonic()
 
@@ -240,7 +248,7 @@ def test_history_tab_refreshes_at_once_while_a_run_streams_into_a_locked_history
             qtbot.wait(50)
         window.worker.piece.disconnect(lock_at_first_piece)
         assert locker.in_transaction and not window.generating
-        assert refreshes and max(refreshes) < 0.5, f"the window froze {max(refreshes):.1f} s"
+        assert refreshes and max(refreshes) < STALL_S, f"the window froze {max(refreshes):.1f} s"
         text = window.last_result.text
     assert window.history.flush(10)
     window.history_panel.refresh()
@@ -254,7 +262,7 @@ def test_deleting_while_another_program_holds_the_lock_says_so_at_once(
 ):
     from dolly_desktop.ui.history_panel import HistoryPanel
 
-    monkeypatch.setattr(history_mod, "BUSY_TIMEOUT_S", 4.0)
+    monkeypatch.setattr(history_mod, "BUSY_TIMEOUT_S", 2 * STALL_S)
     path = tmp_path / "history.sqlite3"
     with History(path) as h:
         record(h, "An old question", "An old answer.")
@@ -265,7 +273,7 @@ def test_deleting_while_another_program_holds_the_lock_says_so_at_once(
     with write_locked(path):
         t0 = time.monotonic()
         panel.delete_current(confirm=False)
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < STALL_S
         assert panel.busy_label.isVisible() and "locked" in panel.busy_label.text()
         assert panel.list.count() == 1
     panel.delete_current(confirm=False)

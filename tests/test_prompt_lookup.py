@@ -88,7 +88,8 @@ def test_auto_looks_up_long_prompts_and_keeps_the_template_for_short_ones(engine
 
 
 def test_auto_frees_prompt_lookup_after_answers_that_copy_too_little(tiny_fp16):
-    from dolly_desktop.generation.engines import local, lookup
+    from dolly_desktop.generation import lookup
+    from dolly_desktop.generation.engines import local
 
     auto = local.Engine(tiny_fp16, properties=EXACT, prompt_lookup="auto")
     try:
