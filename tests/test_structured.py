@@ -364,7 +364,8 @@ def test_models_answers_within_100_ms_while_a_grammar_builds(server):
                 assert c.get(f"{server.url}/models").status_code == 200
                 worst, polls = max(worst, time.perf_counter() - t0), polls + 1
         r = answer.result()
-    assert r.status_code == 400 and "max_tokens" in r.json()["error"]["message"], r.text
+    # Refused for its budget, or on a busy machine for the build's time limit (MAX_BUILD_S).
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
     assert polls >= 3, polls  # the build did take a while
     assert worst < 0.1, f"/v1/models took {worst * 1000:.0f} ms"
 

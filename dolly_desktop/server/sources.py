@@ -20,6 +20,7 @@ from typing import Any
 from dolly_desktop.documents.index import BUSY_TIMEOUT_S, DocIndex, Hit, default_path
 from dolly_desktop.documents.retrieve import CANDIDATES, Bm25Retriever, pack
 from dolly_desktop.errors import DollyError
+from dolly_desktop.history.runs import source_records
 from dolly_desktop.server.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,13 @@ class Found:
     sources: list[dict[str, Any]] = field(default_factory=list)
 
 
-def source_record(h: Hit) -> dict[str, Any]:
-    """A chunk for a client: where it is (relative to its collection's folder: the server's
-    own paths stay its own) and the exact text that went into the prompt."""
-    return {"collection": h.collection, "rel": h.rel, "page": h.page, "heading": h.heading,
-            "anchor": h.anchor(), "text": h.text, "score": h.score}  # fmt: skip
+def client_sources(hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    """The chunks as the history keeps them, for a client: without the server's own path to
+    the file (`rel` says where it is in its collection), with its anchor for a person."""
+    return [
+        {k: v for k, v in record.items() if k != "file"} | {"anchor": h.anchor()}
+        for h, record in zip(hits, source_records(hits), strict=True)
+    ]
 
 
 async def find_passage(
@@ -101,7 +104,7 @@ def _find(
             FIELD,
             code="no_matching_documents",
         )
-    return Found(passage.text, [source_record(h) for h in passage.hits])
+    return Found(passage.text, client_sources(passage.hits))
 
 
 def _wait_for_unlocked(path: Path) -> None:
