@@ -38,7 +38,8 @@ def make_collection(qtbot, window, name: str, root: Path) -> None:
     pane = window.documents_pane
     with qtbot.waitSignal(pane.index_over, timeout=60_000):
         pane.add_folder(name, [str(root)])
-    qtbot.waitUntil(lambda: name in pane.infos and name in pane.picked(), timeout=10_000)
+    # Listed again after the index: with its files, and ticked.
+    qtbot.waitUntil(lambda: name in pane.picked() and pane.infos[name].files > 0, timeout=10_000)
 
 
 @pytest.fixture
@@ -186,12 +187,17 @@ def test_a_cancelled_index_is_kept_and_can_be_carried_on(qtbot, window, tmp_path
             pane.progress.cancel_button.click()
 
     pane.add_folder("many", [str(root)])
+    qtbot.waitUntil(lambda: pane.index_job is not None, timeout=30_000)
     pane.index_job.progress.connect(cancel_once)
+    # Listed while its first index is made, and searchable as it grows.
+    qtbot.waitUntil(lambda: pane.list.count() == 1, timeout=30_000)
+    assert pane.list.item(0).text().startswith("many  —  indexing…")
     with qtbot.waitSignal(pane.index_over, timeout=120_000):
         pass
     assert "B/s · 0 skipped" in job_seen[0]
     assert "cancelled" in pane.progress.label.text()
-    qtbot.waitUntil(lambda: "many" in pane.infos, timeout=10_000)
+    # Listed again once the run has ended: what it finished is there.
+    qtbot.waitUntil(lambda: pane.infos["many"].files > 0, timeout=10_000)
     done = pane.infos["many"].files
     assert 0 < done < total
     with DocIndex() as ix:  # what was indexed can be searched

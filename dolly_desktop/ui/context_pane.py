@@ -178,7 +178,7 @@ class ContextPane(QWidget):
         total = n + max_new
         text = f"prompt {n} + up to {max_new} new = {total} of {context_length}"
         if self.documents and not self.text().strip() and total < context_length:
-            text += f"; passages from your documents: up to {context_length - total}"
+            text += f" · {context_length - total} left for passages"
         if n >= context_length:
             self._show(f"{text}: the prompt does not fit; shorten the context", fits=False)
         elif total > context_length:

@@ -46,30 +46,32 @@ def find_tokenizer(model_folder: str | None) -> Path:
     )
 
 
+def size(n: float) -> str:
+    """format_bytes that never wraps between the number and its unit."""
+    return format_bytes(n).replace(" ", "\u00a0")
+
+
 def step_text(p: Progress, seconds: float) -> str:
     """'120 of 400 files · 3.1 MB of 9.8 MB · 2.4 MB/s · 2 skipped'."""
     rate = p.bytes_done / seconds if seconds > 0 else 0.0
     return (
-        f"{p.files_done} of {p.files_total} files · {format_bytes(p.bytes_done)} of "
-        f"{format_bytes(p.bytes_total)} · {format_bytes(rate)}/s · {p.skipped} skipped"
+        f"{p.files_done} of {p.files_total} files · {size(p.bytes_done)} of "
+        f"{size(p.bytes_total)} · {size(rate)}/s · {p.skipped} skipped"
     )
 
 
 def index_collection(
     name: str,
-    roots: list[str],
     model_folder: str | None,
     progress: Callable[[str, float], None],
     cancel: threading.Event,
     index_path: str | None = None,
 ) -> IndexReport:
-    """Add `roots` to collection `name` (creating it) if any, then bring its index up to date.
-    Runs on a Job's thread with its own connection."""
+    """Bring collection `name`'s index up to date. Runs on a Job's thread with its own
+    connection."""
     progress("Loading the tokenizer…", 0.0)
     counter = TokenCounter(find_tokenizer(model_folder))
     with DocIndex(index_path) as ix:
-        if roots:
-            ix.add(name, roots)
         t0 = time.monotonic()
         last = 0.0
         progress("Looking for files…", 0.0)
@@ -93,7 +95,7 @@ def report_text(name: str, r: IndexReport) -> str:
     others = ((r.unchanged, "unchanged"), (r.renamed, "moved"), (r.removed, "removed"))
     parts += [f"{n} {what}" for n, what in others if n]
     text = ", ".join(parts)
-    return text + f"; {format_bytes(r.bytes_read)} in {r.seconds:.1f} s, {format_bytes(rate)}/s"
+    return text + f"; {size(r.bytes_read)} in {r.seconds:.1f}\u00a0s, {size(rate)}/s"
 
 
 class IndexRow(QWidget):

@@ -40,6 +40,11 @@ from dolly_desktop.ui.documents.indexing import (
 
 log = logging.getLogger(__name__)
 LIST_ROWS = 4  # the collection list's height, in rows
+TOGGLE_CHARS = 28  # the collapsed pane's line, at most
+TOGGLE_TIP = (
+    "Answer from your own files: the passages that best match the instruction go into the "
+    "prompt, and the answer lists them"
+)
 EMPTY = "No collections yet: Add folder… makes one from your .txt, .md, .html and .pdf files."
 
 
@@ -80,10 +85,6 @@ class DocumentsPane(QWidget):
         self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.toggle.setArrowType(Qt.ArrowType.RightArrow)
         self.toggle.setAccessibleName("Show the documents pane")
-        self.toggle.setToolTip(
-            "Answer from your own files: the passages that best match the instruction go "
-            "into the prompt, and the answer lists them"
-        )
         self.list = QListWidget(objectName="collections")
         self.list.setAccessibleName("Collections to answer from")
         self.list.hide()
@@ -171,10 +172,14 @@ class DocumentsPane(QWidget):
 
     def _show_picks(self) -> None:
         names = self.picked()
-        text = "Documents: " + ", ".join(names) if names else "Documents (none picked)"
+        text = "Documents: " + ", ".join(names) if names else "Documents"
         if self.indexing:
             text += f" · indexing {self.indexing}…"
-        self.toggle.setText(text)
+        # Elided: the token meter beside it keeps its room in a narrow window.
+        width = self.toggle.fontMetrics().averageCharWidth() * TOGGLE_CHARS
+        elided = self.toggle.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, width)
+        self.toggle.setText(elided)
+        self.toggle.setToolTip(f"{text}\n\n{TOGGLE_TIP}")
 
     def set_open(self, open_: bool) -> None:
         self.toggle.setChecked(open_)
@@ -203,6 +208,8 @@ class DocumentsPane(QWidget):
         self.list.clear()
         for name, i in infos.items():
             size = f"{i.files} files · {format_bytes(i.bytes)}" if i.files else "not indexed yet"
+            if name == self.indexing:
+                size = f"indexing… {size}" if i.files else "indexing…"
             item = QListWidgetItem(f"{name}  —  {size}")
             item.setData(Qt.ItemDataRole.UserRole, name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
@@ -244,28 +251,36 @@ class DocumentsPane(QWidget):
         if ok and name.strip():
             self.add_folder(name.strip(), [folder])
 
-    def add_folder(self, name: str, roots: list[str]) -> None:
-        """Make collection `name` from these folders and files (or add them to it), tick it,
-        and index it."""
-        self._wanted.add(name)
-        self._start_index(name, roots)
+    def add_folder(self, name: str, roots: list[str]) -> Job:
+        """Make collection `name` from these folders and files (or add them to it), list it,
+        tick it, and index it."""
+        path = self.index_path
+
+        def work(_p: object, _c: threading.Event) -> None:
+            with DocIndex(path) as ix:
+                ix.add(name, roots)
+
+        job = Job(f"add to {name}", work, owner=self)
+        job.done.connect(lambda _r: self._wanted.add(name))
+        job.done.connect(lambda _r: self.update_index(name))
+        job.done.connect(lambda _r: self.refresh())
+        job.failed.connect(self.notice.emit)
+        job.start()
+        return job
 
     def update_index(self, name: str) -> None:
-        if name:
-            self._start_index(name, [])
-
-    def _start_index(self, name: str, roots: list[str]) -> None:
+        """Index `name` now, or after the collection being indexed."""
+        if not name:
+            return
         self._held.discard(name)
         if self.index_job is not None:
-            if not roots and name not in self._pending and name != self.indexing:
-                self._pending.append(name)  # after the one that runs
-            elif roots:
-                self.notice.emit(f"Wait for {self.indexing} to be indexed, or cancel it.")
+            if name not in self._pending and name != self.indexing:
+                self._pending.append(name)
             return
         folder, path = self.model_folder, self.index_path
 
         def work(progress, cancel: threading.Event) -> IndexReport:
-            return index_collection(name, roots, folder, progress, cancel, path)
+            return index_collection(name, folder, progress, cancel, path)
 
         self._stop_watching()  # one writer per collection: the watcher waits for this run
         job = self.index_job = Job(f"index {name}", work, owner=self)
