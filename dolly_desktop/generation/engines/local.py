@@ -151,6 +151,7 @@ class Engine(EngineBase):
         self._props = props
         self._cache = cache
         self._calibrator: IdleCalibration | None = None
+        self._closed = False
         # Loaded with the calibrated settings while idle; the engine switches at a request.
         self._next: tuple[ov_genai.LLMPipeline, dict[str, Any], Calibration] | None = None
         # With warm_up, the mapped weight files are handed back as the runtime copies them
@@ -246,7 +247,8 @@ class Engine(EngineBase):
         except RuntimeError as e:  # the engine keeps its settings
             log.warning("the calibrated settings did not load: %s", first_line(e))
             return
-        self._next = (pipe, props, cal)
+        if not self._closed:  # else it goes with this frame
+            self._next = (pipe, props, cal)
 
     def _switch(self) -> None:
         """At a request, before it runs: the pipeline with the calibrated settings, if one
@@ -324,6 +326,7 @@ class Engine(EngineBase):
         return len(self.encode(text))
 
     def close(self) -> None:
+        self._closed = True
         if self._calibrator is not None:
             self._calibrator.close()
         self._next = None
