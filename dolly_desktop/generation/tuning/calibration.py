@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import statistics
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dolly_desktop import paths
+from dolly_desktop.atomic import written_file
 from dolly_desktop.generation.tuning.rule import WeightFormat, weight_format
 
 log = logging.getLogger(__name__)
@@ -328,8 +328,8 @@ def load(key: Key, path: Path | None = None) -> Calibration | None:
 
 
 def store(cal: Calibration, path: Path | None = None) -> None:
-    """Keep `cal`, replacing any for its key, atomically (a temporary file renamed over the
-    cache: a crash leaves the old file or the new one). Entries of another OpenVINO version
+    """Keep `cal`, replacing any for its key, atomically (atomic.written_file: a crash leaves
+    the old file or the new one). Entries of another OpenVINO version
     go: an upgrade measures again. Other CPUs' stay (a portable home moves between
     machines)."""
     path = path or cache_file()
@@ -340,26 +340,20 @@ def store(cal: Calibration, path: Path | None = None) -> None:
     }
     entries[cal.key.text()] = cal.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": CACHE_VERSION, "entries": entries}, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write(path, entries)
+
+
+def _write(path: Path, entries: Mapping[str, Any]) -> None:
+    with written_file(path) as f:
+        json.dump({"version": CACHE_VERSION, "entries": entries}, f, indent=1)
 
 
 def forget(key: Key, path: Path | None = None) -> None:
     """Drop the calibration for `key` (to measure again)."""
     path = path or cache_file()
     entries = _read(path)
-    if entries.pop(key.text(), None) is None:
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"version": CACHE_VERSION, "entries": entries}, f, indent=1)
-    os.replace(tmp, path)
+    if entries.pop(key.text(), None) is not None:
+        _write(path, entries)
 
 
 # -- what the person is shown ------------------------------------------------------------------
