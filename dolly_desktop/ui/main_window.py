@@ -108,6 +108,7 @@ class MainWindow(QMainWindow):
         self._response_text = ""
         self._search_job: Job | None = None  # finding a passage in the documents
         self._build()
+        self.documents_pane.may_watch = not scripted  # a screenshot re-indexes nothing
         self._base_point_size = QApplication.font(self).pointSizeF()
         self._name_controls()
         self._connect()

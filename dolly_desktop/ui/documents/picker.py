@@ -74,6 +74,7 @@ class DocumentsPane(QWidget):
         self._counter_job: Job | None = None
         self._held: set[str] = set()  # indexing cancelled: not watched until updated
         self._closing = False
+        self.may_watch = True  # False: the index is only read and written when asked
         self.infos: dict[str, CollectionInfo] = {}
         self._wanted: set[str] = set()  # picks to keep across a new listing
         self._list_job: Job | None = None
@@ -355,7 +356,7 @@ class DocumentsPane(QWidget):
         polled on its own thread), except while this pane indexes one itself and one whose
         indexing was cancelled (until it is updated again: Cancel means stop)."""
         names = sorted(set(self.infos) - self._held)
-        if self._closing or self.index_job is not None:
+        if self._closing or self.index_job is not None or not self.may_watch:
             return
         if self._watcher is not None and self._watching == names:
             return
