@@ -14,6 +14,7 @@ _HOME = Path(tempfile.mkdtemp(prefix="dolly-test-home-"))
 os.environ["DOLLY_DESKTOP_HOME"] = str(_HOME)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the Hub
+os.environ.setdefault("DOLLY_DESKTOP_CALIBRATION", "use")  # measured only where a test asks
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZER_DIR = FIXTURES / "dolly-v2-tokenizer"
