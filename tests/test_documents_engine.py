@@ -217,3 +217,42 @@ def test_a_pool_of_workers_indexes_what_one_process_does(tmp_path, counter, monk
     assert (r.unchanged, r.renamed, r.changed, r.added, r.removed) == (10, 1, 1, 0, 0)
     assert index_into(one, False).renamed == 1
     assert index_rows(pool) == index_rows(one)
+
+
+# -- chunking: the fast word split and the regex agree on text and counts ---------------------
+
+WORDS = ["pump", "Pump", "the", "don't", "3.14", "naïve", "日本", "(a)", "end.", "x" * 120]
+
+
+PROSE = st.lists(  # single spaces, short words: split(" ")
+    st.tuples(st.sampled_from(WORDS[:-1]), st.sampled_from([" ", "\n", " \n"])),
+    min_size=1,
+    max_size=400,
+)
+ODD = st.lists(  # runs of spaces, long words: the regex
+    st.tuples(st.sampled_from(WORDS), st.sampled_from([" ", "  ", "\n", " \n"])),
+    min_size=1,
+    max_size=400,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(blocks=st.lists(st.one_of(PROSE, ODD), min_size=1, max_size=4))
+def test_chunks_are_runs_of_their_blocks_with_true_counts(blocks, counter):
+    from dolly_desktop.documents.chunk import chunk_blocks
+
+    texts = ["".join(w + sep for w, sep in b) for b in blocks]
+    blocks_ = [Block(t, heading=f"H{i}") for i, t in enumerate(texts)]
+    chunks = chunk_blocks(blocks_, counter, target=24, overlap=6, max_tokens=30)  # many cuts
+    whole = "\n\n".join(t.replace(" \n", "\n").strip() for t in texts)
+    for c in chunks:
+        assert c.text in whole  # a run of the page's text, cut at whitespace (or inside a
+        i = whole.index(c.text)  # word of over 100 characters: the x's)
+        j = i + len(c.text)
+        assert i == 0 or whole[i - 1].isspace() or whole[i - 1] == c.text[0] == "x"
+        assert j == len(whole) or whole[j].isspace() or whole[j] == c.text[-1] == "x"
+        n = counter.count(c.text)
+        assert c.tokens >= n - 3  # each unit counted, added up: never short (the budget)
+        if "x" * 101 not in c.text:  # a word over 100 characters is counted in pieces: high
+            assert c.tokens <= n + 3
+    assert chunks and chunks[-1].text == whole[-len(chunks[-1].text) :]

@@ -90,6 +90,19 @@ class TokenCounter:
         self._cache.update(zip(keys[: len(exact)], counts, strict=False))
         self._spaced.update(zip(keys[len(exact) :], counts[len(exact) :], strict=True))
 
+    def fill(self, u: _Units) -> None:
+        """Put the counts learnt since in the gaps (None) of `u.counts`: found by list.index,
+        so a block with a few new words costs a few steps, not a second look at every word."""
+        counts, words = u.counts, u.words
+        try:
+            i = counts.index(None)
+            while True:
+                cache = self._spaced if u.spaced and i > 0 else self._cache
+                counts[i] = cache[words[i]]
+                i = counts.index(None, i + 1)
+        except ValueError:
+            return
+
     def unit_counts(self, units: list[str]) -> list[int]:
         """The count of each unit, exactly as written."""
         got = self.lookup(units, False)
@@ -180,12 +193,7 @@ def chunk_blocks(
             starts.append(len(counts))
             heads.append(b.heading)
             texts.append(b.text)
-            if None in u.counts:  # words first met in this file: counted by now
-                if u.spaced:
-                    u.counts = counter.lookup(u.words[1:], True)
-                    u.counts.insert(0, counter.lookup(u.words[:1], False)[0])
-                else:
-                    u.counts = counter.lookup(u.words, False)
+            counter.fill(u)  # words first met in this file: counted by now
             counts.extend(u.counts)  # type: ignore[arg-type]
             lengths.extend(u.lengths)
         if not counts:
