@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 from dolly_desktop.documents import prepare
-from dolly_desktop.documents.chunk import TokenCounter
+from dolly_desktop.documents.chunk import TokenCounter, chunk_blocks
 from dolly_desktop.documents.index import DocIndex
+from dolly_desktop.documents.parse import Block
 from dolly_desktop.documents.retrieve import Bm25Retriever, retrieve
 
 TOKENIZER = Path(__file__).parent.parent / "tests/fixtures/dolly-v2-tokenizer/tokenizer.json"
@@ -140,15 +141,16 @@ def bench_reindex(tmp: Path, counter: TokenCounter, files: int) -> dict[str, str
 
 
 def bench_queries(tmp: Path, counter: TokenCounter, chunks: int) -> dict[str, str]:
-    """Chunks written straight into the index (the indexer's own path, a file per 100
-    chunks, with counts from the tokenizer), then questions timed."""
+    """Text files of 100 sentences, as many as make `chunks` chunks, indexed (the indexer's
+    own path), then questions timed."""
     words = Words(3)
     root = tmp / "big"
     root.mkdir()
-    per_file = 100
-    n_files = chunks // per_file
-    for i in range(n_files):
-        text = "\n\n".join(words.sentence(150) for _ in range(per_file))
+    texts = ["\n\n".join(words.sentence(150) for _ in range(100))]
+    per_file = len(chunk_blocks([Block(texts[0])], counter))  # chunks run across sentences
+    while len(texts) * per_file < chunks:
+        texts.append("\n\n".join(words.sentence(150) for _ in range(100)))
+    for i, text in enumerate(texts):
         (root / f"b{i:05}.txt").write_text(text)
     db = tmp / "big.sqlite3"
     ix = DocIndex(db)
