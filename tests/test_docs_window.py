@@ -130,6 +130,11 @@ def test_the_history_keeps_the_text_after_the_file_changes(qtbot, window, manual
 
 
 def test_nothing_matches(qtbot, window, manuals):
+    window.context_pane.set_text("A pasted passage.")  # and documents picked: refused
+    window.instruction.setPlainText("zzqqx flurble")
+    window.submit()
+    assert not window.generating and "Dolly takes one passage" in window.error_text()
+    window.context_pane.set_text("")
     ask_and_wait(qtbot, window, "zzqqx flurble")
     assert window.last_result is None and not window.generating
     assert "Nothing in manuals matches the instruction" in window.banner.text()
