@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import copy_model
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QWidget
 
 from dolly_desktop.generation.engine import StopReason
 from dolly_desktop.generation.engines.local import Engine
@@ -251,3 +252,28 @@ def test_a_random_run_records_its_seed_and_restoring_it_reproduces_the_answer(qt
         window.submit_button.click()
     assert window._response_text == first
     assert window.history.list()[0].params.seed == entry.params.seed
+
+
+def test_a_reload_calibrates_for_this_persons_runs_and_compare_opens_from_the_menu(
+    qtbot, window, tiny_fp16
+):
+    from dolly_desktop.generation.tuning.calibration import DEFAULT_MIX
+
+    assert window.worker.engine.mix == DEFAULT_MIX  # no history yet
+    for n in (3, 5, 9):
+        run(qtbot, window, "Who is Dolly?", GenerationParams(greedy=True, max_new_tokens=n))
+    runs = window.history.list()
+    with qtbot.waitSignal(window.load_done, timeout=LOAD_MS):
+        window.load_model(str(tiny_fp16))
+    mix = window.worker.engine.mix
+    assert (mix.prompt_tokens, mix.answer_tokens) == (
+        sorted(e.input_tokens for e in runs)[1],
+        sorted(e.generated_tokens for e in runs)[1],
+    ) != (DEFAULT_MIX.prompt_tokens, DEFAULT_MIX.answer_tokens)
+
+    window.instruction.setPlainText("Name 3 advantages to be a cat")
+    window.compare_action.trigger()
+    (compare,) = [w for w in window.findChildren(QWidget) if w.windowTitle().startswith("Compare")]
+    assert compare.isVisible()
+    assert compare.instruction.toPlainText() == "Name 3 advantages to be a cat"
+    compare.close()

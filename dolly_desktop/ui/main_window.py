@@ -41,11 +41,13 @@ from dolly_desktop.generation.examples import CONTEXT_EXAMPLES, EXAMPLES
 from dolly_desktop.generation.metrics import metrics_text
 from dolly_desktop.generation.params import RANGES, GenerationParams
 from dolly_desktop.generation.prompt import EMPTY_INSTRUCTION
+from dolly_desktop.generation.tuning.calibration import LAST_RUNS, mix_from_runs
 from dolly_desktop.history.store import Entry, History
 from dolly_desktop.logs import log_file
 from dolly_desktop.models.choice import best_installed, resolve_model
 from dolly_desktop.models.store import Store
 from dolly_desktop.ui.background import Job
+from dolly_desktop.ui.compare import open_compare
 from dolly_desktop.ui.context_pane import ContextPane
 from dolly_desktop.ui.documents.ask import Found, find_passage
 from dolly_desktop.ui.documents.picker import DocumentsPane
@@ -310,6 +312,10 @@ class MainWindow(QMainWindow):
         ):
             action.triggered.connect(lambda _c=False, s=steps: self.zoom(s))
             v.addAction(action)
+        v.addSeparator()
+        self.compare_action = QAction("&Compare variants…", self)
+        self.compare_action.triggered.connect(self.open_compare)
+        v.addAction(self.compare_action)
         h = self.menuBar().addMenu("&Help")
         self.shortcuts_action = QAction("&Keyboard shortcuts", self)
         self.shortcuts_action.triggered.connect(self.show_shortcuts)
@@ -429,6 +435,10 @@ class MainWindow(QMainWindow):
         self.model_dir = None
         self._update_buttons()
         options = self.settings.engine_options()
+        # Calibration weighs prompt and answer lengths as this person's last runs had them.
+        options["mix"] = mix_from_runs(
+            (e.input_tokens, e.generated_tokens) for e in self.history.list(limit=LAST_RUNS)
+        )
         self.request_load.emit(LoadRequest(folder, self.device.currentData(), options))
 
     def load_remote(self, url: str, api_key: str = "") -> None:
@@ -436,6 +446,18 @@ class MainWindow(QMainWindow):
         self.model_dir = None
         self._update_buttons()
         self.request_load.emit(LoadRequest(url, remote=True, api_key=api_key))
+
+    def open_compare(self) -> QWidget:
+        """The Compare window, with this instruction and passage and the loaded model's
+        variants (ui/compare/)."""
+        return open_compare(
+            self,
+            self.instruction.toPlainText(),
+            self.context_pane.text(),
+            self.model_dir,
+            self.params(),
+            self.first_run.store,
+        )
 
     def open_settings(self) -> SettingsDialog:
         if self.settings_dialog is None:
