@@ -256,3 +256,17 @@ def test_chunks_are_runs_of_their_blocks_with_true_counts(blocks, counter):
         if "x" * 101 not in c.text:  # a word over 100 characters is counted in pieces: high
             assert c.tokens <= n + 3
     assert chunks and chunks[-1].text == whole[-len(chunks[-1].text) :]
+
+
+def test_files_in_nested_folders_keep_their_relative_paths(tmp_path, counter):
+    root = tmp_path / "notes"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    put(root / "top.txt", "The top note.")
+    put(root / "sub" / "deeper" / "low.MD", "# Low\n\nThe lowest note.")
+    put(root / "sub" / "photo.jpeg", b"\xff")
+    with DocIndex(tmp_path / "docs.sqlite3") as ix:
+        ix.add("c", [root])
+        r = ix.index("c", counter)
+        assert [f[0] for f in ix.files("c")] == [os.path.join("sub", "deeper", "low.MD"), "top.txt"]
+        assert r.skipped == [(str(root / "sub" / "photo.jpeg"), "unsupported type (.jpeg)")]
+        assert ix.search(["c"], "lowest")[0].anchor() == "sub/deeper/low.MD, section “Low”"

@@ -727,12 +727,13 @@ def _files(
     root: str, folder: str, names: list[str], done: set[str], explicit: bool
 ) -> Iterator[tuple[str, str, os.stat_result | None, str | None]]:
     real_root = os.path.realpath(root)
+    under = "" if folder == root else os.path.relpath(folder, root) + os.sep  # once a folder
     for n in names:
         full = os.path.join(folder, n)
         if full in done:
             continue
         done.add(full)
-        rel = os.path.relpath(full, root)
+        rel = under + n
         kind = kind_of(n)
         if kind is None:
             ext = os.path.splitext(n)[1].lower() or "no extension"
