@@ -8,10 +8,11 @@ is split into: imports; the compile (genai's LLMPipeline: read_model, the CPU pl
 transformations or the import of the cached blob); the app's one-token warm-up, in which the
 CPU plugin repacks the weights for its kernels (wall and CPU seconds); and the first answer's
 time to first token. The notebook (bench/engine_vs_notebook.py's child_notebook) defers the
-repack into its first answer.
+repack into its first answer. Findings and tables: docs/start.md.
 
     .venv/bin/python -m bench.start [--shape 3b] [--precision INT4] [--rounds 5]
                                     [--variants notebook app "app size" ...]
+                                    [--page-cache warm|as-left]
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ VARIANTS: dict[str, dict | None] = {
     # As the app loads today: CACHE_DIR only, so OpenVINO's default CACHE_MODE, OPTIMIZE_SPEED:
     # the blob holds the CPU plugin's transformed model with its weights.
     "app": {},
-    # A weightless blob: the transformed graph only, the weights read again from the IR's .bin.
+    # A weightless blob: the transformed graph less the constants that still point into the
+    # IR's .bin, which are read from it again (for 3b INT4, 1.35 GB of 1.6: docs/start.md).
     "app size": {"CACHE_MODE": "OPTIMIZE_SIZE"},
     # OPTIMIZE_SIZE with the weights' file named: genai compiles an ov::Model, not a path, and
     # without WEIGHTS_PATH OpenVINO cannot import a weightless blob for it (a miss every time).
