@@ -170,12 +170,21 @@ SERVE_LENGTHS = [20, 200, 400]
 
 
 def proc_mb(pid: int) -> dict[str, float]:
-    """VmRSS and RssAnon of another process, in MB."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "RssAnon"):
-            out[key] = int(rest.split()[0]) * 1024 / MB
+    """VmRSS and RssAnon of another process and its children, in MB: `serve`'s batching
+    engine keeps the model in a child process of its own."""
+    import psutil
+
+    out = {"VmRSS": 0.0, "RssAnon": 0.0}
+    parent = psutil.Process(pid)
+    for p in (parent, *parent.children(recursive=True)):
+        try:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        for line in status.splitlines():
+            key, _, rest = line.partition(":")
+            if key in out:
+                out[key] += int(rest.split()[0]) * 1024 / MB
     return out
 
 

@@ -11,7 +11,8 @@ torch to make the test model, which the bundle does not have):
    the tokenizer is converted with transformers, without torch) and `models compress` to
    INT4 with NNCF;
 5. `models export` of the PyTorch checkpoint must fail with the 'export' extra sentence;
-6. the window comes up offscreen and --screenshot writes a picture.
+6. one `serve` request (its batching engine runs in a child process of the bundle);
+7. the window comes up offscreen and --screenshot writes a picture.
 Exits non-zero on the first failure; prints the figures on the way.
 """
 
@@ -20,10 +21,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +74,43 @@ def make_models(work: Path) -> tuple[Path, Path, Path]:
 X11_LIBS = ("libxcb-cursor.so.0",)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_once(exe: Path, model: Path, env: dict[str, str]) -> str:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--model", str(model), "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise CheckFailed(f"serve exited {proc.returncode}:\n{proc.stdout.read()}")  # type: ignore[union-attr]
+            try:
+                urllib.request.urlopen(f"{base}/models", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise CheckFailed("serve did not answer /v1/models in 180 s") from None
+                time.sleep(0.3)
+        body = json.dumps({"prompt": "Who is Dolly?", "max_tokens": 8}).encode()
+        req = urllib.request.Request(
+            f"{base}/completions", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            answer = json.load(r)
+        return answer["choices"][0]["finish_reason"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def check(exe: Path, work: Path) -> None:
     env = {**os.environ, "DOLLY_DESKTOP_HOME": str(work / "home"), "QT_QPA_PLATFORM": "offscreen"}
     env.pop("HF_HUB_OFFLINE", None)
@@ -83,6 +123,8 @@ def check(exe: Path, work: Path) -> None:
     out, took = run(exe, "--self-test", str(int4), env=env)
     print(out.rstrip())
     print(f"self-test of the bundle: {took:.2f} s wall, process start to exit")
+    # serve batches in a model process the bundle starts as itself (cli.main's CHILDREN)
+    print(f"serve: one completion, finish_reason {serve_once(exe, int4, env)}")
 
     sys.path.insert(0, str(ROOT / "tests"))
     from hub_server import HubServer

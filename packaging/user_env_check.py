@@ -15,27 +15,25 @@ runs this against the newest releases instead of the lock.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from bundle_check import ROOT, CheckFailed, installed_path, make_models, run, run_checks
+from bundle_check import (
+    ROOT,
+    CheckFailed,
+    installed_path,
+    make_models,
+    run,
+    run_checks,
+    serve_once,
+)
 
 sys.path.insert(0, str(ROOT / "tests"))
 from hub_server import HubServer
 
 UNREACHABLE = ("http://127.0.0.1:9", "http://dolly-hub.invalid")  # refused; no such host
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_line_failure(out: str, what: str) -> None:
@@ -44,37 +42,6 @@ def one_line_failure(out: str, what: str) -> None:
         raise CheckFailed(f"{what}: want one clear line, got:\n{out}")
     if "Cannot reach" not in lines[0] or "HF_ENDPOINT" not in lines[0]:
         raise CheckFailed(f"{what}: the line does not say the Hub cannot be reached: {lines[0]}")
-
-
-def serve_once(exe: Path, model: Path, env: dict[str, str]) -> str:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(exe), "serve", "--model", str(model), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise CheckFailed(f"serve exited {proc.returncode}:\n{proc.stdout.read()}")  # type: ignore[union-attr]
-            try:
-                urllib.request.urlopen(f"{base}/models", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise CheckFailed("serve did not answer /v1/models in 180 s") from None
-                time.sleep(0.3)
-        body = json.dumps({"prompt": "Who is Dolly?", "max_tokens": 8}).encode()
-        req = urllib.request.Request(
-            f"{base}/completions", body, {"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=120) as r:
-            answer = json.load(r)
-        return answer["choices"][0]["finish_reason"]
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def check(exe: Path, work: Path) -> None:

@@ -179,7 +179,9 @@ def check_round(outcomes: list[Outcome], refs: dict[str, tuple[str, str]]) -> in
 
 
 def rss(served: Served) -> int:
-    return psutil.Process(served.proc.pid).memory_info().rss
+    """The server's memory with its model process (the batching engine's child)."""
+    parent = psutil.Process(served.proc.pid)
+    return sum(p.memory_info().rss for p in (parent, *parent.children(recursive=True)))
 
 
 async def every_place_is_free(url: str) -> None:

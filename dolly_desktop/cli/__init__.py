@@ -10,6 +10,7 @@ them, so `--help`, `history` and `generate --remote` start light.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -19,12 +20,20 @@ from dolly_desktop import __version__
 from dolly_desktop.cli import compare, devices, docs, generate, history, models, serve, tune
 from dolly_desktop.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, Parser
 from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.engines import BATCHING_CHILD_FLAG
 from dolly_desktop.generation.tuning.calibration import MODES, calibrating
 from dolly_desktop.generation.tuning.child import CALIBRATION_FLAG
 from dolly_desktop.logs import setup_logging
 from dolly_desktop.models.convert.jobs import CHILD_FLAG
 
 CALIBRATION_ENV = "DOLLY_DESKTOP_CALIBRATION"
+# A frozen bundle has no `python -m`: it starts itself with one of these flags to be a child
+# process, run by this function of this module (imported only then) with the other arguments.
+CHILDREN = {
+    CHILD_FLAG: ("dolly_desktop.models.child", "child_main"),  # export and compress jobs
+    CALIBRATION_FLAG: ("dolly_desktop.generation.tuning.child", "child_main"),
+    BATCHING_CHILD_FLAG: ("dolly_desktop.generation.engines.batching", "bundle_child_main"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,14 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == [CHILD_FLAG]:  # a frozen bundle started as one of its own child jobs
-        from dolly_desktop.models.child import child_main
-
-        return child_main(argv[1:])
-    if argv[:1] == [CALIBRATION_FLAG]:  # ... or as a calibration child (generation/tuning)
-        from dolly_desktop.generation.tuning.child import child_main as calibration_main
-
-        return calibration_main(argv[1:])
+    if argv[:1] and argv[0] in CHILDREN:  # a frozen bundle started as one of its own children
+        module, function = CHILDREN[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
     args = build_parser().parse_args(argv)
     with calibrating(calibration_mode(args)):
         return _run(args)

@@ -53,6 +53,7 @@ from dolly_desktop.generation.engine import (
     ModelRef,
     TextCallback,
 )
+from dolly_desktop.generation.engines import BATCHING_CHILD_FLAG
 from dolly_desktop.generation.engines.local import cpu_defaults
 from dolly_desktop.generation.engines.streaming import TokenStreamer, first_line, generation_config
 from dolly_desktop.generation.memory import bound_onednn_cache
@@ -557,7 +558,7 @@ class _Stepper:
         self._conn.close()
 
 
-CHILD_FLAG = "--batching-child"  # how a frozen bundle is told to be this child (cli.main)
+CHILD_FLAG = BATCHING_CHILD_FLAG  # how a frozen bundle is told to be this child (cli.main)
 
 
 def child_command(fd: int) -> list[str]:
@@ -636,3 +637,9 @@ def _stepper_main(
 
 if __name__ == "__main__":
     child_main(int(sys.argv[1]))
+
+
+def bundle_child_main(argv: list[str]) -> int:
+    """`dolly-desktop --batching-child FD` in a frozen bundle (cli.main's CHILDREN)."""
+    child_main(int(argv[0]))
+    return 0
