@@ -281,3 +281,70 @@ def test_after_a_compress_the_dialog_offers_the_check_with_progress_and_cancel(
     assert record.summary() in dialog.message.text(), dialog.message.text()
     cell = dialog.table.item(_row_of(dialog, "tiny", "INT8"), AGREEMENT_COLUMN)
     assert cell.text() == record.summary()
+
+
+def test_a_variant_with_no_download_is_exported_from_the_checkpoint_on_disk(
+    qtbot, window, tiny_checkpoint, monkeypatch
+):
+    """'export from the original': the row's button asks for the Hugging Face checkpoint
+    folder (the OS file dialog, patched to answer) and exports it as that very variant."""
+    from PySide6.QtWidgets import QFileDialog
+
+    from dolly_desktop.ui.settings_dialog import ORIGINAL_BUTTON
+
+    dialog = window.open_settings()
+    row = next(
+        i for i, r in enumerate(dialog.rows) if not r.installed and not r.repo_id
+    )  # a catalog variant with no ready-made repo
+    name, variant = dialog.rows[row].name, dialog.rows[row].variant
+    assert dialog.table.item(row, 2).text() == "export from the original"
+    asked: list[str] = []
+
+    def pick(_parent, title, *_a, **_k):
+        asked.append(title)
+        return str(tiny_checkpoint)
+
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", pick)
+    dialog.table.selectRow(row)
+    assert dialog.download_button.text() == ORIGINAL_BUTTON
+    assert dialog.download_button.isEnabled()
+    dialog.download_button.click()
+    assert asked and name in asked[0]
+    with qtbot.waitSignal(dialog.job.ended, timeout=JOB_MS):
+        pass
+    assert "done" in dialog.message.text(), dialog.message.text()
+    installed = Store().get(name, variant)  # the row's own name and precision
+    assert installed.runnable and installed.variant == variant
+    assert dialog.table.item(_row_of(dialog, name, variant), 2).text() == "installed"
+
+
+def test_a_folder_that_is_no_checkpoint_is_refused_in_one_line(
+    qtbot, window, tmp_path, tiny_models, monkeypatch
+):
+    """Neither a folder with no model nor an OpenVINO model folder starts an export."""
+    from PySide6.QtWidgets import QFileDialog
+
+    dialog = window.open_settings()
+    row = next(i for i, r in enumerate(dialog.rows) if not r.installed and not r.repo_id)
+    (tmp_path / "notes.txt").write_text("not a model")
+    dialog.table.selectRow(row)
+    for folder in (tmp_path, tiny_models["INT4"]):
+        monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *_a, f=folder, **_k: str(f))
+        dialog.download_button.click()
+        assert dialog.job is None, folder  # nothing started
+        text = dialog.message.text()
+        assert text and "\n" not in text and dialog.message.property("error"), text
+    assert "Import folder" in dialog.message.text()  # what to do with a model folder
+    assert Store().list() == []
+
+
+def test_the_inference_tab_speaks_of_this_app_and_titles_its_groups(qtbot, window):
+    from PySide6.QtWidgets import QGroupBox, QLabel
+
+    dialog = window.open_settings()
+    page = dialog.tabs.widget(1)
+    texts = " ".join(label.text() for label in page.findChildren(QLabel))
+    assert "notebook" not in texts
+    assert "…" not in texts  # no heading that reads like a button
+    titles = [g.title() for g in page.findChildren(QGroupBox)]
+    assert titles == ["On this computer", "Remote server"]

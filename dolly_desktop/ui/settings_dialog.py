@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -89,6 +90,9 @@ def download_progress(emit: ProgressFn) -> Callable[[TransferProgress], None]:
         emit(f"{p.stage} {p.file}: {done} of {total} at {speed}/s{eta}", p.fraction)
 
     return on
+
+
+ORIGINAL_BUTTON = "Export from a folder…"  # the Download button, for "export from the original"
 
 
 class SettingsDialog(QDialog):
@@ -195,7 +199,10 @@ class SettingsDialog(QDialog):
 
     def _inference_page(self) -> QWidget:
         page = QWidget()
-        form = QFormLayout(page)
+        # Two groups, each with its title: a bold line alone above the remote fields read as
+        # a button ("Remote server…").
+        local = QGroupBox("On this computer", objectName="local_group")
+        form = QFormLayout(local)
         self.device = QComboBox(objectName="settings_device")
         for d in list_devices():
             self.device.addItem(d.label(), d.id)
@@ -228,9 +235,10 @@ class SettingsDialog(QDialog):
         form.addRow("Prompt lookup", self.lookup)
         form.addRow("Compiled-model cache", cache_row)
         note = QLabel(
-            "Changing the device, the hint or prompt lookup reloads the model, as the notebook "
-            "recompiles it. "
-            "The cache makes the second load of a model fast."
+            "Changing the device, the hint or prompt lookup reloads the model: OpenVINO "
+            "compiles it again for the new settings. The cache keeps what was compiled, so the "
+            "second load of a model is fast.",
+            objectName="inference_note",
         )
         note.setWordWrap(True)
         form.addRow(note)
@@ -249,10 +257,15 @@ class SettingsDialog(QDialog):
         remote_row.addWidget(self.remote_key, 1)
         remote_row.addWidget(self.test_button)
         remote_row.addWidget(self.use_remote_button)
-        form.addRow(QLabel("<b>Remote server…</b>"))
-        form.addRow("URL", self.remote_url)
-        form.addRow("API key", remote_row)
-        form.addRow(self.remote_status)
+        remote = QGroupBox("Remote server", objectName="remote_group")
+        rform = QFormLayout(remote)
+        rform.addRow("URL", self.remote_url)
+        rform.addRow("API key", remote_row)
+        rform.addRow(self.remote_status)
+        lay = QVBoxLayout(page)
+        lay.addWidget(local)
+        lay.addWidget(remote)
+        lay.addStretch(1)
         self.test_button.clicked.connect(self.test_remote)
         self.use_remote_button.clicked.connect(self.use_remote)
         self.device.activated.connect(lambda _i: self._inference_changed())
@@ -353,7 +366,19 @@ class SettingsDialog(QDialog):
         busy = self.job is not None and self.job.running
         m = row.installed if row else None
         self.use_button.setEnabled(bool(m and m.runnable))
-        self.download_button.setEnabled(bool(row and not m and row.repo_id) and not busy)
+        # A variant with no ready-made repo is exported from the original checkpoint: the
+        # same button asks for that folder on disk instead of downloading.
+        original = bool(row and not m and not row.repo_id)
+        self.download_button.setText(ORIGINAL_BUTTON if original else "Download")
+        self.download_button.setToolTip(
+            f"Export {row.name} {row.variant} from its Hugging Face checkpoint "
+            f"(databricks/{row.name}), a folder already on this computer"
+            if original and row
+            else ""
+        )
+        self.download_button.setEnabled(
+            bool(row and not m and (row.repo_id or original)) and not busy
+        )
         self.remove_button.setEnabled(bool(m) and not busy)
         fp16 = bool(m and m.runnable and m.variant == Precision.FP16.value)
         self.compress_button.setEnabled(fp16 and not busy)
@@ -408,6 +433,9 @@ class SettingsDialog(QDialog):
 
     def download_selected(self) -> None:
         row = self.selected_row()
+        if row and not row.installed and not row.repo_id:
+            self.export_original(row)
+            return
         if not row or not row.repo_id:
             return
 
@@ -423,21 +451,51 @@ class SettingsDialog(QDialog):
             ),
         )
 
-    def export_checkpoint(self, src: str | None = None) -> None:
+    def export_checkpoint(
+        self, src: str | None = None, precision: Precision | None = None, name: str | None = None
+    ) -> None:
+        """Export the checkpoint folder `src` (asked for when None) to `precision` (the
+        target precision when None), into the store as `name` (the folder's when None)."""
         if not export_support.available():  # once it is installed, this export goes on
-            self.offer_export_support(then=lambda: self.export_checkpoint(src))
+            self.offer_export_support(then=lambda: self.export_checkpoint(src, precision, name))
             return
         if src is None:
-            src = QFileDialog.getExistingDirectory(self, "A PyTorch checkpoint folder to export")
+            src = QFileDialog.getExistingDirectory(
+                self, "A Hugging Face checkpoint folder to export (config.json and its weights)"
+            )
             if not src:
                 return
-        precision = Precision(self.precision.currentText())
+        precision = precision or Precision(self.precision.currentText())
+        named = {"name": name} if name else {}
         try:
-            child = export_job(self.store, Path(src), precision)
+            child = export_job(self.store, Path(src), precision, **named)
         except DollyError as e:
             self._say(str(e), error=True)
             return
-        self._run_child(f"Exporting {Path(src).name} to {precision.value}", child)
+        self._run_child(f"Exporting {name or Path(src).name} to {precision.value}", child)
+
+    def export_original(self, row: Listed, src: str | None = None) -> None:
+        """A catalog variant with no ready-made download: export (and for INT8/INT4,
+        compress) it from the Hugging Face checkpoint folder the person has on disk."""
+        if src is None:
+            src = QFileDialog.getExistingDirectory(
+                self, f"The {row.name} checkpoint from Hugging Face (databricks/{row.name})"
+            )
+            if not src:
+                return
+        try:
+            kind = self.store.plan_import(Path(src), row.name).kind
+        except DollyError as e:
+            self._say(str(e), error=True)
+            return
+        if kind != "checkpoint":
+            self._say(
+                f"{src} holds an OpenVINO model, not a checkpoint to export: add it with "
+                "Import folder….",
+                error=True,
+            )
+            return
+        self.export_checkpoint(src, Precision(row.variant), row.name)
 
     def offer_export_support(self, then: Callable[[], None] | None = None) -> None:
         """Export needs torch and optimum-intel, which the app does not install up front.
