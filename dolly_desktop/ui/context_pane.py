@@ -103,7 +103,8 @@ class ContextPane(QWidget):
         top.addWidget(self.meter, 1)
         lay.addLayout(top)
         lay.addWidget(self.body, 1)
-        lay.addStretch(0)  # collapsed beside the open Documents pane: stays at the top
+        lay.addStretch(1)  # collapsed beside the open Documents pane: stays at the top
+        self._lay = lay
         self.fits = True
         self.documents = False  # collections are picked: the meter says what room they have
         self._count_job: Job | None = None
@@ -127,6 +128,7 @@ class ContextPane(QWidget):
         self.toggle.setChecked(open_)
         self.toggle.setArrowType(Qt.ArrowType.DownArrow if open_ else Qt.ArrowType.RightArrow)
         self.body.setVisible(open_)
+        self._lay.setStretch(2, 0 if open_ else 1)  # open: the passage takes the height
 
     def schedule_count(self) -> None:
         self._timer.start()

@@ -31,7 +31,6 @@ from PySide6.QtWidgets import (
     QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -208,8 +207,9 @@ class HistoryPanel(QWidget):
         self.list_stack.addWidget(self.empty_label)
         self.rerun_button = QPushButton("Re-run")
         self.delete_button = QPushButton("Delete")
-        self.export_button = QToolButton(text="Export", objectName="history_export")
-        self.export_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        # A push button with a menu: room for its arrow beside the text (a tool button drew
+        # it over the "t" and stood shorter than Re-run and Delete).
+        self.export_button = QPushButton("Export", objectName="history_export")
         menu = QMenu(self)
         self.entry_export_actions = []  # "This entry…": only with an entry selected
         for label, fmt, only_one in [

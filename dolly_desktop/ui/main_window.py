@@ -7,15 +7,28 @@ import threading
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, QTemporaryDir, QTimer, Signal, Slot
+from PySide6.QtCore import (
+    QEvent,
+    QModelIndex,
+    QObject,
+    QSettings,
+    QSize,
+    Qt,
+    QTemporaryDir,
+    QTimer,
+    Signal,
+    Slot,
+)
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
+    QBoxLayout,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -25,8 +38,11 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QSplitter,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTabWidget,
     QTextBrowser,
     QVBoxLayout,
@@ -67,6 +83,35 @@ OPEN_PANE_LINES = 22  # the height, in lines of text, the editor takes when a pa
 PICKED_KEY = "documents/picked"  # the collections ticked, kept between runs
 FALLBACK_KEY = "documents/fallback"
 FRAME_MS = 16  # the response is painted at most once per frame while it streams
+ITEM_PAD = 6  # pixels added to each example's height
+METER_MIN_TEXT = "prompt 1032 + up to 1000 new"  # the token meter's narrowest readable width
+
+
+class RoomyDelegate(QStyledItemDelegate):
+    """Word-wrapped items a few pixels taller than their text: at some widths Qt sized a
+    two-line example a pixel short, and drew its first line elided over an empty second."""
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
+        return super().sizeHint(option, index) + QSize(0, ITEM_PAD)
+
+
+class SideScroll(QScrollArea):
+    """The examples, history and parameters column: it scrolls when the window is shorter
+    than it (800x600 with the first-run panel), and is never narrower than its content."""
+
+    def __init__(self, content: QWidget) -> None:
+        super().__init__(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(content)
+        self.setAccessibleName("Examples, history and parameters")
+
+    def minimumSizeHint(self) -> QSize:
+        bar = self.verticalScrollBar().sizeHint().width()
+        return QSize(self.widget().minimumSizeHint().width() + bar, 120)
+
+    def sizeHint(self) -> QSize:
+        hint = self.widget().sizeHint()
+        return QSize(hint.width() + self.verticalScrollBar().sizeHint().width(), hint.height())
 
 
 class InstructionEdit(QPlainTextEdit):
@@ -137,6 +182,7 @@ class MainWindow(QMainWindow):
         self.examples.setWordWrap(True)
         self.examples.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.examples.setSpacing(2)
+        self.examples.setItemDelegate(RoomyDelegate(self.examples))
         self.examples.setToolTip("Click an example to use it as the instruction")
         self.history_panel = HistoryPanel(self.history)
         self.side_tabs = QTabWidget(objectName="side_tabs")
@@ -171,18 +217,20 @@ class MainWindow(QMainWindow):
         ev.addWidget(self.instruction, 2)
         self.context_pane = ContextPane()
         self.documents_pane = DocumentsPane()
-        passages = QWidget()
-        ph = QHBoxLayout(passages)
+        passages = self.passages = QWidget(objectName="passages")
+        ph = self.passages_row = QBoxLayout(QBoxLayout.Direction.LeftToRight, passages)
         ph.setContentsMargins(0, 0, 0, 0)
         ph.addWidget(self.context_pane, 3)
         ph.addWidget(self.documents_pane, 0)
         ev.addWidget(passages, 0)
+        passages.installEventFilter(self)  # a new width may stack the panes, or unstack them
 
         def fit_panes(_open: bool) -> None:
             # Room for a pane only while it is open; collapsed, each is one line.
             ctx, docs = self.context_pane.toggle.isChecked(), self.documents_pane.toggle.isChecked()
             ev.setStretchFactor(passages, 3 if ctx or docs else 0)
             ph.setStretchFactor(self.documents_pane, 2 if docs else 0)
+            self._arrange_passages()
             if _open:  # an open pane needs room under the instruction: take it from below
                 top, below = self.center.sizes()
                 need = self.fontMetrics().height() * OPEN_PANE_LINES
@@ -214,9 +262,10 @@ class MainWindow(QMainWindow):
         sv.setContentsMargins(0, 0, 0, 0)
         sv.addWidget(self.side_tabs, 1)
         sv.addWidget(self._build_params())
+        self.side = SideScroll(side)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(side)
+        self.splitter.addWidget(self.side)
         self.splitter.addWidget(self.center)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setSizes([300, 700])
@@ -260,6 +309,32 @@ class MainWindow(QMainWindow):
         self.submit_button.setAccessibleDescription("Generate a response (Ctrl+Enter)")
         self.stop_button.setAccessibleDescription("Stop generating (Esc)")
         name_controls(self)
+
+    def _arrange_passages(self) -> None:
+        """Context and Documents side by side while both have room, else one above the
+        other: an open Documents pane beside the Context line in an 800 px window would
+        squeeze the token meter to a word per line."""
+        docs = self.documents_pane
+        meter_min = self.fontMetrics().horizontalAdvance(METER_MIN_TEXT)
+        need = (
+            docs.minimumSizeHint().width()
+            + self.context_pane.toggle.sizeHint().width()
+            + meter_min
+            + 3 * self.passages_row.spacing()
+        )
+        wide = not docs.toggle.isChecked() or self.passages.width() >= need
+        direction = QBoxLayout.Direction.LeftToRight if wide else QBoxLayout.Direction.TopToBottom
+        if self.passages_row.direction() != direction:
+            self.passages_row.setDirection(direction)
+        # Side by side the Context line keeps its width (the meter's room); one above the
+        # other, a collapsed Context line takes no height from the Documents list.
+        ctx = self.context_pane.toggle.isChecked()
+        self.passages_row.setStretchFactor(self.context_pane, 3 if wide or ctx else 0)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is getattr(self, "passages", None) and event.type() == QEvent.Type.Resize:
+            self._arrange_passages()
+        return super().eventFilter(watched, event)
 
     def _build_params(self) -> QGroupBox:
         box = QGroupBox("Parameters")
@@ -775,15 +850,21 @@ class MainWindow(QMainWindow):
         """Every keyboard shortcut, as Help lists them."""
         pairs = [("Ctrl+Enter", "Submit the instruction"), ("Esc", "Stop generating")]
         for action in self.findChildren(QAction):
-            for key in action.shortcuts():
-                text = key.toString(QKeySequence.SequenceFormat.NativeText)
-                if text:
-                    pairs.append((text, action.text().replace("&", "")))
+            # The first key only: Zoom in's second (Ctrl++, Shift on most keyboards) is
+            # there for keyboards that have it, not a second thing to learn.
+            keys = [k.toString(QKeySequence.SequenceFormat.NativeText) for k in action.shortcuts()]
+            if keys and keys[0]:
+                pairs.append((keys[0], action.text().replace("&", "")))
         return pairs
 
     def show_shortcuts(self) -> None:
-        rows = "".join(f"<tr><td><b>{k}</b></td><td>{w}</td></tr>" for k, w in self.shortcuts())
-        QMessageBox.information(self, "Keyboard shortcuts", f"<table>{rows}</table>")
+        rows = "".join(
+            f"<tr><td style='padding-right:18px'><b>{k}</b></td><td>{w}</td></tr>"
+            for k, w in self.shortcuts()
+        )
+        QMessageBox.information(
+            self, "Keyboard shortcuts", f"<table cellspacing='3'>{rows}</table>"
+        )
 
     def use_example(self, text: str) -> None:
         for instruction, passage in CONTEXT_EXAMPLES:

@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
     QFrame,
     QHBoxLayout,
@@ -65,6 +66,16 @@ FAIR = (
 PAINT_MS = 33  # streamed text is painted at most once a frame
 
 
+def fit_screen(widget: QWidget, width: int, height: int) -> QSize:
+    """`width` x `height`, or nine tenths of the screen's free area if that is smaller: a
+    window larger than a small screen opens with its edges and buttons out of reach."""
+    screen = widget.screen() or QApplication.primaryScreen()
+    if screen is None:
+        return QSize(width, height)
+    room = screen.availableGeometry().size() * 0.9
+    return QSize(min(width, room.width()), min(height, room.height()))
+
+
 class CompareWindow(QWidget):
     run_ended = Signal()  # a run is over (answered, stopped or failed) and the columns say so
     voted = Signal(object)  # list[PairTally] the vote counted for
@@ -100,7 +111,7 @@ class CompareWindow(QWidget):
         self.refresh_models(current)
         self.timer = QTimer(self, interval=PAINT_MS)
         self.timer.timeout.connect(self._drain)
-        self.resize(1400, 900)
+        self.resize(fit_screen(self, 1400, 900))
 
     # ---- building -----------------------------------------------------------------------
     def _build(self) -> None:
@@ -254,6 +265,8 @@ class CompareWindow(QWidget):
         """The picked models, the memory available now and how they will load; one sentence
         (DollyError) when they cannot be compared."""
         picked = self._picked()
+        if len(picked) < 2:  # said for this window, not as the command line's flags
+            raise DollyError("Tick two or three models to compare.")
         if len({m.name for m in picked}) > 1 and len(picked) > 2:
             raise DollyError("Three at once only as variants of one model: pick two models.")
         models = contenders([str(m.path) for m in picked], self.store)
