@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QBoxLayout
 
 from dolly_desktop.models.store import Store
 from dolly_desktop.ui.compare.view import CompareWindow
-from dolly_desktop.ui.main_window import ITEM_PAD, METER_MIN_TEXT, MainWindow
+from dolly_desktop.ui.main_window import ITEM_MARGIN, ITEM_PAD, METER_MIN_TEXT, MainWindow
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +75,7 @@ def test_every_example_has_room_for_its_wrapped_lines(qtbot):
     for i in range(ex.count()):
         item = ex.item(i)
         rect = ex.visualItemRect(item)
-        text = fm.boundingRect(QRect(0, 0, rect.width() - 8, 10_000),
+        text = fm.boundingRect(QRect(0, 0, rect.width() - 2 * ITEM_MARGIN, 10_000),
                                Qt.TextFlag.TextWordWrap, item.text())  # fmt: skip
         assert rect.height() >= text.height() + ITEM_PAD - 1, (item.text(), rect, text)
     w.close()

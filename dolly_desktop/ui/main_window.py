@@ -11,6 +11,7 @@ from PySide6.QtCore import (
     QEvent,
     QModelIndex,
     QObject,
+    QRect,
     QSettings,
     QSize,
     Qt,
@@ -19,7 +20,7 @@ from PySide6.QtCore import (
     Signal,
     Slot,
 )
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QPainter, QPalette, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
     QBoxLayout,
@@ -32,6 +33,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QListView,
     QListWidget,
     QMainWindow,
     QMessageBox,
@@ -41,6 +43,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSpinBox,
     QSplitter,
+    QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
     QTabWidget,
@@ -84,15 +87,41 @@ PICKED_KEY = "documents/picked"  # the collections ticked, kept between runs
 FALLBACK_KEY = "documents/fallback"
 FRAME_MS = 16  # the response is painted at most once per frame while it streams
 ITEM_PAD = 6  # pixels added to each example's height
+ITEM_MARGIN = 4  # pixels either side of an example's text
 METER_MIN_TEXT = "prompt 1032 + up to 1000 new"  # the token meter's narrowest readable width
 
 
-class RoomyDelegate(QStyledItemDelegate):
-    """Word-wrapped items a few pixels taller than their text: at some widths Qt sized a
-    two-line example a pixel short, and drew its first line elided over an empty second."""
+class WrappedItemDelegate(QStyledItemDelegate):
+    """Examples drawn word-wrapped at the width they are measured at, with a little room:
+    Qt's own wrapping, under Xvfb at 800x600, sized "Give five ideas for great weekend with
+    family" for two lines and drew "…with …" over an empty second line."""
+
+    def _width(self) -> int:
+        view = self.parent()
+        return max(40, view.viewport().width() - 2 * view.spacing() - 2 * ITEM_MARGIN)
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
-        return super().sizeHint(option, index) + QSize(0, ITEM_PAD)
+        text = str(index.data() or "")
+        box = QRect(0, 0, self._width(), 100_000)
+        height = option.fontMetrics.boundingRect(box, Qt.TextFlag.TextWordWrap, text).height()
+        return QSize(self._width() + 2 * ITEM_MARGIN, height + ITEM_PAD)
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        text, opt.text = opt.text, ""
+        style = opt.widget.style() if opt.widget else QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, opt.widget)
+        selected = bool(opt.state & QStyle.StateFlag.State_Selected)
+        role = QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text
+        painter.save()
+        painter.setPen(opt.palette.color(role))
+        painter.setFont(opt.font)
+        flags = (
+            Qt.TextFlag.TextWordWrap | Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+        )
+        painter.drawText(opt.rect.adjusted(ITEM_MARGIN, 0, -ITEM_MARGIN, 0), int(flags), text)
+        painter.restore()
 
 
 class SideScroll(QScrollArea):
@@ -182,7 +211,8 @@ class MainWindow(QMainWindow):
         self.examples.setWordWrap(True)
         self.examples.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.examples.setSpacing(2)
-        self.examples.setItemDelegate(RoomyDelegate(self.examples))
+        self.examples.setItemDelegate(WrappedItemDelegate(self.examples))
+        self.examples.setResizeMode(QListView.ResizeMode.Adjust)  # measured again on resize
         self.examples.setToolTip("Click an example to use it as the instruction")
         self.history_panel = HistoryPanel(self.history)
         self.side_tabs = QTabWidget(objectName="side_tabs")
