@@ -110,3 +110,26 @@ def test_the_history_export_button_has_room_for_its_arrow(qtbot):
     text = export.fontMetrics().horizontalAdvance(export.text())
     assert export.width() >= text + 2 * export.fontMetrics().height(), export.width()
     w.close()
+
+
+def test_a_disabled_check_box_is_greyed_in_dark(qtbot):
+    """The dark palette greys a disabled check box's text (Fixed seed, with Greedy on)."""
+    from PySide6.QtWidgets import QApplication, QCheckBox
+
+    from dolly_desktop.ui.look import dark_palette
+
+    def brightest(enabled: bool) -> int:
+        box = QCheckBox("Fixed seed")
+        qtbot.addWidget(box)
+        box.setStyle(QApplication.style())
+        box.setPalette(dark_palette())
+        box.setEnabled(enabled)
+        image = box.grab().toImage()
+        return max(
+            image.pixelColor(x, y).lightness()
+            for x in range(box.width() // 3, box.width())  # the text, right of the box
+            for y in range(image.height())
+        )
+
+    assert brightest(True) >= 200
+    assert brightest(False) <= 160

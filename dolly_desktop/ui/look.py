@@ -55,7 +55,12 @@ def dark_palette() -> QPalette:
         (QPalette.ColorRole.PlaceholderText, QColor(150, 150, 150)),
     ):
         p.setColor(role, color)
-    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText):
+    # WindowText too: a check box's or a label's text (the disabled "Fixed seed" stayed white)
+    for role in (
+        QPalette.ColorRole.Text,
+        QPalette.ColorRole.ButtonText,
+        QPalette.ColorRole.WindowText,
+    ):
         p.setColor(QPalette.ColorGroup.Disabled, role, QColor(120, 120, 120))
     return p
 
