@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 from conftest import copy_model
-from PySide6.QtWidgets import QLabel
+from PySide6.QtWidgets import QLabel, QWidget
 
 from dolly_desktop.compare.agreement import Prompt, Tokens, measure
 from dolly_desktop.compare.votes import tally
@@ -213,3 +213,24 @@ def test_open_compare_shows_one_window_per_parent(qtbot, store):
     assert first.instruction.toPlainText() == "Name 3 advantages to be a cat"
     assert first.context.toPlainText() == "A passage."
     first.close()
+
+
+def test_a_model_opened_from_a_folder_outside_the_store_is_offered_too(
+    qtbot, tiny_models, tmp_path
+):
+    """--model FOLDER or File → Open: the loaded model is not in the store, and Compare still
+    offers (and ticks) it, beside the store's variants; a server's URL is not offered."""
+    from dolly_desktop.ui.compare import open_compare
+
+    empty = Store(tmp_path / "models")
+    folder = tmp_path / "mine" / "INT8"
+    copy_model(tiny_models["INT8"], folder)
+    parent = QWidget()
+    qtbot.addWidget(parent)
+    window = open_compare(parent, "Who is Dolly?", current=str(folder), store=empty)
+    (box, m) = window.model_boxes[0]
+    assert len(window.model_boxes) == 1 and m.path == folder and box.isChecked()
+    assert "mine/INT8" in box.text() and "No model is installed" not in window.pick_hint.text()
+    window.refresh_models("http://127.0.0.1:9/v1")  # now a server's model: nothing to load here
+    assert window.model_boxes == [] and "No model is installed" in window.pick_hint.text()
+    window.close()

@@ -47,11 +47,13 @@ from dolly_desktop.compare.runs import (
 )
 from dolly_desktop.compare.votes import record_vote, tally
 from dolly_desktop.errors import DollyError
+from dolly_desktop.generation.engine import ModelRef
 from dolly_desktop.generation.params import RANGES, GenerationParams
 from dolly_desktop.generation.prompt import build_prompt
 from dolly_desktop.models.capacity import available_memory_bytes, format_bytes
 from dolly_desktop.models.checks import read_check
 from dolly_desktop.models.choice import PRECISION_RANK
+from dolly_desktop.models.folder import inspect_model_dir
 from dolly_desktop.models.store import InstalledModel, Store
 from dolly_desktop.ui.background import Job
 from dolly_desktop.ui.compare.column import AnswerColumn
@@ -227,6 +229,9 @@ class CompareWindow(QWidget):
         """List the installed, runnable models; tick the variants of `current`'s model (the
         one in use), else of the first one, up to three, highest precision first."""
         installed = [m for m in self.store.list() if m.runnable]
+        opened = _opened_folder(current, installed)
+        if opened is not None:
+            installed.append(opened)
         ticked = {m.path for m in self._picked()}
         if not ticked:
             name = next((m.name for m in installed if str(m.path) == current), None)
@@ -474,6 +479,30 @@ class CompareWindow(QWidget):
 
 def _rank(m: InstalledModel) -> int:
     return PRECISION_RANK.get(m.variant, -1)
+
+
+def _opened_folder(current: str | None, installed: list[InstalledModel]) -> InstalledModel | None:
+    """The model the main window has open from a folder outside the store (--model FOLDER,
+    File → Open model folder), described as the store describes its own, so it can be compared
+    too; None when it is in the store, a server's URL or not a model folder."""
+    if not current or any(str(m.path) == current for m in installed):
+        return None
+    path = Path(current)
+    try:
+        info = inspect_model_dir(path)
+    except DollyError:
+        return None
+    ref = ModelRef.from_folder(path)
+    return InstalledModel(
+        name=ref.name,
+        variant=ref.precision or path.name,
+        path=path,
+        size_bytes=info.weights_bytes,
+        weights_bytes=info.weights_bytes,
+        compression_rate=None,
+        source=str(path),
+        problem=None,
+    )
 
 
 def _item_text(m: InstalledModel) -> str:
