@@ -348,3 +348,33 @@ def test_the_inference_tab_speaks_of_this_app_and_titles_its_groups(qtbot, windo
     assert "…" not in texts  # no heading that reads like a button
     titles = [g.title() for g in page.findChildren(QGroupBox)]
     assert titles == ["On this computer", "Remote server"]
+
+
+def test_model_settings_shows_the_calibration_measures_again_and_turns_it_off(
+    qtbot, tiny_fp16
+):
+    from test_calibration import a_calibration
+
+    from dolly_desktop.generation.tuning import calibration as cal
+    from dolly_desktop.generation.tuning.rule import weight_format
+
+    w = MainWindow(model=str(tiny_fp16))
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.load_done, timeout=JOB_MS):
+        w.show()
+    key = cal.machine_key(weight_format(tiny_fp16))
+    dialog = w.open_settings()
+    assert "Not calibrated on this machine yet" in dialog.calibration.text()
+    cal.store(a_calibration(key))  # as an idle calibration would have left it
+    dialog = w.open_settings()
+    assert "dq 128" in dialog.calibration.text() and "chosen" in dialog.calibration.text()
+    with qtbot.waitSignal(w.load_done, timeout=JOB_MS):  # forgotten, then loaded again
+        dialog.measure_again.click()
+    assert cal.load(key) is None and "Not calibrated" in dialog.calibration.text()
+    cal.store(a_calibration(key))
+    with qtbot.waitSignal(w.load_done, timeout=JOB_MS):  # off: reloaded on the rule
+        dialog.calibrate.setChecked(False)
+    assert w.settings.engine_options()["calibrate"] is False
+    assert w.worker.engine.tuning == "by the built-in rule"
+    assert "built-in" in dialog.calibration.text() and not dialog.measure_again.isEnabled()
+    w.close()

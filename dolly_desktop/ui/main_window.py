@@ -60,7 +60,7 @@ from dolly_desktop.generation.examples import CONTEXT_EXAMPLES, EXAMPLES
 from dolly_desktop.generation.metrics import metrics_text
 from dolly_desktop.generation.params import RANGES, GenerationParams
 from dolly_desktop.generation.prompt import EMPTY_INSTRUCTION
-from dolly_desktop.generation.tuning.calibration import LAST_RUNS, mix_from_runs
+from dolly_desktop.generation.tuning.calibration import LAST_RUNS, Mix, mix_from_runs
 from dolly_desktop.history.store import Entry, History
 from dolly_desktop.logs import log_file
 from dolly_desktop.models.choice import best_installed, resolve_model
@@ -540,10 +540,7 @@ class MainWindow(QMainWindow):
         self.model_dir = None
         self._update_buttons()
         options = self.settings.engine_options()
-        # Calibration weighs prompt and answer lengths as this person's last runs had them.
-        options["mix"] = mix_from_runs(
-            (e.input_tokens, e.generated_tokens) for e in self.history.list(limit=LAST_RUNS)
-        )
+        options["mix"] = self.mix()
         self.request_load.emit(LoadRequest(folder, self.device.currentData(), options))
 
     def load_remote(self, url: str, api_key: str = "") -> None:
@@ -551,6 +548,13 @@ class MainWindow(QMainWindow):
         self.model_dir = None
         self._update_buttons()
         self.request_load.emit(LoadRequest(url, remote=True, api_key=api_key))
+
+    def mix(self) -> Mix:
+        """The lengths calibration weighs: prompt and answer as this person's last runs had
+        them (generation/tuning/calibration.py)."""
+        return mix_from_runs(
+            (e.input_tokens, e.generated_tokens) for e in self.history.list(limit=LAST_RUNS)
+        )
 
     def open_compare(self) -> QWidget:
         """The Compare window, with this instruction and passage and the loaded model's
@@ -572,6 +576,7 @@ class MainWindow(QMainWindow):
             self.settings_dialog.device_chosen.connect(self._device_from_settings)
             self.settings_dialog.refresh_hub()  # the OpenVINO org's current repos, when online
         self.settings_dialog.current_folder = self.model_dir
+        self.settings_dialog.mix = self.mix()
         self.settings_dialog.refresh()
         self.settings_dialog.show()
         self.settings_dialog.raise_()

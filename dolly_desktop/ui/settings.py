@@ -55,6 +55,7 @@ class AppSettings:
     performance_hint = _Key("inference/hint", "")
     cache_dir = _Key("inference/cache_dir", "")
     prompt_lookup = _Key("inference/prompt_lookup", LookupMode.OFF.value)  # off, on, auto
+    calibrate = _Key("inference/calibrate", True)  # measure CPU settings while idle (tune)
     window_geometry = _Key("window/geometry", QByteArray())
     window_splitter = _Key("window/splitter", QByteArray())
     zoom = _Key("view/zoom", 0)  # points added to the text's normal size
@@ -100,8 +101,10 @@ class AppSettings:
 
     def engine_options(self) -> dict[str, Any]:
         """Engine keyword arguments from the Inference settings (cache folder, hint, prompt
-        lookup)."""
+        lookup, calibration: off here, else what the process's mode says)."""
         opts: dict[str, Any] = {"prompt_lookup": self.lookup_mode()}
+        if not self.calibrate:
+            opts["calibrate"] = False
         if self.cache_dir:
             opts["cache_dir"] = Path(self.cache_dir)
         if self.performance_hint:

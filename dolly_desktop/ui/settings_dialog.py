@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtGui import QCloseEvent, QFontDatabase
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -45,6 +46,8 @@ from dolly_desktop.compare.prompts import BUILT_IN
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.devices import list_devices
 from dolly_desktop.generation.lookup import LABELS as LOOKUP_LABELS
+from dolly_desktop.generation.tuning import calibration
+from dolly_desktop.generation.tuning.rule import weight_format
 from dolly_desktop.models import hub_catalog
 from dolly_desktop.models.capacity import format_bytes
 from dolly_desktop.models.checks import CheckRecord, read_check
@@ -113,6 +116,7 @@ class SettingsDialog(QDialog):
         self.offered: tuple[InstalledModel, InstalledModel] | None = None  # check: target, ref
         self.rows: list[Listed] = []
         self.current_folder: str | None = None  # the window says what it has loaded
+        self.mix = calibration.DEFAULT_MIX  # the person's prompt and answer lengths (window)
         self._loading = ""  # the model "Use this model" asked for, until the window answers
         self.endpoint: str | None = None  # the Hub; None: HF_ENDPOINT or huggingface.co
         tabs = self.tabs = QTabWidget()
@@ -234,6 +238,25 @@ class SettingsDialog(QDialog):
         form.addRow("Performance hint", self.hint)
         form.addRow("Prompt lookup", self.lookup)
         form.addRow("Compiled-model cache", cache_row)
+        # Calibration (generation/tuning/): what this machine's measurements chose, and a way
+        # to measure again or to keep the built-in rule.
+        self.calibrate = QCheckBox("Tune to this CPU while idle", objectName="calibrate")
+        self.calibrate.setChecked(bool(self.settings.calibrate))
+        self.calibrate.setToolTip(
+            "Once per model on this computer, while the app sits idle, measures a few CPU "
+            "settings and keeps the fastest for the lengths of your own prompts and answers. "
+            "A request stops it at once. Off: the built-in settings."
+        )
+        self.measure_again = QPushButton("Measure again", objectName="measure_again")
+        self.measure_again.clicked.connect(self._measure_again)
+        calibrate_row = QHBoxLayout()
+        calibrate_row.addWidget(self.calibrate, 1)
+        calibrate_row.addWidget(self.measure_again)
+        self.calibration = QLabel(objectName="calibration_summary", wordWrap=True)
+        self.calibration.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.calibration.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow("CPU calibration", calibrate_row)
+        form.addRow(self.calibration)
         note = QLabel(
             "Changing the device, the hint or prompt lookup reloads the model: OpenVINO "
             "compiles it again for the new settings. The cache keeps what was compiled, so the "
@@ -271,6 +294,7 @@ class SettingsDialog(QDialog):
         self.device.activated.connect(lambda _i: self._inference_changed())
         self.hint.activated.connect(lambda _i: self._inference_changed())
         self.lookup.activated.connect(lambda _i: self._inference_changed())
+        self.calibrate.toggled.connect(lambda _on: self._inference_changed())
         self.cache.editingFinished.connect(self._inference_changed)
         return page
 
@@ -329,10 +353,39 @@ class SettingsDialog(QDialog):
         self.settings.performance_hint = self.hint.currentData()
         self.settings.prompt_lookup = self.lookup.currentData()
         self.settings.cache_dir = self.cache.text().strip()
+        self.settings.calibrate = self.calibrate.isChecked()
+        self.refresh_calibration()
+        self.device_chosen.emit(self.device.currentData())
+
+    def _local_model(self) -> Path | None:
+        folder = self.current_folder
+        return Path(folder) if folder and Path(folder).is_dir() else None
+
+    def refresh_calibration(self) -> None:
+        """What calibration chose for the loaded model on this machine, with its figures, for
+        the person's mix (`mix`, which the window reads from history)."""
+        model = self._local_model()
+        if model is None:
+            self.calibration.setText("Calibration applies to a model on this computer.")
+        elif not self.calibrate.isChecked():
+            self.calibration.setText("Off: the built-in CPU settings are used.")
+        else:
+            self.calibration.setText(calibration.summary(model, self.mix))
+        self.measure_again.setEnabled(model is not None and self.calibrate.isChecked())
+
+    def _measure_again(self) -> None:
+        """Forget what was measured for this model's weights on this machine and reload: the
+        engine measures again at the next idle time."""
+        model = self._local_model()
+        if model is None:
+            return
+        calibration.forget(calibration.machine_key(weight_format(model)))
+        self.refresh_calibration()
         self.device_chosen.emit(self.device.currentData())
 
     # ---- the table --------------------------------------------------------------------
     def refresh(self) -> None:
+        self.refresh_calibration()
         self.rows = list_models(self.store)
         self.table.setRowCount(len(self.rows))
         for r, row in enumerate(self.rows):
