@@ -4,13 +4,14 @@ after an export or compress), and choose the variant and the device it runs on."
 
 from __future__ import annotations
 
+import html
 import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QCloseEvent, QFontDatabase
+from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -253,7 +254,6 @@ class SettingsDialog(QDialog):
         calibrate_row.addWidget(self.calibrate, 1)
         calibrate_row.addWidget(self.measure_again)
         self.calibration = QLabel(objectName="calibration_summary", wordWrap=True)
-        self.calibration.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.calibration.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         form.addRow("CPU calibration", calibrate_row)
         form.addRow(self.calibration)
@@ -370,7 +370,7 @@ class SettingsDialog(QDialog):
         elif not self.calibrate.isChecked():
             self.calibration.setText("Off: the built-in CPU settings are used.")
         else:
-            self.calibration.setText(calibration.summary(model, self.mix))
+            self.calibration.setText(_calibration_html(calibration.stored(model), self.mix))
         self.measure_again.setEnabled(model is not None and self.calibrate.isChecked())
 
     def _measure_again(self) -> None:
@@ -743,3 +743,19 @@ class SettingsDialog(QDialog):
             if box.clickedButton() is stop:
                 self.cancel_job()
         event.accept()  # hidden, not destroyed: a job keeps its dialog to report to
+
+
+def _calibration_html(cal: calibration.Calibration | None, mix: calibration.Mix) -> str:
+    """The stored calibration as a sentence and a table (calibration.describe's text, laid
+    out for a label: its plain-text columns wrap in a proportional font)."""
+    if cal is None:
+        return html.escape(calibration.describe(None))
+    head, *rows = calibration.table(cal, mix)
+    cells = "".join(f"<th align='left'>{html.escape(c)}</th>" for c in head)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return (
+        f"<p>{html.escape(calibration.sentence(cal, mix))}</p>"
+        f"<table cellspacing='0' cellpadding='3'><tr>{cells}</tr>{body}</table>"
+    )
