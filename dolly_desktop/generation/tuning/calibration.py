@@ -104,6 +104,7 @@ class Candidate:
 
     name: str
     props: dict[str, Any] = field(default_factory=dict)
+    layers: int | None = None  # measured on a copy cut to this many layers (cut.py); None: whole
 
 
 def dq_name(group: int) -> str:
@@ -151,6 +152,7 @@ class Figures:
     long_cpu_s: float
     turns: int = 1
     threads: int = 0  # the cores the process could use (0: not known)
+    cut: str = ""  # how cuts of the model gave these whole-model figures ("": measured whole)
 
     def utilization(self) -> float | None:
         """The share of its cores the process had during the long prefill (a prefill keeps

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -43,6 +44,8 @@ from dolly_desktop.generation.tuning.calibration import (
     now_text,
     store,
 )
+from dolly_desktop.generation.tuning.cut import Plan as CutPlan
+from dolly_desktop.generation.tuning.cut import cut, layer_count
 from dolly_desktop.generation.tuning.measure import Cancelled, Plan
 from dolly_desktop.generation.tuning.rule import (
     cpu_capabilities,
@@ -59,6 +62,7 @@ IDLE_DELAY_S = 3.0  # idle this long before calibrating: a script's next request
 MAX_FAILURES = 2  # a calibration that crashed this often is not tried again by this engine
 IDLE_MAX_ROUNDS = 3  # the engine's calibration: turns per candidate while the budget allows
 MODEL_BIN = "openvino_model.bin"
+CUT_PARTS = (0, 2)  # the cuts every candidate is measured on (docs/calibration.md: why these)
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,14 @@ class Request:
     long_tokens: int = 500
     max_rounds: int = 3  # turns per candidate while the budget allows
     cache_dir: str | None = None  # the engine's compiled-model cache: candidates import its blob
+    # Measure on copies cut to so many layers, extrapolated (cut.py); () : the whole model.
+    cut: tuple[int, ...] = CUT_PARTS
 
 
 # -- the child's end ---------------------------------------------------------------------------
 
 
-def at_once(model_dir: Path, free: int | None) -> int:
+def at_once(model_dir: Path, free: int | None) -> int:  # a cut's folder when measuring cuts
     """How many candidates to load side by side: as many copies of the weights as fit in 80 %
     of free memory (the parent's engine holds its own already), at least one."""
     try:
@@ -105,20 +111,22 @@ def calibrate_here(
     stage1, prior = candidates(weights, rule)
     exported_kv = runtime_option(model, "KV_CACHE_PRECISION")
     kv = lambda c: kv_candidate(c, exported_kv)  # noqa: E731
-    plan = Plan(
-        max_rounds=req.max_rounds,
-        budget_s=req.budget_s,
-        at_once=at_once(model, available_memory_bytes()),
-    )
     t0 = time.perf_counter()
-    cache = Path(req.cache_dir) if req.cache_dir else None
-    runner = GenaiRunner(model, base, req.long_tokens, cancelled, cache)
-    done = {n: Figures(**f) for n, f in req.done.items()}
-    mix = Mix(*req.mix)
-    figures = calibrate(
-        runner, stage1, kv, prior, mix, plan,
-        cancelled=cancelled, progress=progress, done=done, on_figures=on_figures,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="dolly-calibration-") as tmp:
+        folders, plan_cuts = _cuts(model, Path(tmp), tuple(req.cut), progress)
+        plan = Plan(
+            max_rounds=req.max_rounds,
+            budget_s=req.budget_s,
+            at_once=at_once(folders[max(folders)] if folders else model, available_memory_bytes()),
+        )
+        cache = Path(req.cache_dir) if req.cache_dir else None
+        runner = GenaiRunner(model, base, req.long_tokens, cancelled, cache, folders)
+        done = {n: Figures(**f) for n, f in req.done.items()}
+        mix = Mix(*req.mix)
+        figures = calibrate(
+            runner, stage1, kv, prior, mix, plan, cancelled=cancelled, progress=progress,
+            done=done, on_figures=on_figures, cuts=plan_cuts,
+        )  # fmt: skip
     props = {c.name: c.props for c in stage1}
     for name in figures:
         if name not in props:  # stage 2: the winner with a u8 KV cache
@@ -135,6 +143,32 @@ def calibrate_here(
     )
     store(cal)
     return cal
+
+
+def _cuts(
+    model: Path, root: Path, parts: tuple[int, ...], progress: Callable[[str], None] | None
+) -> tuple[dict[int, Path], CutPlan | None]:
+    """The model cut to each of `parts` layers, in folders under `root`, and how to
+    extrapolate from them; ({}, None) to measure the whole model: no cuts asked, a model of
+    no more layers than the biggest cut, or a graph cut.py does not know."""
+    say = progress or (lambda text: None)
+    if len(set(parts)) < 2:
+        return {}, None
+    layers = layer_count(model)
+    if layers is None:
+        say("this model's graph cannot be cut to layers: measuring the whole model")
+        log.info("calibration: %s cannot be cut, measuring the whole model", model)
+        return {}, None
+    if max(parts) >= layers:
+        return {}, None  # a cut would be the whole model
+    say(f"cutting the model to {' and '.join(map(str, parts))} of its {layers} layers")
+    folders = {}
+    for k in sorted(set(parts)):
+        out = cut(model, root / f"{k}-layers", k)
+        if out is None:  # layer_count said it could: no half-cut measuring
+            return {}, None
+        folders[k] = out
+    return folders, CutPlan(layers, tuple(sorted(set(parts))))
 
 
 def _emit(**msg: Any) -> None:
@@ -291,13 +325,15 @@ def run_calibration(
     long_tokens: int = 500,
     max_rounds: int = 3,
     cache_dir: Path | None = None,
+    cut: tuple[int, ...] = CUT_PARTS,
 ) -> Calibration:
     """Calibrate now, in a child, and wait (the CLI, the bench). Ctrl+C stops it, storing
-    nothing. `cache_dir`: the compiled-model cache (default: the app's)."""
+    nothing. `cache_dir`: the compiled-model cache (default: the app's). `cut`: the cuts to
+    measure on (): the whole model)."""
     req = Request(
         str(Path(model_dir)), (mix.prompt_tokens, mix.answer_tokens),
         budget_s=budget_s, long_tokens=long_tokens, max_rounds=max_rounds,
-        cache_dir=str(cache_dir or paths.compiled_cache_dir()),
+        cache_dir=str(cache_dir or paths.compiled_cache_dir()), cut=cut,
     )  # fmt: skip
     job = CalibrationJob(req, progress)
     job.start()

@@ -30,6 +30,8 @@ from dolly_desktop.generation.tuning.calibration import (
     Mix,
     choose,
 )
+from dolly_desktop.generation.tuning.cut import Plan as CutPlan
+from dolly_desktop.generation.tuning.cut import extrapolate
 
 log = logging.getLogger(__name__)
 
@@ -208,30 +210,70 @@ def calibrate(
     progress: Progress | None = None,
     done: Mapping[str, Figures] | None = None,
     on_figures: Callable[[str, Figures], None] | None = None,
+    cuts: CutPlan | None = None,
 ) -> dict[str, Figures]:
     """Every candidate's figures: stage 1's, then the winner's with a u8 KV cache. `done`
     holds figures an earlier, stopped attempt measured: those candidates are not measured
     again. Raises Cancelled when `cancelled()` turns true (checked between runs, and by the
-    runner at each token); any other failure propagates. Nothing is stored here."""
+    runner at each token); any other failure propagates. Nothing is stored here.
+
+    With `cuts`, every candidate is measured on copies of the model cut to a few layers (the
+    runner loads `candidate.layers`), all parts in turns, and its figures are extrapolated to
+    the whole model (cut.extrapolate). `done` and `on_figures` then hold the parts' figures,
+    by cut.part_name; what is returned is on the whole model's scale."""
     loop = _Loop(runner, plan, clock, cancelled, progress)
-    figures: dict[str, Figures] = dict(done or {})
+    measured: dict[str, Figures] = dict(done or {})  # as measured: whole, or parts of cuts
+
+    def parts(c: Candidate) -> list[Candidate]:
+        return [cuts.part(c, k) for k in cuts.parts] if cuts else [c]
+
+    def whole(c: Candidate, got: Mapping[str, Figures]) -> Figures:
+        if cuts is None:
+            return got[c.name]
+        by_part = {p.layers: got[p.name] for p in parts(c)}
+        return extrapolate(by_part, cuts.layers, cuts.note())  # type: ignore[arg-type]
+
+    def report(name: str, f: Figures) -> None:
+        measured[name] = f
+        if on_figures is not None:
+            on_figures(name, f)
+
+    figures: dict[str, Figures] = {}
     try:
-        todo = [c for c in stage1 if c.name not in figures]
-        figures.update(loop.stage(todo, on_figures))
+        todo = [p for c in stage1 for p in parts(c) if p.name not in measured]
+        loop.stage(todo, report)
+        figures.update({c.name: whole(c, measured) for c in stage1})
         by_name = {c.name: c for c in stage1}
-        winner = by_name[choose({n: figures[n] for n in by_name}, mix, prior)]
+        winner = by_name[choose(figures, mix, prior)]
         second = kv(winner)
-        if second is not None and second.name not in figures:
-            loop.free(keep={winner.name})  # loaded still, if it was in the last group
-            pair = loop.stage([winner, second])  # beside the winner again: in turns
-            f = figures[winner.name].scaled(pair[second.name], pair[winner.name])
-            figures[second.name] = f
-            if on_figures is not None:
-                on_figures(second.name, f)
+        if second is not None:
+            if all(p.name in measured for p in parts(second)):
+                figures[second.name] = whole(second, measured)
+            else:
+                pair_parts = parts(winner) + parts(second)
+                loop.free(keep={p.name for p in pair_parts})  # loaded still, if in the last group
+                pair = loop.stage(pair_parts)  # beside the winner again: in turns
+                for p in parts(second):
+                    report(p.name, figures_on_scale(measured, pair, p.name, winner, p.layers, cuts))
+                figures[second.name] = whole(second, measured)
     finally:
         loop.free()
     loop.say("measured")
     return figures
+
+
+def figures_on_scale(
+    measured: Mapping[str, Figures],
+    pair: Mapping[str, Figures],
+    name: str,
+    winner: Candidate,
+    layers: int | None,
+    cuts: CutPlan | None,
+) -> Figures:
+    """A stage-2 part's figures on stage 1's scale: times the winner's stage-1 figures by the
+    ratio of the two measured side by side."""
+    w = cuts.part(winner, layers).name if cuts is not None and layers is not None else winner.name
+    return measured[w].scaled(pair[name], pair[w])
 
 
 # -- the real runner ------------------------------------------------------------------------
@@ -246,7 +288,8 @@ class GenaiRunner:
     """Candidates as openvino-genai pipelines (the engine's stateful SDPA one), fed token ids,
     so that tokenizing is not timed.
 
-    With `cache_dir` (the engine's compiled-model cache), every candidate imports the blob
+    `cuts`: the folders of copies cut to so many layers, which candidates with `layers` load.
+    With `cache_dir` (the engine's compiled-model cache), every whole candidate imports the blob
     the engine's load left there instead of compiling the IR: OpenVINO's cache key leaves out
     DYNAMIC_QUANTIZATION_GROUP_SIZE and KV_CACHE_PRECISION, and the CPU plugin applies them
     when it imports (greedy tokens of a blob compiled with group 32 and an f16 cache, imported
@@ -259,6 +302,7 @@ class GenaiRunner:
         long_tokens: int = LONG_TOKENS,
         cancelled: Callable[[], bool] = lambda: False,
         cache_dir: Path | None = None,
+        cuts: Mapping[int, Path] | None = None,
     ) -> None:
         import numpy as np
         import openvino as ov
@@ -269,8 +313,8 @@ class GenaiRunner:
         self._ov, self._genai, self._np = ov, ov_genai, np
         self.model_dir = Path(model_dir)
         self.base = dict(base)
-        if cache_dir is not None:
-            self.base["CACHE_DIR"] = str(cache_dir)
+        self.cache_dir = cache_dir
+        self.cuts = dict(cuts or {})  # folders of the model cut to so many layers (cut.py)
         self.cancelled = cancelled
         tok = ov_genai.Tokenizer(str(self.model_dir))
         ids = lambda text: [int(i) for i in tok.encode(build_prompt(text)).input_ids.data[0]]  # noqa: E731
@@ -292,9 +336,14 @@ class GenaiRunner:
         return cfg
 
     def load(self, candidate: Candidate) -> Any:
-        pipe = self._genai.LLMPipeline(
-            str(self.model_dir), "CPU", **{**self.base, **candidate.props}
-        )
+        props = {**self.base, **candidate.props}
+        if candidate.layers is not None:
+            folder = self.cuts[candidate.layers]  # compiled afresh: no cuts in the app's cache
+        else:
+            folder = self.model_dir
+            if self.cache_dir is not None:
+                props["CACHE_DIR"] = str(self.cache_dir)
+        pipe = self._genai.LLMPipeline(str(folder), "CPU", **props)
         pipe.generate(self._tensor(self._short), self._config(pipe, 1))  # the repack
         return pipe
 
