@@ -463,15 +463,46 @@ def test_words_in_most_chunks_are_left_out_of_big_indexes(tmp_path, counter, mon
     ix = new_index(tmp_path, "c", root)
     ix.index("c", counter)
     words = ["pump", "runs", "daily", "zeppelin", "hangar"]
-    assert ix._prune(words) == words  # a small index: every word counts
+    assert ix._prune(words) == (words, False)  # a small index: every word counts
     monkeypatch.setattr(index_module, "ROW_BUDGET", 5)
-    assert ix._prune(words) == ["zeppelin", "hangar"]
-    assert len(ix._prune(["pump", "runs"])) == 1  # the rarest is kept, however common
+    assert ix._prune(words) == (["zeppelin", "hangar"], False)
+    # Words in nearly every chunk: a chunk must hold all of the rarest ones.
+    assert ix._prune(["pump", "runs"]) == (["pump", "runs"], True)
     assert top(ix, "Where does the pump that runs daily sit, by the zeppelin?").rel == "n17.txt"
     (root / "n17.txt").unlink()
     ix.index("c", counter)
     ix.check()  # the word counts followed the deletion
     assert ix._db.execute("SELECT df FROM terms WHERE term = 'zeppelin'").fetchone() == (0,)
+
+
+def test_words_found_nearly_everywhere_are_looked_for_together_then_apart(
+    tmp_path, counter, monkeypatch
+):
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(60):
+        (root / f"n{i}.txt").write_text(f"Pump note {i}: the pump runs daily.")
+    for i in range(8):
+        (root / f"v{i}.txt").write_text(f"Valve note {i}: the valve is shut.")
+    ix = new_index(tmp_path, "c", root)
+    ix.index("c", counter)
+    monkeypatch.setattr(index_module, "ROW_BUDGET", 5)
+    sent: list[str] = []
+    search = ix._search
+
+    def recorded(expr, *args):
+        sent.append(expr)
+        return search(expr, *args)
+
+    monkeypatch.setattr(ix, "_search", recorded)
+    # Each word is in more chunks than the budget: only chunks holding all of them are scored.
+    hits = ix.search(["c"], "pump runs daily?", 10)
+    assert sent == ['"pump" AND "runs" AND "daily"'] and len(hits) == 10
+    # No chunk holds both words: then any of them after all.
+    sent.clear()
+    hits = ix.search(["c"], "pump valve", 10)
+    assert sent == ['"pump" AND "valve"', '"pump" OR "valve"']
+    assert {h.rel[0] for h in hits} == {"n", "v"}
 
 
 @given(st.text(max_size=300))
