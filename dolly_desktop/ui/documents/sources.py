@@ -13,6 +13,8 @@ from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QTextBrowser
 
+from dolly_desktop.ui.documents.pages import open_at_page
+
 PREVIEW_CHARS = 160  # of a collapsed source's text
 
 
@@ -97,8 +99,8 @@ class SourcesView(QTextBrowser):
         bar.setValue(where_)
 
     def open_source(self, i: int) -> bool:
-        """Open source `i`'s file in the system's viewer (the text shown stays what Dolly
-        read, whatever the file holds now)."""
+        """Open source `i`'s file in the system's viewer, a PDF at its page where the viewer
+        takes one (the text shown stays what Dolly read, whatever the file holds now)."""
         path = str(self.records[i].get("file") or "")
         if not path or not os.path.isfile(path):
             self.notice.emit(
@@ -106,6 +108,9 @@ class SourcesView(QTextBrowser):
                 "Dolly read."
             )
             return False
+        page = self.records[i].get("page")
+        if isinstance(page, int) and path.lower().endswith(".pdf") and open_at_page(path, page):
+            return True
         if not QDesktopServices.openUrl(QUrl.fromLocalFile(path)):
             self.notice.emit(f"No program here opens {path}.")
             return False
