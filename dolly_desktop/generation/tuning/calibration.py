@@ -408,6 +408,8 @@ def sentence(cal: Calibration, mix: Mix) -> str:
     )
     for_mix = f"for {mix.prompt_tokens}-token prompts and {mix.answer_tokens}-token answers"
     note = " Other work kept the cores busy while measuring, so CPU time decided." * by_cpu
+    cuts = {f.cut for f in cal.figures.values() if f.cut}
+    note += "".join(f" The model's figures were {c}." for c in sorted(cuts))
     if chosen == cal.prior or cal.prior not in cal.figures:
         return f"{what}, the built-in rule's choice, {for_mix} ({t:.1f} s{unit} expected).{note}"
     r = cal.figures[cal.prior].expected_s(mix, cpu=by_cpu)
