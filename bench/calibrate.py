@@ -5,6 +5,7 @@ and answer lengths, and how long the calibration took (target: 20 s for 3b INT4 
     .venv/bin/python -m bench.calibrate [--shape 3b] [--precision INT4] [--budget 20]
                                         [--rounds 3] [--long-tokens 500]
                                         [--cut 0,2 | --whole | --side-by-side]
+                                        [--load-threads 1]
 
 By default it measures as the app does: on copies of the model cut to a few layers
 (`--cut`, the app's child.CUT_PARTS), extrapolated to the whole model. `--whole` measures the
@@ -67,7 +68,7 @@ def run(model, blobs, a, cut):
     req = Request(
         str(model), (DEFAULT_MIX.prompt_tokens, DEFAULT_MIX.answer_tokens),
         budget_s=a.budget, long_tokens=a.long_tokens, max_rounds=a.rounds,
-        cache_dir=str(blobs), cut=cut,
+        cache_dir=str(blobs), cut=cut, load_threads=a.load_threads,
     )  # fmt: skip
     print(f"load average before: {loadavg()}")
     job = CalibrationJob(req, say)
@@ -168,6 +169,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="most turns per candidate")
     ap.add_argument("--long-tokens", type=int, default=500)
     ap.add_argument("--cut", default=None, help="layers kept in each cut, e.g. 0,2")
+    ap.add_argument("--load-threads", type=int, default=1, help="candidates loaded at once")
     how = ap.add_mutually_exclusive_group()
     how.add_argument("--whole", action="store_true", help="measure the whole model only")
     how.add_argument("--side-by-side", action="store_true", help="cut, then whole; compare")

@@ -103,7 +103,7 @@ def test_an_unknown_graph_is_not_cut_and_the_calibration_measures_the_whole_mode
     parts: list[str] = []
     req = Request(str(model), cut=(0, 1), max_rounds=1, budget_s=0.0)
     got = calibrate_here(req, progress=said.append, on_figures=lambda n, f: parts.append(n))
-    assert any("cannot be cut" in s and "whole model" in s for s in said), said
+    assert any("does not know" in s and "measuring the whole model" in s for s in said), said
     assert all("@" not in n for n in parts)
     assert all(f.cut == "" for f in got.figures.values())
 
@@ -208,14 +208,17 @@ class CutRunner:
         pass
 
 
-def run_cut(cuts: CutPlan | None):
+ONE_TURN = Plan(rounds=1, max_rounds=1)
+
+
+def run_cut(cuts: CutPlan | None, plan: Plan = ONE_TURN):
     clock = FakeClock()
     runner = CutRunner(clock)
     stage1 = [Candidate(n, {DQ: int(n.split()[1])}) for n in COSTS]
     kv = lambda c: Candidate(f"{c.name}, KV u8", {**c.props, KV: "u8"})  # noqa: E731
     seen: dict[str, Figures] = {}
     figures = calibrate(
-        runner, stage1, kv, "dq 128", DEFAULT_MIX, Plan(rounds=1, max_rounds=1), clock=clock,
+        runner, stage1, kv, "dq 128", DEFAULT_MIX, plan, clock=clock,
         on_figures=seen.__setitem__, cuts=cuts,
     )  # fmt: skip
     return figures, runner, seen
@@ -237,6 +240,13 @@ def test_candidates_are_measured_on_the_cuts_and_chosen_on_the_whole_models_scal
     # Stage 2 measured the u8 cache beside the winner, on its cuts, put on stage 1's scale.
     u8 = figures["dq 128, KV u8"]
     assert u8.decode_s == pytest.approx(0.030 + LAYERS * 0.0060 * 0.9)
+    # Its cut of no layers has no KV cache: the winner's figures, not loaded nor measured.
+    assert ("dq 128, KV u8 @2 layers", 2) in runner.loads
+    assert ("dq 128, KV u8 @0 layers", 0) not in runner.loads
+    assert seen[part_name("dq 128, KV u8", 0)] == seen[part_name("dq 128", 0)]
+    # Loaded two at a time: the same figures.
+    again, _, _ = run_cut(CutPlan(LAYERS, (0, 2)), Plan(rounds=1, max_rounds=1, load_threads=2))
+    assert again == figures
     # The same choice as the whole model measured (no cuts).
     whole, runner, _ = run_cut(None)
     assert {k for _, k in runner.loads} == {None}

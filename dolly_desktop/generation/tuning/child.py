@@ -45,7 +45,7 @@ from dolly_desktop.generation.tuning.calibration import (
     store,
 )
 from dolly_desktop.generation.tuning.cut import Plan as CutPlan
-from dolly_desktop.generation.tuning.cut import cut, layer_count
+from dolly_desktop.generation.tuning.cut import copies
 from dolly_desktop.generation.tuning.measure import Cancelled, Plan
 from dolly_desktop.generation.tuning.rule import (
     cpu_capabilities,
@@ -77,6 +77,9 @@ class Request:
     cache_dir: str | None = None  # the engine's compiled-model cache: candidates import its blob
     # Measure on copies cut to so many layers, extrapolated (cut.py); () : the whole model.
     cut: tuple[int, ...] = CUT_PARTS
+    # Candidates loaded at once (at most the cores): 1, as two at once measured no faster on
+    # a shared 2-core Zen 4 (docs/calibration.md); the bench tries more.
+    load_threads: int = 1
 
 
 # -- the child's end ---------------------------------------------------------------------------
@@ -114,13 +117,15 @@ def calibrate_here(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dolly-calibration-") as tmp:
         folders, plan_cuts = _cuts(model, Path(tmp), tuple(req.cut), progress)
+        cache = Path(req.cache_dir) if req.cache_dir else None
+        runner = GenaiRunner(model, base, req.long_tokens, cancelled, cache, folders)
+        fit = at_once(folders[max(folders)] if folders else model, available_memory_bytes())
         plan = Plan(
             max_rounds=req.max_rounds,
             budget_s=req.budget_s,
-            at_once=at_once(folders[max(folders)] if folders else model, available_memory_bytes()),
+            at_once=fit,
+            load_threads=min(fit, runner.threads, req.load_threads),
         )
-        cache = Path(req.cache_dir) if req.cache_dir else None
-        runner = GenaiRunner(model, base, req.long_tokens, cancelled, cache, folders)
         done = {n: Figures(**f) for n, f in req.done.items()}
         mix = Mix(*req.mix)
         figures = calibrate(
@@ -154,21 +159,17 @@ def _cuts(
     say = progress or (lambda text: None)
     if len(set(parts)) < 2:
         return {}, None
-    layers = layer_count(model)
-    if layers is None:
-        say("this model's graph cannot be cut to layers: measuring the whole model")
-        log.info("calibration: %s cannot be cut, measuring the whole model", model)
+    say(f"cutting the model to {' and '.join(map(str, sorted(set(parts))))} layers")
+    got = copies(model, root, parts)
+    if got is None:
+        say(
+            "no cut of this model saves time (a graph cut.py does not know, or too few layers):"
+            " measuring the whole model"
+        )
+        log.info("calibration: %s not cut, measuring the whole model", model)
         return {}, None
-    if max(parts) >= layers:
-        return {}, None  # a cut would be the whole model
-    say(f"cutting the model to {' and '.join(map(str, parts))} of its {layers} layers")
-    folders = {}
-    for k in sorted(set(parts)):
-        out = cut(model, root / f"{k}-layers", k)
-        if out is None:  # layer_count said it could: no half-cut measuring
-            return {}, None
-        folders[k] = out
-    return folders, CutPlan(layers, tuple(sorted(set(parts))))
+    folders, layers = got
+    return folders, CutPlan(layers, tuple(folders))
 
 
 def _emit(**msg: Any) -> None:

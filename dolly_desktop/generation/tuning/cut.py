@@ -103,11 +103,35 @@ def layer_count(model_dir: Path) -> int | None:
 
 def cut(src: Path, dst: Path, keep: int) -> Path | None:
     """Write into `dst` a copy of the model in `src` with its first `keep` layers (0: the
-    embedding straight into the final norm and lm_head), its tokenizer and configuration
-    beside it. None, with `dst` left empty, when the graph is not one this module knows."""
+    embedding straight into the final norm and lm_head; all of them: the same model), its
+    tokenizer and configuration beside it. None, with nothing written, when the graph is not
+    one this module knows."""
+    layers = _cut(Path(src), Path(dst), keep, whole=True)
+    return None if layers is None else Path(dst)
+
+
+def copies(src: Path, root: Path, parts: Sequence[int]) -> tuple[dict[int, Path], int] | None:
+    """The model cut to each of `parts` layers, in folders under `root`, and its number of
+    layers; None when the graph is not one this module knows or a cut would keep every layer
+    (it would cost what the whole model does)."""
+    folders: dict[int, Path] = {}
+    layers = 0
+    for keep in sorted(set(parts), reverse=True):  # the biggest first: it tells the count
+        dst = Path(root) / f"{keep}-layers"
+        got = _cut(Path(src), dst, keep, whole=False)
+        if got is None or keep >= got:
+            for f in folders.values():
+                shutil.rmtree(f, ignore_errors=True)
+            return None
+        folders[keep], layers = dst, got
+    return dict(sorted(folders.items())), layers
+
+
+def _cut(src: Path, dst: Path, keep: int, whole: bool) -> int | None:
+    """Cut and write (see `cut`); the model's number of layers, or None. Keeping every
+    layer writes a copy only if `whole`."""
     import openvino as ov
 
-    src, dst = Path(src), Path(dst)
     model = ov.Core().read_model(src / MODEL_XML)  # weights mapped, not read
     try:
         try:
@@ -115,17 +139,21 @@ def cut(src: Path, dst: Path, keep: int) -> Path | None:
         except NotCuttable as e:
             log.info("%s cannot be cut to layers: %s", src, e)
             return None
-        if not 0 <= keep <= layers.count:
-            raise ValueError(f"cannot keep {keep} of {layers.count} layers")
-        if keep < layers.count:
+        count = layers.count
+        if not 0 <= keep <= count:
+            raise ValueError(f"cannot keep {keep} of {count} layers")
+        if keep == count and not whole:
+            return count
+        if keep < count:
             layers.final.input(0).replace_source_output(layers.entering[keep])
-        for i in range(keep, layers.count):
+        for i in range(keep, count):
             for sink in layers.states[i]:
                 model.remove_sink(sink)
-        dropped = {f"past_key_values.{i}." for i in range(keep, layers.count)}
+        dropped = tuple(f"past_key_values.{i}." for i in range(keep, count))
         for var in list(model.get_variables()):
-            if var.get_info().variable_id.startswith(tuple(dropped)):
+            if var.get_info().variable_id.startswith(dropped):
                 model.remove_variable(var)
+        del layers  # its outputs hold the graph's nodes
         model.validate_nodes_and_infer_types()
         dst.mkdir(parents=True, exist_ok=True)
         # rt_info (the export's runtime options, NNCF's record) stays: this is the same model.
@@ -135,7 +163,7 @@ def cut(src: Path, dst: Path, keep: int) -> Path | None:
     for f in src.iterdir():
         if f.is_file() and f.name not in (MODEL_XML, MODEL_BIN):
             shutil.copy2(f, dst / f.name)
-    return dst
+    return count
 
 
 def states(model_dir: Path) -> Sequence[str]:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,6 +76,9 @@ class Plan:
     max_rounds: int = 3  # more while the budget allows
     budget_s: float = 20.0
     at_once: int = 8  # candidates loaded side by side (memory)
+    # Candidates loaded at the same time, in threads: the CPU plugin's weight repack at the
+    # first inference ran on about one core here (wall = CPU time), so two loads might overlap.
+    load_threads: int = 1
 
 
 @dataclass
@@ -152,6 +157,18 @@ class _Loop:
             self.live[c.name] = self.runner.load(c)
         return self.live[c.name]
 
+    def load_all(self, cands: Sequence[Candidate]) -> None:
+        """Load these, `load_threads` at a time (each into `live` as soon as it is loaded, so
+        that a failure leaves the loaded ones to `free`)."""
+        n = min(self.plan.load_threads, len(cands))
+        if n <= 1:
+            for c in cands:
+                self.load(c)
+            return
+        with ThreadPoolExecutor(n, thread_name_prefix="calibration-load") as pool:
+            for _ in pool.map(self.load, cands):
+                pass
+
     def free(self, keep: Collection[str] = ()) -> None:
         for name in [n for n in self.live if n not in keep]:
             self.runner.free(self.live.pop(name))
@@ -160,7 +177,8 @@ class _Loop:
         """Load the group (what is not loaded yet), measure it in turns. It stays loaded: the
         next group frees it, so that stage 2 finds the winner still loaded."""
         self.free(keep={c.name for c in group})  # the next group loads after these are gone
-        handles = {c.name: self.load(c) for c in group}
+        self.load_all([c for c in group if c.name not in self.live])
+        handles = {c.name: self.live[c.name] for c in group}
         turns = {c.name: _Turns([], []) for c in group}
         rounds = 0
         while True:
@@ -247,15 +265,18 @@ def calibrate(
         winner = by_name[choose(figures, mix, prior)]
         second = kv(winner)
         if second is not None:
-            if all(p.name in measured for p in parts(second)):
-                figures[second.name] = whole(second, measured)
-            else:
-                pair_parts = parts(winner) + parts(second)
-                loop.free(keep={p.name for p in pair_parts})  # loaded still, if in the last group
-                pair = loop.stage(pair_parts)  # beside the winner again: in turns
-                for p in parts(second):
+            todo = [p for p in parts(second) if p.name not in measured]
+            for p in [p for p in todo if p.layers == 0]:
+                # A cut of no layers has no KV cache: its figures are the winner's own.
+                report(p.name, measured[cuts.part(winner, 0).name])  # type: ignore[union-attr]
+            todo = [p for p in todo if p.layers != 0]
+            if todo:
+                beside = [cuts.part(winner, p.layers) if cuts else winner for p in todo]  # type: ignore[arg-type]
+                loop.free(keep={p.name for p in beside})  # loaded still, if in the last group
+                pair = loop.stage(beside + todo)  # beside the winner again: in turns
+                for p in todo:
                     report(p.name, figures_on_scale(measured, pair, p.name, winner, p.layers, cuts))
-                figures[second.name] = whole(second, measured)
+            figures[second.name] = whole(second, measured)
     finally:
         loop.free()
     loop.say("measured")
@@ -315,6 +336,7 @@ class GenaiRunner:
         self.base = dict(base)
         self.cache_dir = cache_dir
         self.cuts = dict(cuts or {})  # folders of the model cut to so many layers (cut.py)
+        self._constructing = threading.Lock()
         self.cancelled = cancelled
         tok = ov_genai.Tokenizer(str(self.model_dir))
         ids = lambda text: [int(i) for i in tok.encode(build_prompt(text)).input_ids.data[0]]  # noqa: E731
@@ -343,7 +365,8 @@ class GenaiRunner:
             folder = self.model_dir
             if self.cache_dir is not None:
                 props["CACHE_DIR"] = str(self.cache_dir)
-        pipe = self._genai.LLMPipeline(str(folder), "CPU", **props)
+        with self._constructing:  # genai loads its tokenizer library racily (parallel loads)
+            pipe = self._genai.LLMPipeline(str(folder), "CPU", **props)
         pipe.generate(self._tensor(self._short), self._config(pipe, 1))  # the repack
         return pipe
 
