@@ -44,9 +44,28 @@ def repo_vocabulary() -> tuple[list[str], list[float]]:
 
 
 class Words:
-    def __init__(self, seed: int = 7) -> None:
+    """Sentences of words drawn by frequency. `vocabulary` 0: this repository's words with
+    their own counts (a few thousand: at 200k chunks nearly every word is in a large share of
+    them, the worst case for a search). Else that many words, the repository's first and then
+    made-up ones, drawn by Zipf's law (the r-th commonest with weight 1/r), as real text of
+    this size has: by Heaps' law 200 MB of English holds some 10^5 distinct words."""
+
+    def __init__(self, seed: int = 7, vocabulary: int = 0) -> None:
         self.rng = random.Random(seed)
         self.vocab, weights = repo_vocabulary()
+        if vocabulary:
+            made = random.Random(seed + 1000)
+            known = set(self.vocab)
+            while len(self.vocab) < vocabulary:
+                w = "".join(
+                    made.choice("bdfgklmnprstvz") + made.choice("aeiou")
+                    for _ in range(made.randint(2, 4))
+                )
+                if w not in known:
+                    known.add(w)
+                    self.vocab.append(w)
+            del self.vocab[vocabulary:]
+            weights = [1 / r for r in range(1, len(self.vocab) + 1)]
         self.cum = list(_accumulate(weights))
 
     def sentence(self, n: int) -> str:
@@ -140,10 +159,14 @@ def bench_reindex(tmp: Path, counter: TokenCounter, files: int) -> dict[str, str
     }
 
 
-def bench_queries(tmp: Path, counter: TokenCounter, chunks: int) -> dict[str, str]:
+def bench_queries(
+    tmp: Path, counter: TokenCounter, chunks: int, vocabulary: int = 0
+) -> dict[str, str]:
     """Text files of 100 sentences, as many as make `chunks` chunks, indexed (the indexer's
-    own path), then questions timed."""
-    words = Words(3)
+    own path), then questions timed. `vocabulary`: see Words."""
+    words = Words(3, vocabulary)
+    tmp = tmp / f"vocabulary-{vocabulary}"
+    tmp.mkdir()
     root = tmp / "big"
     root.mkdir()
     texts = ["\n\n".join(words.sentence(150) for _ in range(100))]
@@ -174,7 +197,8 @@ def bench_queries(tmp: Path, counter: TokenCounter, chunks: int) -> dict[str, st
         q = words.rng.choices(words.vocab, cum_weights=words.cum, k=rng.randint(3, 9))
         common.append("What does " + " ".join(q) + " mean?")
     ix.search(["big"], own[0], 20)  # warm
-    out = {f"index of {n:,} chunks": f"built in {build:.0f} s"}
+    kind = f"{vocabulary:,} words by Zipf's law" if vocabulary else "the repository's words"
+    out = {f"index of {n:,} chunks, vocabulary {kind}": f"built in {build:.0f} s"}
     for label, questions in (("words of a chunk", own), ("commonest words", common)):
         lat = []
         for q in questions:
@@ -201,7 +225,8 @@ def bench_queries(tmp: Path, counter: TokenCounter, chunks: int) -> dict[str, st
     # pruning is on here (it is not in a small index).
     for k, v in bench_recall(tmp, counter, db).items():
         out[f"{k}, inside the big index"] = v
-    return out
+    short = "Zipf vocabulary" if vocabulary else "small vocabulary"
+    return {(k if k.startswith("index of") else f"{k} [{short}]"): v for k, v in out.items()}
 
 
 # A corpus written for this bench: (file, section title, passage). Questions below name the
@@ -308,6 +333,12 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=100, help="Markdown to index (default: 100)")
     ap.add_argument("--files", type=int, default=10_000, help="small files to re-index")
     ap.add_argument("--chunks", type=int, default=200_000, help="chunks for query latency")
+    ap.add_argument(
+        "--vocabulary", type=int, default=200_000, help="distinct words of the second query corpus"
+    )
+    ap.add_argument(
+        "--only", choices=("recall", "reindex", "indexing", "queries"), help="one part only"
+    )
     a = ap.parse_args()
     counter = TokenCounter(TOKENIZER)
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -316,12 +347,18 @@ def main() -> None:
     rows: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-docs-") as d:
         tmp = Path(d)
-        for part in (
-            lambda: bench_recall(tmp, counter),
-            lambda: bench_reindex(tmp, counter, a.files),
-            lambda: bench_indexing(tmp, counter, a.mb),
-            lambda: bench_queries(tmp, counter, a.chunks),
-        ):
+        parts = {
+            "recall": lambda: bench_recall(tmp, counter),
+            "reindex": lambda: bench_reindex(tmp, counter, a.files),
+            "indexing": lambda: bench_indexing(tmp, counter, a.mb),
+            "queries": lambda: {
+                **bench_queries(tmp, counter, a.chunks),
+                **bench_queries(tmp, counter, a.chunks, a.vocabulary),
+            },
+        }
+        for name, part in parts.items():
+            if a.only not in (None, name):
+                continue
             got = part()
             for k, v in got.items():
                 print(f"{k}: {v}", flush=True)
