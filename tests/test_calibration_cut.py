@@ -108,6 +108,19 @@ def test_an_unknown_graph_is_not_cut_and_the_calibration_measures_the_whole_mode
     assert all(f.cut == "" for f in got.figures.values())
 
 
+def test_copies_that_cannot_be_written_mean_the_whole_model(tiny_models, tmp_path, monkeypatch):
+    from dolly_desktop.generation.tuning import child
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(child, "copies", full)
+    said: list[str] = []
+    folders, plan = child._cuts(tiny_models["INT4"], tmp_path, (0, 1), said.append)
+    assert (folders, plan) == ({}, None)
+    assert "No space left" in said[-1] and "measuring the whole model" in said[-1]
+
+
 def test_the_calibration_measures_on_the_cuts_and_stores_whole_model_figures(
     tiny_models, tmp_path, monkeypatch
 ):

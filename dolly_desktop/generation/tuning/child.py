@@ -160,7 +160,12 @@ def _cuts(
     if len(set(parts)) < 2:
         return {}, None
     say(f"cutting the model to {' and '.join(map(str, sorted(set(parts))))} layers")
-    got = copies(model, root, parts)
+    try:
+        got = copies(model, root, parts)
+    except (OSError, RuntimeError) as e:  # no room for the copies (OpenVINO raises RuntimeError)
+        say(f"could not write the cut copies ({str(e).strip()[:200]}): measuring the whole model")
+        log.warning("calibration: cutting %s failed, measuring the whole model: %s", model, e)
+        return {}, None
     if got is None:
         say(
             "no cut of this model saves time (a graph cut.py does not know, or too few layers):"
