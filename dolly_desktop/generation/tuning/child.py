@@ -85,9 +85,10 @@ class Request:
 # -- the child's end ---------------------------------------------------------------------------
 
 
-def at_once(model_dir: Path, free: int | None) -> int:  # a cut's folder when measuring cuts
-    """How many candidates to load side by side: as many copies of the weights as fit in 80 %
-    of free memory (the parent's engine holds its own already), at least one."""
+def at_once(model_dir: Path, free: int | None) -> int:
+    """How many candidates to load side by side: as many copies of the weights (of the
+    biggest cut, when measuring cuts) as fit in 80 % of free memory (the parent's engine holds
+    its own already), at least one."""
     try:
         weights = (Path(model_dir) / MODEL_BIN).stat().st_size
     except OSError:

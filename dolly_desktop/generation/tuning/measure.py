@@ -10,7 +10,8 @@ machine, runs next to each other in time see the same load (issue 27: +-15 % bet
 processes, a few % in turns). When copies of the weights do not fit in free memory side by
 side, candidates are loaded one at a time (`at_once`). Stage 1 measures the dynamic
 quantization groups; stage 2 the winner with a u8 KV cache, beside the winner again, and puts
-it on stage 1's scale by their per-field ratio.
+it on stage 1's scale by their per-field ratio. With cuts (cut.py), each candidate is measured
+on copies of the model cut to a few layers, in turns with the others, and extrapolated.
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ def calibrate(
                 report(p.name, measured[cuts.part(winner, 0).name])  # type: ignore[union-attr]
             todo = [p for p in todo if p.layers != 0]
             if todo:
-                beside = [cuts.part(winner, p.layers) if cuts else winner for p in todo]  # type: ignore[arg-type]
+                beside = [cuts.part(winner, p.layers) for p in todo] if cuts else [winner]  # type: ignore[arg-type]
                 loop.free(keep={p.name for p in beside})  # loaded still, if in the last group
                 pair = loop.stage(beside + todo)  # beside the winner again: in turns
                 for p in todo:
