@@ -17,23 +17,14 @@ import sys
 from collections.abc import Sequence
 
 from dolly_desktop import __version__
+from dolly_desktop.children import CHILDREN
 from dolly_desktop.cli import compare, devices, docs, generate, history, models, serve, tune
 from dolly_desktop.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, Parser
 from dolly_desktop.errors import DollyError
-from dolly_desktop.generation.engines import BATCHING_CHILD_FLAG
 from dolly_desktop.generation.tuning.calibration import MODES, calibrating
-from dolly_desktop.generation.tuning.child import CALIBRATION_FLAG
 from dolly_desktop.logs import setup_logging
-from dolly_desktop.models.convert.jobs import CHILD_FLAG
 
 CALIBRATION_ENV = "DOLLY_DESKTOP_CALIBRATION"
-# A frozen bundle has no `python -m`: it starts itself with one of these flags to be a child
-# process, run by this function of this module (imported only then) with the other arguments.
-CHILDREN = {
-    CHILD_FLAG: ("dolly_desktop.models.child", "child_main"),  # export and compress jobs
-    CALIBRATION_FLAG: ("dolly_desktop.generation.tuning.child", "child_main"),
-    BATCHING_CHILD_FLAG: ("dolly_desktop.generation.engines.batching", "bundle_child_main"),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:

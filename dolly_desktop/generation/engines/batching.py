@@ -45,6 +45,7 @@ import openvino as ov
 import openvino_genai as ov_genai
 
 from dolly_desktop import paths
+from dolly_desktop.children import self_command
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.devices import check_device
 from dolly_desktop.generation.engine import (
@@ -53,7 +54,6 @@ from dolly_desktop.generation.engine import (
     ModelRef,
     TextCallback,
 )
-from dolly_desktop.generation.engines import BATCHING_CHILD_FLAG
 from dolly_desktop.generation.engines.local import cpu_defaults
 from dolly_desktop.generation.engines.streaming import TokenStreamer, first_line, generation_config
 from dolly_desktop.generation.memory import bound_onednn_cache
@@ -558,14 +558,9 @@ class _Stepper:
         self._conn.close()
 
 
-CHILD_FLAG = BATCHING_CHILD_FLAG  # how a frozen bundle is told to be this child (cli.main)
-
-
 def child_command(fd: int) -> list[str]:
     """The command that runs `child_main` on the socket `fd`."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable, CHILD_FLAG, str(fd)]
-    return [sys.executable, "-m", __spec__.name if __spec__ else __name__, str(fd)]
+    return self_command("dolly_desktop.generation.engines.batching", str(fd))
 
 
 def child_main(fd: int) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dolly_desktop import paths
+from dolly_desktop.children import self_command
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.tuning.calibration import (
     DEFAULT_MIX,
@@ -56,7 +57,6 @@ from dolly_desktop.generation.tuning.rule import (
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_FLAG = "--calibration-child"  # how a frozen bundle is told to be this child
 PREFIX = "@calibration "
 IDLE_DELAY_S = 3.0  # idle this long before calibrating: a script's next request comes sooner
 MAX_FAILURES = 2  # a calibration that crashed this often is not tried again by this engine
@@ -214,10 +214,7 @@ def child_main(argv: Sequence[str]) -> int:
 
 
 def child_command(req: Request) -> list[str]:
-    payload = json.dumps(asdict(req))
-    if getattr(sys, "frozen", False):
-        return [sys.executable, CALIBRATION_FLAG, payload]
-    return [sys.executable, "-m", "dolly_desktop.generation.tuning.child", payload]
+    return self_command("dolly_desktop.generation.tuning.child", json.dumps(asdict(req)))
 
 
 class CalibrationJob:

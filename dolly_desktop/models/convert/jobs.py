@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -28,13 +27,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dolly_desktop.atomic import remove_stale_staging
+from dolly_desktop.children import self_command
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.cancel import Cancelled, Progress
 from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE
 
 log = logging.getLogger(__name__)
 
-CHILD_FLAG = "--child-job"  # how a frozen bundle is told to be a child (see cli.main)
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
 
@@ -93,10 +92,7 @@ def decode(line: str) -> Message | None:
 
 
 def child_command(request: JobRequest) -> list[str]:
-    payload = json.dumps(asdict(request))
-    if getattr(sys, "frozen", False):
-        return [sys.executable, CHILD_FLAG, payload]
-    return [sys.executable, "-m", "dolly_desktop.models.child", payload]
+    return self_command("dolly_desktop.models.child", json.dumps(asdict(request)))
 
 
 class ChildJob:
