@@ -121,6 +121,56 @@ def test_copies_that_cannot_be_written_mean_the_whole_model(tiny_models, tmp_pat
     assert "No space left" in said[-1] and "measuring the whole model" in said[-1]
 
 
+def test_a_model_of_no_more_layers_than_the_biggest_cut_is_measured_whole(tiny_models, tmp_path):
+    from dolly_desktop.generation.tuning import child
+
+    said: list[str] = []
+    for parts in ((0, 2), (0, 3)):  # the tiny model has 2 layers
+        folders, plan = child._cuts(tiny_models["INT4"], tmp_path, parts, said.append)
+        assert (folders, plan) == ({}, None)
+        assert "measuring the whole model" in said[-1]
+    assert list(tmp_path.iterdir()) == []
+    folders, plan = child._cuts(tiny_models["INT4"], None, (0, 1), said.append)
+    assert (folders, plan) == ({}, None) and "no temporary folder" in said[-1]
+
+
+def test_a_calibration_killed_mid_way_leaves_no_copies(tiny_models, tmp_path, monkeypatch):
+    """The idle calibration is killed at every request: the parent removes the child's cut
+    copies (and those a killed app left behind)."""
+    import os
+    import tempfile
+    import time
+
+    from dolly_desktop.generation.tuning.child import (
+        STALE_WORK_S,
+        WORK_PREFIX,
+        CalibrationJob,
+        Request,
+    )
+    from dolly_desktop.generation.tuning.measure import Cancelled
+
+    monkeypatch.setenv("DOLLY_DESKTOP_HOME", str(tmp_path / "home"))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    stale, recent = temp / f"{WORK_PREFIX}old", temp / f"{WORK_PREFIX}other-app"
+    for d in (stale, recent):
+        (d / "0-layers").mkdir(parents=True)
+    os.utime(stale, (time.time() - STALE_WORK_S - 60,) * 2)
+    job = CalibrationJob(Request(str(tiny_models["INT4"]), cut=(0, 1), max_rounds=3))
+    job.start()
+    deadline = time.monotonic() + 120
+    mine: list[Path] = []
+    while time.monotonic() < deadline and not any((d / "1-layers").exists() for d in mine):
+        mine = [d for d in temp.iterdir() if d not in (stale, recent)]
+        time.sleep(0.05)
+    assert mine and any((d / "1-layers").exists() for d in mine)  # the copies were written
+    job.cancel()
+    with pytest.raises(Cancelled):
+        job.wait()
+    assert sorted(temp.iterdir()) == [recent]  # its own and the stale one gone
+
+
 def test_the_calibration_measures_on_the_cuts_and_stores_whole_model_figures(
     tiny_models, tmp_path, monkeypatch
 ):

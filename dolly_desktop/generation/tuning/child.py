@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ from dolly_desktop.generation.tuning.rule import (
 log = logging.getLogger(__name__)
 
 PREFIX = "@calibration "
+WORK_PREFIX = "dolly-calibration-"  # the cut copies' temporary folders
+STALE_WORK_S = 6 * 3600  # such a folder this old was left by an app that was killed
 IDLE_DELAY_S = 3.0  # idle this long before calibrating: a script's next request comes sooner
 MAX_FAILURES = 2  # a calibration that crashed this often is not tried again by this engine
 IDLE_MAX_ROUNDS = 3  # the engine's calibration: turns per candidate while the budget allows
@@ -80,6 +83,9 @@ class Request:
     # Candidates loaded at once (at most the cores): 1, as two at once measured no faster on
     # a shared 2-core Zen 4 (docs/calibration.md); the bench tries more.
     load_threads: int = 1
+    # Where the cut copies go: a folder the parent made and removes, even after a kill (the
+    # idle calibration is killed at every request); None: a temporary folder of the child's.
+    work_dir: str | None = None
 
 
 # -- the child's end ---------------------------------------------------------------------------
@@ -116,8 +122,12 @@ def calibrate_here(
     exported_kv = runtime_option(model, "KV_CACHE_PRECISION")
     kv = lambda c: kv_candidate(c, exported_kv)  # noqa: E731
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dolly-calibration-") as tmp:
-        folders, plan_cuts = _cuts(model, Path(tmp), tuple(req.cut), progress)
+    with contextlib.ExitStack() as stack:
+        tmp = req.work_dir
+        if tmp is None:
+            with contextlib.suppress(OSError):  # none: _cuts says so, the whole model is measured
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=WORK_PREFIX))
+        folders, plan_cuts = _cuts(model, tmp, tuple(req.cut), progress)
         cache = Path(req.cache_dir) if req.cache_dir else None
         runner = GenaiRunner(model, base, req.long_tokens, cancelled, cache, folders)
         fit = at_once(folders[max(folders)] if folders else model, available_memory_bytes())
@@ -152,7 +162,10 @@ def calibrate_here(
 
 
 def _cuts(
-    model: Path, root: Path, parts: tuple[int, ...], progress: Callable[[str], None] | None
+    model: Path,
+    root: str | Path | None,
+    parts: tuple[int, ...],
+    progress: Callable[[str], None] | None,
 ) -> tuple[dict[int, Path], CutPlan | None]:
     """The model cut to each of `parts` layers, in folders under `root`, and how to
     extrapolate from them; ({}, None) to measure the whole model: no cuts asked, a model of
@@ -160,9 +173,12 @@ def _cuts(
     say = progress or (lambda text: None)
     if len(set(parts)) < 2:
         return {}, None
+    if root is None:
+        say("no temporary folder for the cut copies: measuring the whole model")
+        return {}, None
     say(f"cutting the model to {' and '.join(map(str, sorted(set(parts))))} layers")
     try:
-        got = copies(model, root, parts)
+        got = copies(model, Path(root), parts)
     except (OSError, RuntimeError) as e:  # no room for the copies (OpenVINO raises RuntimeError)
         say(f"could not write the cut copies ({str(e).strip()[:200]}): measuring the whole model")
         log.warning("calibration: cutting %s failed, measuring the whole model: %s", model, e)
@@ -213,6 +229,20 @@ def child_main(argv: Sequence[str]) -> int:
 # -- the parent's end ---------------------------------------------------------------------------
 
 
+def _work_dir() -> str | None:
+    """A new folder for a child's cut copies (None: none could be made, the child tries its
+    own), after removing those that killed apps left behind."""
+    root = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for old in root.glob(WORK_PREFIX + "*"):
+            if time.time() - old.stat().st_mtime > STALE_WORK_S:
+                shutil.rmtree(old, ignore_errors=True)
+    try:
+        return tempfile.mkdtemp(prefix=WORK_PREFIX)
+    except OSError:
+        return None
+
+
 def child_command(req: Request) -> list[str]:
     return self_command("dolly_desktop.generation.tuning.child", json.dumps(asdict(req)))
 
@@ -233,6 +263,7 @@ class CalibrationJob:
         self._error: str | None = None
         self._t0 = 0.0
         self.elapsed = 0.0
+        self._work: str | None = None  # the cut copies' folder, removed when the child ends
 
     @property
     def pid(self) -> int | None:
@@ -242,6 +273,7 @@ class CalibrationJob:
         with self._lock:
             if self._cancelled.is_set():
                 raise Cancelled()
+            self._work = _work_dir()
             kwargs: dict[str, Any] = {}
             if os.name == "nt":
                 kwargs["creationflags"] = (
@@ -250,8 +282,9 @@ class CalibrationJob:
             else:
                 kwargs["start_new_session"] = True  # Ctrl+C reaches the parent, who kills it
             self._t0 = time.perf_counter()
+            req = self.req if self._work is None else replace(self.req, work_dir=self._work)
             self._proc = subprocess.Popen(
-                child_command(self.req),
+                child_command(req),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -280,6 +313,7 @@ class CalibrationJob:
         for line in proc.stdout:
             self._line(line)
         rc = proc.wait()
+        self._remove_work()
         self.elapsed = time.perf_counter() - self._t0
         if self._cancelled.is_set():
             raise Cancelled()
@@ -318,7 +352,14 @@ class CalibrationJob:
             else:
                 os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        self._remove_work()
         self.elapsed = time.perf_counter() - self._t0
+
+    def _remove_work(self) -> None:
+        with self._lock:
+            work, self._work = self._work, None
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run_calibration(

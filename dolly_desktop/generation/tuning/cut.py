@@ -140,10 +140,10 @@ def _cut(src: Path, dst: Path, keep: int, whole: bool) -> int | None:
             log.info("%s cannot be cut to layers: %s", src, e)
             return None
         count = layers.count
+        if keep >= count and not whole:  # a cut no smaller than the model: `copies` declines
+            return count
         if not 0 <= keep <= count:
             raise ValueError(f"cannot keep {keep} of {count} layers")
-        if keep == count and not whole:
-            return count
         if keep < count:
             layers.final.input(0).replace_source_output(layers.entering[keep])
         for i in range(keep, count):
