@@ -498,11 +498,14 @@ def test_words_found_nearly_everywhere_are_looked_for_together_then_apart(
     # Each word is in more chunks than the budget: only chunks holding all of them are scored.
     hits = ix.search(["c"], "pump runs daily?", 10)
     assert sent == ['"pump" AND "runs" AND "daily"'] and len(hits) == 10
-    # No chunk holds both words: then any of them after all.
+    # Too few chunks hold both: those that do first, then the rarest word's.
+    (root / "v0.txt").write_text("Valve note 0: the valve is shut, the pump is not.")
+    ix.index("c", counter)
     sent.clear()
     hits = ix.search(["c"], "pump valve", 10)
-    assert sent == ['"pump" AND "valve"', '"pump" OR "valve"']
-    assert {h.rel[0] for h in hits} == {"n", "v"}
+    assert sent == ['"valve" AND "pump"', '"valve"']
+    assert [h.rel for h in hits][:1] == ["v0.txt"] and len(hits) == 8
+    assert {h.rel[0] for h in hits} == {"v"} and len({h.chunk_id for h in hits}) == 8
 
 
 @given(st.text(max_size=300))

@@ -628,17 +628,23 @@ class DocIndex:
         every = ids == [r[0] for r in self._db.execute("SELECT id FROM collections ORDER BY id")]
         # The best chunks first, from the full-text index alone; then their files, dropping
         # other collections' (fetching more to allow for them; all of them if too few stay).
-        # Chunks holding all of the words first when any one of them is nearly everywhere;
-        # too few of those: any of them after all.
         fetch = limit if every else limit * 8
-        hits: list[Hit] = []
-        for expr in [quote(words, " AND "), quote(words)] if all_of else [quote(words)]:
+
+        def run(expr: str | None) -> list[Hit]:
             hits = self._search(expr, ids, fetch, limit)
             if len(hits) < limit and not every:
                 hits = self._search(expr, ids, -1, limit)
-            if len(hits) >= limit:
-                break
-        return hits
+            return hits
+
+        if not all_of:
+            return run(quote(words))
+        # Every word nearly everywhere: the chunks holding them all, then (too few of those)
+        # the rarest word's, as before this rule (one word's chunks: no dearer than that).
+        hits = run(quote(words, " AND "))
+        if len(hits) < limit:
+            have = {h.chunk_id for h in hits}
+            hits += [h for h in run(quote(words[:1])) if h.chunk_id not in have]
+        return hits[:limit]
 
     def _search(self, expr: str, ids: list[int], fetch: int, limit: int) -> list[Hit]:
         w = ", ".join(str(x) for x in BM25_WEIGHTS)
@@ -655,12 +661,12 @@ class DocIndex:
         return [Hit(*r) for r in rows]
 
     def _prune(self, words: list[str]) -> tuple[list[str], bool]:
-        """The question's words to look for, in its order, and whether a chunk must hold all
-        of them (else any). Rarest first while the chunks holding them add up to ROW_BUDGET
-        (see there), the rarest always. When even the rarest is in more chunks than that (a
-        question of words found nearly everywhere), bm25 would score them all: a chunk must
-        then hold all of the rarest ones, as many as bring the chunks expected to hold them
-        all (as if the words were independent) within ROW_BUDGET."""
+        """The question's words to look for, and whether a chunk must hold all of them (then
+        rarest first) or any of them (then in the question's order). Rarest first while the
+        chunks holding them add up to ROW_BUDGET (see there), the rarest always. When even
+        the rarest is in more chunks than that (a question of words found nearly everywhere),
+        bm25 would score them all: a chunk must then hold all of the rarest ones, as many as
+        bring the chunks expected to hold them all (as if independent) within ROW_BUDGET."""
         if len(words) <= 1:
             return words, False
         marks = ",".join("?" * (len(words) + 2))
@@ -682,7 +688,7 @@ class DocIndex:
                 expected *= rows(w) / chunks
                 if len(keep) > 1 and expected <= ROW_BUDGET:
                     break
-            return [w for w in words if w in keep], True
+            return [w for w in rarest_first if w in keep], True
         spent = 0.0
         for w in rarest_first:
             if keep and spent + rows(w) > ROW_BUDGET:
