@@ -244,6 +244,8 @@ class CutRunner:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.loads: list[tuple[str, int | None]] = []
+        self.live: set[str] = set()
+        self.measured_beside: dict[str, set[str]] = {}  # a part -> the parts loaded with it
 
     def _t(self, c: Candidate) -> tuple[float, float]:
         base = c.name.split(" @")[0].split(",")[0]
@@ -253,10 +255,12 @@ class CutRunner:
 
     def load(self, c: Candidate) -> Candidate:
         self.loads.append((c.name, c.layers))
+        self.live.add(c.name)
         self.clock.spend(0.1)
         return c
 
     def decode(self, c: Candidate, tokens: int, mark) -> None:
+        self.measured_beside.setdefault(c.name, set()).update(self.live)
         self.clock.spend(0.01)
         mark()
         for _ in range(tokens - 1):
@@ -268,7 +272,7 @@ class CutRunner:
         mark()
 
     def free(self, c: Candidate) -> None:
-        pass
+        self.live.discard(c.name)
 
 
 ONE_TURN = Plan(rounds=1, max_rounds=1)
@@ -316,6 +320,15 @@ def test_candidates_are_measured_on_the_cuts_and_chosen_on_the_whole_models_scal
     assert choose(whole, DEFAULT_MIX) == choose(figures, DEFAULT_MIX)
     for name in whole:
         assert figures[name].decode_s == pytest.approx(whole[name].decode_s)
+
+
+def test_a_candidates_cuts_are_measured_side_by_side_when_memory_is_tight():
+    """Three copies fit: the groups hold whole candidates (their two cuts in turns), not a
+    candidate's 0-layer cut in one group and its 2-layer cut in the next."""
+    _, runner, _ = run_cut(CutPlan(LAYERS, (0, 2)), Plan(rounds=1, max_rounds=1, at_once=3))
+    for name in COSTS:
+        at0, at2 = part_name(name, 0), part_name(name, 2)
+        assert at2 in runner.measured_beside[at0] and at0 in runner.measured_beside[at2]
 
 
 def test_an_old_cache_entry_without_the_cut_field_still_reads(tmp_path):

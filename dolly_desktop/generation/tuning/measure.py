@@ -204,10 +204,15 @@ class _Loop:
         self,
         cands: Sequence[Candidate],
         on_figures: Callable[[str, Figures], None] | None = None,
+        unit: int = 1,
     ) -> dict[str, Figures]:
-        """Groups of `at_once`, each group's figures reported as soon as it is measured."""
+        """Groups of `at_once`, each group's figures reported as soon as it is measured.
+        `unit`: so many candidates in a row belong together (one candidate's cuts, whose
+        difference is multiplied along the layers): a group holds whole units when it can."""
         out: dict[str, Figures] = {}
         size = max(1, self.plan.at_once)
+        if 1 < unit <= size:
+            size -= size % unit
         for i in range(0, len(cands), size):
             group = self.group(cands[i : i + size])
             out.update(group)
@@ -260,7 +265,7 @@ def calibrate(
     figures: dict[str, Figures] = {}
     try:
         todo = [p for c in stage1 for p in parts(c) if p.name not in measured]
-        loop.stage(todo, report)
+        loop.stage(todo, report, unit=len(cuts.parts) if cuts else 1)
         figures.update({c.name: whole(c, measured) for c in stage1})
         by_name = {c.name: c for c in stage1}
         winner = by_name[choose(figures, mix, prior)]
