@@ -353,7 +353,7 @@ def main() -> None:
             "indexing": lambda: bench_indexing(tmp, counter, a.mb),
             "queries": lambda: {
                 **bench_queries(tmp, counter, a.chunks),
-                **bench_queries(tmp, counter, a.chunks, a.vocabulary),
+                **(bench_queries(tmp, counter, a.chunks, a.vocabulary) if a.vocabulary else {}),
             },
         }
         for name, part in parts.items():

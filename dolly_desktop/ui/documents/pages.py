@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,11 +141,13 @@ def open_at_page(path: str, page: int) -> bool:
     if cmd is None:
         return False
     try:
-        subprocess.Popen(
+        proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=_system_env(), start_new_session=os.name != "nt",
         )  # fmt: skip
     except OSError:
         return False
+    # Reaped when it exits (a viewer that hands the file to its running window exits at once).
+    threading.Thread(target=proc.wait, daemon=True, name="pdf-viewer").start()
     return True
