@@ -283,18 +283,24 @@ class CalibrationJob:
                 kwargs["start_new_session"] = True  # Ctrl+C reaches the parent, who kills it
             self._t0 = time.perf_counter()
             req = self.req if self._work is None else replace(self.req, work_dir=self._work)
-            self._proc = subprocess.Popen(
-                child_command(req),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                bufsize=1,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                **kwargs,
-            )
+            try:
+                self._proc = subprocess.Popen(
+                    child_command(req),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    encoding="utf-8",
+                    errors="replace",
+                    bufsize=1,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    **kwargs,
+                )
+            except OSError:  # no child: no one else will remove its folder
+                if self._work is not None:
+                    shutil.rmtree(self._work, ignore_errors=True)
+                    self._work = None
+                raise
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:
