@@ -84,6 +84,24 @@ def test_a_listener_that_comes_late_still_hears_the_end(qtbot):
     assert heard == ["over"]
 
 
+def test_a_delivered_job_is_no_longer_connected_to_its_listeners(qtbot):
+    """A listener destroyed after the end never calls back into the job (docs/segfault.md)."""
+    from PySide6.QtCore import SIGNAL
+
+    owner = QWidget()
+    job = Job("count", lambda _p, _c: 7, owner=owner)
+    heard: list[object] = []
+    job.done.connect(heard.append)
+    job.ended.connect(owner.close)
+    job.progress.connect(lambda *_: None)
+    job.start()
+    qtbot.waitUntil(lambda: job.over, timeout=MS)
+    assert heard == [7]
+    for signature in ("done(PyObject)", "ended()", "progress(QString,double)"):
+        assert job.receivers(SIGNAL(signature)) == 0, signature
+    shiboken6.delete(owner)
+
+
 def test_nothing_reaches_an_owner_destroyed_while_the_work_ran(qtbot):
     """A count that finishes after its window closed: before, a call into a deleted QLabel."""
     for _ in range(50):

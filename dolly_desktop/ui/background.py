@@ -22,7 +22,9 @@ a child job's progress arrives through a callback, not a generator: so this is o
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -135,3 +137,14 @@ class Job(QObject):
             late, self._late = self._late, []
             for fn in late:
                 fn()
+            self._disconnect_all()
+
+    def _disconnect_all(self) -> None:
+        """A delivered job emits nothing more: it stops being a sender to its listeners, so a
+        listener destroyed later (a window's deleteLater) never calls back into this job,
+        whose Python object may be gone by then (docs/segfault.md, the second crash)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a signal nobody listened to
+            for sig in (self.progress, self.done, self.failed, self.cancelled, self.ended):
+                with contextlib.suppress(RuntimeError, TypeError):
+                    sig.disconnect()
