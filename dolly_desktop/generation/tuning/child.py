@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dolly_desktop import paths
-from dolly_desktop.children import self_command
+from dolly_desktop.children import self_command, start_child
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.tuning.calibration import (
     DEFAULT_MIX,
@@ -274,28 +274,10 @@ class CalibrationJob:
             if self._cancelled.is_set():
                 raise Cancelled()
             self._work = _work_dir()
-            kwargs: dict[str, Any] = {}
-            if os.name == "nt":
-                kwargs["creationflags"] = (
-                    subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
-                )
-            else:
-                kwargs["start_new_session"] = True  # Ctrl+C reaches the parent, who kills it
             self._t0 = time.perf_counter()
             req = self.req if self._work is None else replace(self.req, work_dir=self._work)
             try:
-                self._proc = subprocess.Popen(
-                    child_command(req),
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    encoding="utf-8",
-                    errors="replace",
-                    bufsize=1,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                    **kwargs,
-                )
+                self._proc = start_child(child_command(req), subprocess.PIPE)
             except OSError:  # no child: no one else will remove its folder
                 if self._work is not None:
                     shutil.rmtree(self._work, ignore_errors=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dolly_desktop.atomic import remove_stale_staging
-from dolly_desktop.children import self_command
+from dolly_desktop.children import self_command, start_child
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.cancel import Cancelled, Progress
 from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE
@@ -125,26 +125,8 @@ class ChildJob:
                 raise RuntimeError("a ChildJob runs once")
             if self.cancelled:  # cancelled before it started: nothing runs, nothing installs
                 raise Cancelled()
-            kwargs: dict = {}
-            if os.name == "nt":
-                kwargs["creationflags"] = (
-                    subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
-                )
-            else:
-                kwargs["start_new_session"] = True  # its own process group, killed as one
             log.info("starting %s job: %s", self.request.kind, self.request)
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                bufsize=1,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                **kwargs,
-            )
+            self._proc = start_child(self.argv, subprocess.DEVNULL)
         # Drain stderr on the side: torch/optimum warnings would otherwise fill the pipe and
         # block the child.
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
