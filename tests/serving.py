@@ -25,15 +25,17 @@ from dolly_desktop.generation.params import GenerationParams
 INSTRUCTION = "Who is Dolly?"
 START_TIMEOUT_S = 90
 SERVE = (sys.executable, "-m", "dolly_desktop.cli", "serve")
-# `serve` takes no OpenVINO properties: this child runs the same CLI with the batching engine
-# at exact f32 (conftest.EXACT), so that greedy answers are the same in every process and equal
-# the one-stream engine's token for token.
+# `serve` takes no OpenVINO properties: this child runs the same CLI with both engines (batching,
+# and one at a time for --batching off) at exact f32 (conftest.EXACT), so that greedy answers
+# are the same in every process and equal the one-stream engine's token for token.
 EXACT_SERVE = (
     sys.executable,
     "-c",
     "import functools, sys\n"
     "from dolly_desktop.generation.engines.batching import BatchingEngine as B\n"
+    "from dolly_desktop.generation.engines.local import Engine as E\n"
     f"B.__init__ = functools.partialmethod(B.__init__, properties={EXACT!r})\n"
+    f"E.__init__ = functools.partialmethod(E.__init__, properties={EXACT!r})\n"
     "from dolly_desktop.cli import main\n"
     "sys.exit(main())",
     "serve",
@@ -93,9 +95,12 @@ def serve_process(model: Path, *args: str, exact: bool = False) -> Iterator[Serv
 Reference = Callable[[str, int], GenerationResult]
 
 
-def make_reference(model: Path) -> Reference:
-    """The bare engine's greedy answers, with the server's (default) properties."""
-    engine = Engine(model)
+def make_reference(model: Path, exact: bool = False) -> Reference:
+    """The bare engine's greedy answers, with the server's default properties, or at exact f32
+    (`exact`, as serve_process's): answers of a few hundred tokens are the same one at a time and
+    batched only in exact arithmetic (on a Sapphire Rapids with AMX, bf16 ones parted after 260
+    to 540 characters)."""
+    engine = Engine(model, properties=EXACT if exact else None)
     cache: dict[tuple[str, int], GenerationResult] = {}
 
     def answer(instruction: str, max_tokens: int) -> GenerationResult:

@@ -21,8 +21,15 @@ CAPACITY = 8  # by default 4 requests are decoded together (--max-batch) and 4 w
 
 
 @pytest.fixture(scope="module")
+def server(tiny_models):
+    """`serve` on the tiny INT4 model at exact f32, so that its answers equal `reference`'s."""
+    with serve_process(tiny_models["INT4"], exact=True) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
 def reference(tiny_models) -> Reference:
-    return make_reference(tiny_models["INT4"])
+    return make_reference(tiny_models["INT4"], exact=True)
 
 
 def finish_of(result: GenerationResult) -> str:
@@ -300,7 +307,7 @@ def test_listens_on_loopback_only(server):
 
 
 def test_api_key(tiny_models, reference):
-    with serve_process(tiny_models["INT4"], "--api-key", "s3cret") as served:
+    with serve_process(tiny_models["INT4"], "--api-key", "s3cret", exact=True) as served:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             r = httpx.post(
                 f"{served.url}/completions", json={"prompt": "hi"}, headers=headers, timeout=30
