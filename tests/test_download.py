@@ -20,10 +20,11 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 
 from dolly_desktop.errors import DollyError
-from dolly_desktop.models import capacity, download
+from dolly_desktop.models import capacity
 from dolly_desktop.models.cancel import Cancelled
-from dolly_desktop.models.download import list_repo
 from dolly_desktop.models.folder import MODEL_BIN
+from dolly_desktop.models.hub import download
+from dolly_desktop.models.hub.download import list_repo
 from dolly_desktop.models.store import Store
 
 INT4_REPO = "OpenVINO/dolly-v2-3b-int4-ov"
@@ -405,7 +406,7 @@ def test_a_bare_mirror_gives_sizes_file_by_file_and_the_best_check_there_is(bare
 
 
 def test_download_and_resume_through_a_bare_mirror(bare_hub, store, tiny_models, caplog):
-    caplog.set_level(logging.INFO, logger="dolly_desktop.models.download")
+    caplog.set_level(logging.INFO, logger="dolly_desktop.models.hub.download")
     size = bare_hub.repos[INT4_REPO].files[MODEL_BIN].size
     part = store.root / ".downloads" / INT4_REPO.replace("/", "--") / (MODEL_BIN + ".part")
     bare_hub.throttle(INT4_REPO, MODEL_BIN, 8_000_000)

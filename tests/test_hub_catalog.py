@@ -15,8 +15,8 @@ from huggingface_hub import constants
 from test_history import home_env
 
 from dolly_desktop.errors import DollyError
-from dolly_desktop.models import hub_catalog
-from dolly_desktop.models.hub_catalog import HubCatalog
+from dolly_desktop.models.hub import catalog as hub_catalog
+from dolly_desktop.models.hub.catalog import HubCatalog
 from dolly_desktop.models.listing import list_models
 from dolly_desktop.models.store import Store
 

@@ -32,7 +32,7 @@ class Variant:
     repo_id: str | None  # a ready-made OpenVINO repo on the Hub; None: export it yourself
     download_bytes: int  # size of the IR folder: estimated unless exact_size
     run_ram_bytes: int  # approximate peak memory while generating
-    exact_size: bool = False  # download_bytes came from the Hub (models/hub_catalog.py)
+    exact_size: bool = False  # download_bytes came from the Hub (models/hub/catalog.py)
 
     @property
     def label(self) -> str:

@@ -19,7 +19,7 @@ from dolly_desktop.models.catalog import (
     TOKENIZER_BYTES,
     Variant,
 )
-from dolly_desktop.models.hub_catalog import all_variants
+from dolly_desktop.models.hub.catalog import all_variants
 from dolly_desktop.models.store import InstalledModel, Store
 
 PRECISION_RANK = {"INT4": 0, "INT8": 1, "FP16": 2, "FP32": 3}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dolly_desktop.models.capacity import format_bytes
-from dolly_desktop.models.hub_catalog import all_variants
+from dolly_desktop.models.hub.catalog import all_variants
 from dolly_desktop.models.store import InstalledModel, Store
 
 

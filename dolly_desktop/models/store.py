@@ -37,13 +37,6 @@ from dolly_desktop.models.catalog import (
 from dolly_desktop.models.chat_template import write_chat_template
 from dolly_desktop.models.convert.compress import Int4Options, compress_ir
 from dolly_desktop.models.convert.export import export_checkpoint
-from dolly_desktop.models.download import (
-    RepoListing,
-    TransferCallback,
-    download_repo,
-    hub_endpoint,
-    partial_bytes,
-)
 from dolly_desktop.models.folder import (
     CHECKPOINT_PATTERNS,
     MODEL_BIN,
@@ -52,6 +45,13 @@ from dolly_desktop.models.folder import (
     inspect_model_dir,
     is_checkpoint,
     read_config,
+)
+from dolly_desktop.models.hub.download import (
+    RepoListing,
+    TransferCallback,
+    download_repo,
+    hub_endpoint,
+    partial_bytes,
 )
 from dolly_desktop.models.names import META_FILE, STATE_FILE, VARIANTS
 

@@ -41,8 +41,8 @@ from dolly_desktop.atomic import staged_folder
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.cancel import Cancelled, raise_if_cancelled
 from dolly_desktop.models.capacity import DEFAULT_KEEP_FREE, check_disk, format_bytes
+from dolly_desktop.models.hub.network import TRANSPORT_ERRORS, cannot_reach, client
 from dolly_desktop.models.names import PART_SUFFIX, STATE_FILE, hub_file_name, inside
-from dolly_desktop.models.network import TRANSPORT_ERRORS, cannot_reach, client
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import httpx
 from dolly_desktop import paths
 from dolly_desktop.errors import DollyError
 from dolly_desktop.models.catalog import CATALOG, RUN_OVERHEAD, TOKENIZER_BYTES, Variant
-from dolly_desktop.models.download import MAX_FILE_BYTES, hub_endpoint
-from dolly_desktop.models.network import TRANSPORT_ERRORS, cannot_reach, client
+from dolly_desktop.models.hub.download import MAX_FILE_BYTES, hub_endpoint
+from dolly_desktop.models.hub.network import TRANSPORT_ERRORS, cannot_reach, client
 
 log = logging.getLogger(__name__)
 
