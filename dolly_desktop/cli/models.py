@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from dolly_desktop.models.convert.compress import Int4Options
-    from dolly_desktop.models.download import TransferProgress
     from dolly_desktop.models.folder import Precision
+    from dolly_desktop.models.hub.download import TransferProgress
     from dolly_desktop.models.store import InstalledModel, Store
 
 
@@ -279,7 +279,7 @@ def cmd_list(a: argparse.Namespace) -> int:
     installed = store.list()
     if a.available:
         if a.refresh:
-            from dolly_desktop.models.hub_catalog import refresh
+            from dolly_desktop.models.hub.catalog import refresh
 
             try:
                 refresh(a.endpoint)
@@ -305,7 +305,7 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 def _list_available(installed: list[InstalledModel]) -> int:
     from dolly_desktop.models.catalog import CATALOG
-    from dolly_desktop.models.hub_catalog import all_variants, cached
+    from dolly_desktop.models.hub.catalog import all_variants, cached
 
     here = {m.label for m in installed if m.problem is None}
     variants = all_variants()

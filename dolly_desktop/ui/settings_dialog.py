@@ -49,14 +49,14 @@ from dolly_desktop.generation.devices import list_devices
 from dolly_desktop.generation.lookup import LABELS as LOOKUP_LABELS
 from dolly_desktop.generation.tuning import calibration
 from dolly_desktop.generation.tuning.rule import weight_format
-from dolly_desktop.models import hub_catalog
 from dolly_desktop.models.capacity import format_bytes
 from dolly_desktop.models.checks import CheckRecord, read_check
 from dolly_desktop.models.child import compress_job, export_job
 from dolly_desktop.models.convert import export_support
 from dolly_desktop.models.convert.jobs import ChildJob
-from dolly_desktop.models.download import TransferProgress
 from dolly_desktop.models.folder import Precision
+from dolly_desktop.models.hub import catalog as hub_catalog
+from dolly_desktop.models.hub.download import TransferProgress
 from dolly_desktop.models.listing import Listed, list_models
 from dolly_desktop.models.store import InstalledModel, Store
 from dolly_desktop.ui.background import Job, ProgressFn
