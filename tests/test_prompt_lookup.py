@@ -183,7 +183,7 @@ def test_window_setting_persists_and_reaches_the_engine(qtbot, tiny_window):
     assert AppSettings().prompt_lookup == "on"  # in the INI file, for the next start
     dialog.close()
     w.settings.sync()
-    from dolly_desktop.ui.settings_dialog import SettingsDialog
+    from dolly_desktop.ui.model_setup.settings_dialog import SettingsDialog
 
     again = SettingsDialog(None, AppSettings())
     assert again.lookup.currentData() == "on"

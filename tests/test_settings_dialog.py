@@ -106,7 +106,7 @@ def test_cancel_before_a_compress_has_started_installs_nothing(
     import time
 
     from dolly_desktop.models import child
-    from dolly_desktop.ui import settings_dialog
+    from dolly_desktop.ui.model_setup import settings_dialog
 
     Store().import_folder(tiny_models["FP16"], name="tiny")
 
@@ -136,7 +136,7 @@ def test_the_export_that_asked_for_export_support_starts_when_it_is_installed(
     from PySide6.QtWidgets import QMessageBox
 
     from dolly_desktop.models.convert import export_support
-    from dolly_desktop.ui import settings_dialog
+    from dolly_desktop.ui.model_setup import settings_dialog
 
     installed = []
     exports: list[Path] = []
@@ -217,7 +217,7 @@ def test_the_table_shows_a_variants_stored_check_beside_its_size(qtbot, window, 
     from conftest import copy_model
 
     from dolly_desktop.models.checks import CheckRecord, cpu_name, write_check
-    from dolly_desktop.ui.settings_dialog import AGREEMENT_COLUMN, COLUMNS
+    from dolly_desktop.ui.model_setup.settings_dialog import AGREEMENT_COLUMN, COLUMNS
 
     store = Store()
     for p in ("FP16", "INT4"):
@@ -248,7 +248,7 @@ def test_after_a_compress_the_dialog_offers_the_check_with_progress_and_cancel(
     qtbot, window, tiny_models
 ):
     from dolly_desktop.models.checks import CHECK_FILE, read_check
-    from dolly_desktop.ui.settings_dialog import AGREEMENT_COLUMN
+    from dolly_desktop.ui.model_setup.settings_dialog import AGREEMENT_COLUMN
 
     Store().import_folder(tiny_models["FP16"], name="tiny")
     dialog = window.open_settings()
@@ -290,7 +290,7 @@ def test_a_variant_with_no_download_is_exported_from_the_checkpoint_on_disk(
     folder (the OS file dialog, patched to answer) and exports it as that very variant."""
     from PySide6.QtWidgets import QFileDialog
 
-    from dolly_desktop.ui.settings_dialog import ORIGINAL_BUTTON
+    from dolly_desktop.ui.model_setup.settings_dialog import ORIGINAL_BUTTON
 
     dialog = window.open_settings()
     row = next(

@@ -71,11 +71,11 @@ from dolly_desktop.ui.context_pane import ContextPane
 from dolly_desktop.ui.documents.ask import Found, find_passage
 from dolly_desktop.ui.documents.picker import DocumentsPane
 from dolly_desktop.ui.documents.sources import SourcesView
-from dolly_desktop.ui.first_run import FirstRunPanel
 from dolly_desktop.ui.history_panel import HistoryPanel
 from dolly_desktop.ui.look import ZOOM_RANGE, ZOOM_STEP, name_controls, style_message
+from dolly_desktop.ui.model_setup.first_run import FirstRunPanel
+from dolly_desktop.ui.model_setup.settings_dialog import SettingsDialog
 from dolly_desktop.ui.settings import AppSettings
-from dolly_desktop.ui.settings_dialog import SettingsDialog
 from dolly_desktop.ui.workers import EngineThread, GenerateRequest, LoadRequest
 
 log = logging.getLogger(__name__)

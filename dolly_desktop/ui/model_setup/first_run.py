@@ -22,7 +22,7 @@ from dolly_desktop.models.choice import recommend
 from dolly_desktop.models.store import Store
 from dolly_desktop.ui.background import Job
 from dolly_desktop.ui.look import style_message
-from dolly_desktop.ui.settings_dialog import download_progress
+from dolly_desktop.ui.model_setup.settings_dialog import download_progress
 
 
 class FirstRunPanel(QFrame):
