@@ -146,7 +146,10 @@ def agreement(cut, whole, raw) -> None:
     parts = sorted({int(n.rsplit("@", 1)[1].split()[0]) for n in raw if "@" in n})
     if len(parts) <= 2:
         return
-    layers = int(next(iter(cut.figures.values())).cut.split(" of its ")[1].split()[0])
+    said = next((f.cut for f in cut.figures.values() if " of its " in f.cut), "")
+    if not said:  # measured whole (a model no bigger than the cuts): no pairs to extrapolate
+        return
+    layers = int(said.split(" of its ")[1].split()[0])
     print("\n## each pair of cuts, extrapolated / whole (decode, decode CPU, TTFT long, CPU)")
     for pair in itertools.combinations(parts, 2):
         cells = []
