@@ -495,7 +495,9 @@ def test_import_reads_a_bounded_amount(tmp_path, monkeypatch):
 
 def test_recording_cost_while_streaming(engine, tmp_path, report_figure):
     h = History(tmp_path / "history.sqlite3")
-    params = GenerationParams(max_new_tokens=600, seed=11)
+    # 200 tokens, three rounds: the figures are reported, not asserted (bench/ holds the speed
+    # targets); 600 tokens made this the suite's slowest test (65 s).
+    params = GenerationParams(max_new_tokens=200, seed=11)
     instruction = "Write a long story about Dolly the sheep."
     engine.generate(instruction, params, on_text=lambda s: None)  # warm up
 
