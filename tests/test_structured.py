@@ -277,6 +277,42 @@ HELD = {
 }
 
 
+# Without a type, each keyword restricts only its own type's values (the fuzzer found
+# {"exclusiveMaximum": -5} answered 394.79). Each of these rules out most of a free answer.
+UNTYPED = {
+    "every type restricted": {
+        "exclusiveMaximum": -5, "maxLength": 0, "maxItems": 0, "maxProperties": 0
+    },
+    "bounds no number can meet": {
+        "minimum": 0.5, "maximum": 0.7, "minLength": 1, "maxLength": 1, "required": ["k"],
+        "minItems": 1,
+    },
+    "lengths no string can meet": {
+        "minLength": 3, "maxLength": 1, "maximum": -2, "additionalProperties": False,
+        "maxItems": 1,
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", UNTYPED)
+def test_untyped_keywords_hold_their_own_types(engine, name):
+    schema = UNTYPED[name]
+    grammar = json_grammar(schema, 40)
+    for seed in range(8):
+        params = GenerationParams(greedy=False, seed=seed, max_new_tokens=40)
+        result = engine.generate("Answer as JSON.", params, grammar=grammar)
+        check(result.text, schema)
+        assert result.stop_reason is StopReason.END
+
+
+def test_limits_still_refuse_an_untyped_schema():
+    # A type it cannot hold is left out of an untyped schema; a limit refuses the schema.
+    schema = {"$defs": ref_chain(600)["$defs"], "required": ["a"],
+              "additionalProperties": {"$ref": "#/$defs/r0"}}  # fmt: skip
+    with pytest.raises(SchemaError, match="nests deeper"):
+        json_grammar(schema, 256)
+
+
 @pytest.mark.parametrize("name", MALFORMED)
 def test_a_malformed_or_unbounded_schema_is_refused_in_one_sentence(name):
     with pytest.raises(SchemaError) as e:

@@ -21,11 +21,13 @@ or a schema for the values of a free-form object), items, min/maxItems, min/maxL
 min/maxProperties on free-form objects, enum and const (beside `type` at most), anyOf, oneOf
 of branches that cannot overlap (different types, or different constants), allOf of one
 schema, $ref into $defs/definitions (each alone, beside annotations only), integer ranges of
-up to 1,000 values or a minimum of 0 or 1 or a maximum of 0 or -1, number with a minimum of 0
-or below (or any integer range). Annotations (title, description, default, format, ...) are
-ignored, as a validator does by default. Anything else that restricts values, any keyword of
-the wrong kind, and any budget too small for the schema's shortest guarantee is refused in
-one sentence (SchemaError): what is accepted always closes within the budget and validates.
+up to 1,000 values or a minimum of 0 or 1 or a maximum of 0 or -1, number with a minimum of
+0 or below (or any integer range). Without a type, each keyword holds only the values of its
+own type, and a type whose keywords cannot be held is left out. Annotations (title,
+description, default, format, ...) are ignored, as a validator does by default. Anything
+else that restricts values, any keyword of the wrong kind, and any budget too small for the
+schema's shortest guarantee is refused in one sentence (SchemaError): what is accepted
+always closes within the budget and validates.
 
 Limits. xgrammar (inside openvino-genai, which compiles this EBNF natively, on the batching
 scheduler's thread) slows down and grows with the grammar, and crashes the process on deep
@@ -104,6 +106,10 @@ class SchemaError(DollyError):
     """The schema asks for something this grammar cannot guarantee."""
 
 
+class SchemaLimit(SchemaError):
+    """The schema is past a limit on size, nesting or build time."""
+
+
 @dataclass(frozen=True)
 class Expr:
     text: str  # EBNF
@@ -162,23 +168,23 @@ class _Builder:
         """The grammar for `schema`, within the limits on nodes, depth, size and time."""
         self.nodes += 1
         if self.nodes > MAX_NODES:
-            raise SchemaError(
+            raise SchemaLimit(
                 f"The schema expands to more than {MAX_NODES} subschemas (each $ref counted "
                 "where it is used); simplify it."
             )
         if time.monotonic() > self.deadline:
-            raise SchemaError(f"The schema took over {MAX_BUILD_S:g} s to turn into a grammar; "
+            raise SchemaLimit(f"The schema took over {MAX_BUILD_S:g} s to turn into a grammar; "
                               "simplify it.")  # fmt: skip
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise SchemaError(f"The schema nests deeper than {MAX_DEPTH} levels (at {where}, "
+                raise SchemaLimit(f"The schema nests deeper than {MAX_DEPTH} levels (at {where}, "
                                   "$refs followed).")  # fmt: skip
             expr = self._value(schema, where)
         finally:
             self.depth -= 1
         if len(expr.text) > MAX_GRAMMAR_BYTES:
-            raise SchemaError(f"The schema's grammar is over {MAX_GRAMMAR_BYTES >> 10} KB (at "
+            raise SchemaLimit(f"The schema's grammar is over {MAX_GRAMMAR_BYTES >> 10} KB (at "
                               f"{where}); simplify it.")  # fmt: skip
         return expr
 
@@ -221,7 +227,7 @@ class _Builder:
             return self.value(branches[0], f"{where}.allOf[0]")
         kinds = _types(schema, where)
         if kinds is None:
-            return self.free(FREE_DEPTH, where)
+            return self.untyped(schema, where)
         return alternatives([self.typed(k, schema, where) for k in kinds])
 
     def constants(self, schema: dict[str, Any], where: str) -> Expr:
@@ -235,7 +241,7 @@ class _Builder:
             if not isinstance(values, list) or not values:
                 raise SchemaError(f"enum (at {where}) must be a non-empty list.")
             if len(values) > MAX_ENUM:
-                raise SchemaError(f"enum (at {where}) has {len(values)} values; the limit is "
+                raise SchemaLimit(f"enum (at {where}) has {len(values)} values; the limit is "
                                   f"{MAX_ENUM}.")  # fmt: skip
         kinds = _types(schema, where)
         if kinds is not None:
@@ -362,7 +368,7 @@ class _Builder:
         options = [_literal(v, where) for v in values]
         self.literal_bytes += sum(len(o.text) for o in options)
         if self.literal_bytes > MAX_LITERAL_BYTES:
-            raise SchemaError(
+            raise SchemaLimit(
                 f"The schema's enums, consts and integer ranges (at {where}) add up to over "
                 f"{MAX_LITERAL_BYTES >> 10} KB of values; the limit keeps compiling it quick."
             )
@@ -486,17 +492,37 @@ class _Builder:
 
     def free(self, depth: int, where: str) -> Expr:
         """Any JSON value, nested at most `depth` deep."""
-        number = self.number({}, where)
-        scalars = [self.string(0, self.chars), number, Expr('("true" | "false" | "null")', 5)]
-        if depth == 0:
-            return alternatives(scalars)
-        inner = self.free(depth - 1, where)
-        array = repeat(inner, 0, self.items, ",")
-        containers = [
-            self.free_object(0, self.items, {}, depth - 1, where),
-            Expr(f'("[" {array.text} "]")', 2 + array.size),
-        ]
-        return alternatives(scalars + containers)
+        return alternatives(list(self.free_kinds(depth, where).values()))
+
+    def free_kinds(self, depth: int, where: str) -> dict[str, Expr]:
+        """Any JSON value, nested at most `depth` deep, by type: integers among the numbers,
+        true, false and null together."""
+        kinds = {
+            "string": self.string(0, self.chars),
+            "number": self.number({}, where),
+            "literal": Expr('("true" | "false" | "null")', 5),
+        }
+        if depth > 0:
+            array = repeat(self.free(depth - 1, where), 0, self.items, ",")
+            kinds["object"] = self.free_object(0, self.items, {}, depth - 1, where)
+            kinds["array"] = Expr(f'("[" {array.text} "]")', 2 + array.size)
+        return kinds
+
+    def untyped(self, schema: dict[str, Any], where: str) -> Expr:
+        """A schema without a type: each keyword restricts only values of its own type
+        (minimum: numbers; a validator passes a string), so the restricted types are built
+        as if typed, and one whose restriction the grammar cannot hold is left out: an answer
+        of another type is as valid. The limits still refuse the schema."""
+        kinds = self.free_kinds(FREE_DEPTH, where)
+        for kind, keys in RESTRICTS.items():
+            if keys & set(schema):
+                try:
+                    kinds[kind] = self.typed(kind, schema, where)
+                except SchemaLimit:
+                    raise
+                except SchemaError:
+                    del kinds[kind]
+        return alternatives(list(kinds.values()))
 
     def free_object(self, low: int, high: int, values: Any, depth: int, where: str) -> Expr:
         value = self.value(values, f"{where}.additionalProperties") if values else (
@@ -511,6 +537,13 @@ class _Builder:
 COUNT_KEYWORDS = {"minLength", "maxLength", "minItems", "maxItems", "minProperties",
                   "maxProperties"}  # fmt: skip
 NUMBER_KEYWORDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+# The keywords that restrict values of one type only (properties and items imply their type).
+RESTRICTS = {
+    "string": {"minLength", "maxLength"},
+    "number": NUMBER_KEYWORDS,
+    "array": {"minItems", "maxItems"},
+    "object": {"required", "additionalProperties", "minProperties", "maxProperties"},
+}
 
 
 def _check_kinds(schema: dict[str, Any], where: str) -> None:
