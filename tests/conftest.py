@@ -3,14 +3,24 @@ project's own export code, and an isolated app home for every test session."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# Before any app module reads it: nothing a test does touches the real user's data.
+# pytest loads this file as `conftest`; importing it again as `tests.conftest` would run the
+# lines below twice and move the app's home mid-session (the first one left behind, empty).
+if "tests.conftest" in sys.modules and "conftest" in sys.modules:
+    raise ImportError("import the test helpers as `conftest`, not `tests.conftest`")
+
+# Before any app module reads it: nothing a test does touches the real user's data. Removed at
+# exit: each run fills it with a model cache (~120 MB), which piled up in /tmp run after run.
 _HOME = Path(tempfile.mkdtemp(prefix="dolly-test-home-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["DOLLY_DESKTOP_HOME"] = str(_HOME)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the Hub

@@ -426,7 +426,7 @@ def test_an_idle_calibration_is_stored_and_the_engine_switches_at_the_next_reque
 
 
 def test_cli_tune_measures_shows_and_forgets(tiny_models, home):
-    from tests.cli_runs import run
+    from cli_runs import run
 
     model = str(tiny_models["INT4"])
     r = run("tune", model, "--show")

@@ -18,12 +18,12 @@ import httpx
 import openai
 import psutil
 import pytest
+from conftest import EXACT
 from serving import Served, json_schema_format, make_reference, post_json, serve_process, server_log
 
 from dolly_desktop.errors import DollyError
 from dolly_desktop.generation.engine import GenerationResult, StopReason
 from dolly_desktop.generation.params import GenerationParams
-from tests.conftest import EXACT
 
 INSTRUCTIONS = [f"Question {i}: what is {w}?" for i, w in enumerate("abcd")]
 
